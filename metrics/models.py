@@ -1,0 +1,1 @@
+# Billable metrics arrive with the metrics issue (#4).

@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+from django.db import models
+from django.db.models import Q
+
+from zenskar_site.models import Organisation
+
+
+class UsageEventKind(models.TextChoices):
+    EVENT = "event", "Event (individual timestamped actions)"
+    AGGREGATE = "aggregate", "Aggregate (a pre-summed value per period)"
+
+
+class Period(models.TextChoices):
+    HOUR = "hour", "Hour"
+    DAY = "day", "Day"
+    MONTH = "month", "Month"
+
+
+class UsageEvent(models.Model):
+    """A usage-event definition: an ingestion endpoint and a typed table of records."""
+
+    organisation = models.ForeignKey(Organisation, on_delete=models.CASCADE, related_name="usage_events")
+    name = models.CharField(max_length=200)
+    api_slug = models.CharField(max_length=64)
+    kind = models.CharField(max_length=16, choices=UsageEventKind.choices, default=UsageEventKind.EVENT)
+    aggregate_period = models.CharField(max_length=8, choices=Period.choices, null=True, blank=True)
+    description = models.TextField(blank=True, default="")
+    dataschema = models.JSONField()
+    archived = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(fields=["organisation", "api_slug"], name="usage_event_unique_slug"),
+            models.CheckConstraint(condition=Q(kind__in=UsageEventKind.values), name="usage_event_kind_valid"),
+            models.CheckConstraint(
+                condition=(Q(kind=UsageEventKind.EVENT) & Q(aggregate_period__isnull=True))
+                | (Q(kind=UsageEventKind.AGGREGATE) & Q(aggregate_period__in=Period.values)),
+                name="usage_event_period_matches_kind",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.api_slug})"
+
+
+class UsageRecord(models.Model):
+    """One stored row of a usage event: an event, or an aggregate value for a period."""
+
+    id = models.BigAutoField(primary_key=True)
+    usage_event = models.ForeignKey(UsageEvent, on_delete=models.PROTECT, related_name="records")
+    customer_id = models.CharField(max_length=255)
+    timestamp = models.DateTimeField()
+    # Start of the aggregate period the timestamp falls in (aggregate usage events only).
+    period_start = models.DateTimeField(null=True, blank=True)
+    data = models.JSONField(default=dict)
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True)
+    # SHA-256 of the validated content: tells a retried duplicate from a reused key.
+    content_hash = models.CharField(max_length=64)
+    received_at = models.DateTimeField()
+    voided = models.BooleanField(default=False)
+    superseded = models.BooleanField(default=False)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["usage_event", "idempotency_key"],
+                condition=Q(idempotency_key__isnull=False),
+                name="usage_record_unique_idempotency_key",
+            ),
+            models.UniqueConstraint(
+                fields=["usage_event", "customer_id", "period_start"],
+                condition=Q(period_start__isnull=False, superseded=False),
+                name="usage_record_one_current_aggregate",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["usage_event", "timestamp"], name="usage_record_event_ts_idx"),
+            models.Index(fields=["usage_event", "customer_id", "timestamp"], name="usage_record_event_cust_ts_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"record {self.pk} of {self.usage_event_id}"
+
+
+class IngestionError(models.Model):
+    """A rejected record, kept so a user can see why it was not counted."""
+
+    id = models.BigAutoField(primary_key=True)
+    usage_event = models.ForeignKey(UsageEvent, on_delete=models.CASCADE, related_name="ingestion_errors")
+    received_at = models.DateTimeField(db_index=True)
+    payload = models.JSONField(null=True)
+    payload_truncated = models.BooleanField(default=False)
+    errors = models.JSONField()
+    api_key_prefix = models.CharField(max_length=16, blank=True, default="")
+
+    class Meta:
+        indexes = [models.Index(fields=["usage_event", "-id"], name="ingestion_error_event_idx")]
+
+    def __str__(self) -> str:
+        return f"error {self.pk} of {self.usage_event_id}"

@@ -1,0 +1,356 @@
+"""Data schemas of usage events: SPEC §2's types, parsing, and compiled record validators.
+
+A validator is compiled once per schema (cached by its content) into a list of per-field
+converters, so validating a batch is a loop over plain function calls with no schema lookups.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import re
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from functools import lru_cache
+from typing import Any
+
+from zenskar_site.errors import ValidationFailed
+
+BASE_TYPES = ("Int64", "Float64", "Decimal", "Bool", "Date32", "DateTime64", "String", "UUID")
+NUMERIC_TYPES = frozenset({"Int64", "Float64", "Decimal"})
+FIELD_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+RESERVED_FIELD_NAMES = frozenset({"id", "customer_id", "timestamp"})
+ROOT_TYPES = {"customer_id": "String", "timestamp": "DateTime64"}
+MAX_FIELDS = 200
+MAX_STRING = 4096
+MAX_CUSTOMER_ID = 255
+MAX_IDEMPOTENCY_KEY = 255
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+DECIMAL_MAX_DIGITS = 38
+
+_NULLABLE_RE = re.compile(r"^Nullable\((\w+)\)$")
+_DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_NAIVE_DATETIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}(\.\d{1,6})?$")
+_OFFSET_DATETIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|z|[+-]\d{2}:?\d{2})$")
+_UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+
+
+@dataclass(frozen=True)
+class FieldType:
+    base: str
+    nullable: bool
+
+    def __str__(self) -> str:
+        return f"Nullable({self.base})" if self.nullable else self.base
+
+
+def type_parse(text: Any) -> FieldType:
+    if not isinstance(text, str):
+        raise ValueError(f"A type must be a string such as 'Int64' or 'Nullable(String)', got {json_kind(text)}.")
+    match = _NULLABLE_RE.match(text)
+    base, nullable = (match.group(1), True) if match else (text, False)
+    if base not in BASE_TYPES:
+        raise ValueError(f"Unknown type {text!r}; use one of {', '.join(BASE_TYPES)}, or Nullable(T).")
+    return FieldType(base=base, nullable=nullable)
+
+
+def json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, (float, Decimal)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
+
+
+def dataschema_normalize(raw: Any) -> dict[str, Any]:
+    """Validate a `dataschema` body and return it in its stored form (roots included)."""
+    if not isinstance(raw, dict):
+        raise ValidationFailed({"dataschema": [f"Expected an object, got {json_kind(raw)}."]})
+    errors: dict[str, list[str]] = {}
+    for key in raw:
+        if key not in ("customer_id", "timestamp", "data"):
+            errors[f"dataschema.{key}"] = ["Unknown key; a data schema has customer_id, timestamp and data."]
+    for root, expected in ROOT_TYPES.items():
+        if root in raw and raw[root] != expected:
+            errors[f"dataschema.{root}"] = [f"{root} is always {expected}, got {raw[root]!r}."]
+    data = raw.get("data", {})
+    normalized: dict[str, str] = {}
+    if not isinstance(data, dict):
+        errors["dataschema.data"] = [f"Expected an object of field names to types, got {json_kind(data)}."]
+    else:
+        if len(data) > MAX_FIELDS:
+            errors["dataschema.data"] = [f"At most {MAX_FIELDS} fields."]
+        for name, type_text in data.items():
+            path = f"dataschema.data.{name}"
+            if not FIELD_NAME_RE.match(name):
+                errors[path] = [
+                    "Field names are 1-63 characters: a lowercase letter, then lowercase letters, digits or _."
+                ]
+                continue
+            if name in RESERVED_FIELD_NAMES:
+                errors[path] = [f"{name!r} is reserved (a root column of every usage event)."]
+                continue
+            try:
+                normalized[name] = str(type_parse(type_text))
+            except ValueError as exc:
+                errors[path] = [str(exc)]
+    if errors:
+        raise ValidationFailed(errors)
+    return {"customer_id": "String", "timestamp": "DateTime64", "data": normalized}
+
+
+def dataschema_change_problems(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Why `new` is not a compatible evolution of `old` (only added Nullable fields are)."""
+    problems = []
+    old_fields, new_fields = old.get("data", {}), new.get("data", {})
+    for name, type_text in old_fields.items():
+        if name not in new_fields:
+            problems.append(f"Field {name!r} cannot be removed: stored records and metrics use it.")
+        elif new_fields[name] != type_text:
+            problems.append(f"Field {name!r} cannot change type from {type_text} to {new_fields[name]}.")
+    for name, type_text in new_fields.items():
+        if name not in old_fields and not type_text.startswith("Nullable("):
+            problems.append(
+                f"New field {name!r} must be Nullable (existing records have no value): use Nullable({type_text})."
+            )
+    return problems
+
+
+def dataschema_has_decimal(dataschema: dict[str, Any]) -> bool:
+    return any(type_parse(t).base == "Decimal" for t in dataschema.get("data", {}).values())
+
+
+# --- value converters: each returns the stored JSON value or raises _Invalid with a message ---
+
+
+class InvalidValue(Exception):
+    pass
+
+
+def _int64(value: Any) -> int:
+    kind = type(value)
+    if kind is int:
+        if INT64_MIN <= value <= INT64_MAX:
+            return value
+        raise InvalidValue("Expected Int64, got an integer outside the signed 64-bit range.")
+    if kind is float or kind is Decimal:
+        if not math.isfinite(value) or value != int(value):
+            raise InvalidValue("Expected Int64, got a number with a fraction.")
+        as_int = int(value)
+        if INT64_MIN <= as_int <= INT64_MAX:
+            return as_int
+        raise InvalidValue("Expected Int64, got an integer outside the signed 64-bit range.")
+    raise InvalidValue(f"Expected Int64, got {json_kind(value)}.")
+
+
+def _float64(value: Any) -> float:
+    kind = type(value)
+    if kind is int or kind is float or kind is Decimal:
+        result = float(value)
+        if math.isfinite(result):
+            return result
+        raise InvalidValue("Expected Float64, got a number that is not finite.")
+    raise InvalidValue(f"Expected Float64, got {json_kind(value)}.")
+
+
+def _decimal(value: Any) -> str:
+    kind = type(value)
+    if kind is int:
+        number = Decimal(value)
+    elif kind is Decimal:
+        number = value
+    elif kind is float:
+        # Only reached when the body was parsed without Decimal support; repr is the shortest
+        # string that round-trips, i.e. the literal the client wrote for up to 15 digits.
+        number = Decimal(repr(value))
+    elif kind is str:
+        try:
+            number = Decimal(value.strip()) if value.strip() else Decimal("nan")
+        except InvalidOperation:
+            raise InvalidValue("Expected Decimal, got a string that is not a number.") from None
+    else:
+        raise InvalidValue(f"Expected Decimal, got {json_kind(value)}.")
+    if not number.is_finite():
+        raise InvalidValue("Expected Decimal, got a value that is not a finite number.")
+    if len(number.as_tuple().digits) > DECIMAL_MAX_DIGITS:
+        raise InvalidValue(f"Expected Decimal with at most {DECIMAL_MAX_DIGITS} digits.")
+    return str(number)
+
+
+def _bool(value: Any) -> bool:
+    if type(value) is bool:
+        return value
+    raise InvalidValue(f"Expected Bool (true or false), got {json_kind(value)}.")
+
+
+def _date32(value: Any) -> str:
+    if type(value) is str and _DATE_RE.match(value):
+        try:
+            dt.date.fromisoformat(value)
+        except ValueError:
+            raise InvalidValue("Expected Date32, got a date that does not exist.") from None
+        return value
+    raise InvalidValue(f"Expected Date32 as 'YYYY-MM-DD', got {json_kind(value)}.")
+
+
+def datetime_parse(value: Any) -> dt.datetime:
+    """SPEC §2's DateTime64: ISO 8601 with an offset, or naive 'YYYY-MM-DD HH:MM:SS[.ffffff]' as UTC."""
+    if type(value) is not str:
+        raise InvalidValue(f"Expected DateTime64, got {json_kind(value)}.")
+    if _NAIVE_DATETIME_RE.match(value):
+        try:
+            return dt.datetime.fromisoformat(value).replace(tzinfo=dt.UTC)
+        except ValueError:
+            raise InvalidValue("Expected DateTime64, got a date or time that does not exist.") from None
+    if _OFFSET_DATETIME_RE.match(value):
+        text = value
+        fraction = re.search(r"\.(\d+)", text)
+        if fraction and len(fraction.group(1)) > 6:  # nanoseconds: keep microseconds
+            text = text.replace(fraction.group(0), "." + fraction.group(1)[:6], 1)
+        try:
+            parsed = dt.datetime.fromisoformat(text.replace("z", "Z"))
+        except ValueError:
+            raise InvalidValue("Expected DateTime64, got a date or time that does not exist.") from None
+        return parsed.astimezone(dt.UTC)
+    raise InvalidValue(
+        "Expected DateTime64: ISO 8601 with an offset (2026-11-20T14:03:12Z) or 'YYYY-MM-DD HH:MM:SS' in UTC."
+    )
+
+
+def datetime_format(value: dt.datetime) -> str:
+    return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def _datetime64(value: Any) -> str:
+    return datetime_format(datetime_parse(value))
+
+
+def _string(value: Any) -> str:
+    if type(value) is str:
+        if len(value) <= MAX_STRING:
+            return value
+        raise InvalidValue(f"Expected String of at most {MAX_STRING} characters, got {len(value)}.")
+    raise InvalidValue(f"Expected String, got {json_kind(value)}.")
+
+
+def _uuid(value: Any) -> str:
+    if type(value) is str and _UUID_RE.match(value):
+        return str(uuid.UUID(value))
+    raise InvalidValue(f"Expected UUID in canonical form (8-4-4-4-12 hex digits), got {json_kind(value)}.")
+
+
+CONVERTERS: dict[str, Callable[[Any], Any]] = {
+    "Int64": _int64,
+    "Float64": _float64,
+    "Decimal": _decimal,
+    "Bool": _bool,
+    "Date32": _date32,
+    "DateTime64": _datetime64,
+    "String": _string,
+    "UUID": _uuid,
+}
+
+SAMPLE_VALUES: dict[str, Any] = {
+    "Int64": 5,
+    "Float64": 1.5,
+    "Decimal": "12.50",
+    "Bool": True,
+    "Date32": "2026-11-20",
+    "DateTime64": "2026-11-20T14:03:12Z",
+    "String": "example",
+    "UUID": "3f0c9a5e-8d2b-4c1e-9a77-0b6f2f1d4e21",
+}
+
+
+def dataschema_sample(dataschema: dict[str, Any]) -> dict[str, Any]:
+    return {name: SAMPLE_VALUES[type_parse(t).base] for name, t in dataschema.get("data", {}).items()}
+
+
+@dataclass(frozen=True)
+class ValidRecord:
+    customer_id: str
+    timestamp: dt.datetime
+    data: dict[str, Any]
+    idempotency_key: str | None
+
+
+RecordValidator = Callable[[Any], "tuple[ValidRecord | None, dict[str, list[str]]]"]
+ROOT_KEYS = frozenset({"customer_id", "timestamp", "data", "idempotency_key"})
+
+
+@lru_cache(maxsize=512)
+def _compile(fields: tuple[tuple[str, str], ...]) -> RecordValidator:
+    compiled = [(name, f"data.{name}", CONVERTERS[type_parse(t).base], type_parse(t).nullable) for name, t in fields]
+    known = frozenset(name for name, _ in fields)
+
+    def validate(obj: Any) -> tuple[ValidRecord | None, dict[str, list[str]]]:
+        if type(obj) is not dict:
+            return None, {"": [f"Expected a record object, got {json_kind(obj)}."]}
+        errors: dict[str, list[str]] = {}
+        for key in obj.keys() - ROOT_KEYS:
+            errors[str(key)] = ["Unknown key; a record has customer_id, timestamp, data and idempotency_key."]
+        customer_id = obj.get("customer_id")
+        if type(customer_id) is not str or not 1 <= len(customer_id) <= MAX_CUSTOMER_ID:
+            errors["customer_id"] = (
+                [f"Expected a String of 1 to {MAX_CUSTOMER_ID} characters."]
+                if type(customer_id) is str
+                else ["This field is required."]
+                if customer_id is None
+                else [f"Expected String, got {json_kind(customer_id)}."]
+            )
+        timestamp = None
+        if "timestamp" not in obj or obj["timestamp"] is None:
+            errors["timestamp"] = ["This field is required."]
+        else:
+            try:
+                timestamp = datetime_parse(obj["timestamp"])
+            except InvalidValue as exc:
+                errors["timestamp"] = [str(exc)]
+        idempotency_key = obj.get("idempotency_key")
+        if idempotency_key is not None and (
+            type(idempotency_key) is not str or not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY
+        ):
+            errors["idempotency_key"] = [f"Expected a String of 1 to {MAX_IDEMPOTENCY_KEY} characters."]
+        raw_data = obj.get("data")
+        data: dict[str, Any] = {}
+        if raw_data is None:
+            raw_data = {}
+        if type(raw_data) is not dict:
+            errors["data"] = [f"Expected an object, got {json_kind(raw_data)}."]
+        else:
+            for key in raw_data.keys() - known:
+                errors[f"data.{key}"] = ["Unknown field; the usage event's schema does not name it."]
+            for name, path, convert, nullable in compiled:
+                value = raw_data.get(name)
+                if value is None:
+                    if not nullable:
+                        errors[path] = ["This field is required."]
+                    continue
+                try:
+                    data[name] = convert(value)
+                except InvalidValue as exc:
+                    errors[path] = [str(exc)]
+        if errors:
+            return None, errors
+        assert timestamp is not None
+        assert type(customer_id) is str
+        return ValidRecord(customer_id, timestamp, data, idempotency_key), {}
+
+    return validate
+
+
+def record_validator(dataschema: dict[str, Any]) -> RecordValidator:
+    """The compiled validator for a schema; cached by content, so a schema change compiles anew."""
+    return _compile(tuple(sorted(dataschema.get("data", {}).items())))

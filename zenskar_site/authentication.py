@@ -1,0 +1,78 @@
+"""One DRF authentication class for programs: `x-api-key` or `Authorization: Bearer`."""
+
+from __future__ import annotations
+
+import hmac
+import uuid
+from typing import Any
+
+from django.conf import settings
+from django.utils import timezone
+from rest_framework import exceptions
+from rest_framework.authentication import BaseAuthentication
+from rest_framework.request import Request
+
+from zenskar_site.models import ApiKey
+from zenskar_site.services import api_key_hash, api_key_split, api_key_touch
+
+
+class ApiKeyPrincipal:
+    """What `request.user` is for a request authenticated by an API key."""
+
+    is_authenticated = True
+    is_anonymous = False
+    is_active = True
+    is_staff = False
+    is_superuser = False
+    pk = None
+
+    def __init__(self, api_key: ApiKey) -> None:
+        self.api_key = api_key
+
+    def __str__(self) -> str:
+        return f"api_key:{self.api_key.prefix}"
+
+
+def presented_key(request: Any) -> str | None:
+    meta = request.META
+    key = meta.get("HTTP_X_API_KEY")
+    if key:
+        return str(key).strip()
+    authorization = meta.get("HTTP_AUTHORIZATION", "")
+    if authorization[:7].lower() == "bearer ":
+        return str(authorization[7:]).strip()
+    return None
+
+
+def api_key_authenticate(*, secret: str, organisation_header: str | None) -> ApiKey:
+    """The active key for `secret`, or an exception DRF maps to 401/403."""
+    prefix = api_key_split(secret=secret)
+    api_key = None
+    if prefix is not None:
+        api_key = ApiKey.objects.select_related("organisation").filter(prefix=prefix).first()
+    if api_key is None or not hmac.compare_digest(api_key.key_hash, api_key_hash(secret=secret)):
+        raise exceptions.AuthenticationFailed("Unknown API key.")
+    if api_key.revoked_at is not None:
+        raise exceptions.AuthenticationFailed("This API key has been revoked.")
+    if organisation_header is not None:
+        try:
+            claimed = uuid.UUID(organisation_header.strip())
+        except ValueError:
+            raise exceptions.PermissionDenied("The organisation header is not a valid organisation id.") from None
+        if claimed != api_key.organisation_id:
+            raise exceptions.PermissionDenied("The organisation header does not match the API key's organisation.")
+    api_key_touch(api_key=api_key, now=timezone.now(), min_interval_seconds=settings.API_KEY_TOUCH_SECONDS)
+    return api_key
+
+
+class ApiKeyAuthentication(BaseAuthentication):
+    def authenticate(self, request: Request) -> tuple[ApiKeyPrincipal, ApiKey] | None:
+        secret = presented_key(request)
+        if secret is None:
+            return None
+        api_key = api_key_authenticate(secret=secret, organisation_header=request.META.get("HTTP_ORGANISATION"))
+        return ApiKeyPrincipal(api_key), api_key
+
+    def authenticate_header(self, request: Request) -> str:
+        # Makes DRF answer 401 (not 403) when no credentials were given.
+        return 'Bearer realm="api"'

@@ -1,0 +1,71 @@
+"""The one place where domain errors and framework errors become HTTP answers."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.db import DatabaseError, InterfaceError, OperationalError
+from django.http import Http404
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+from zenskar_site.errors import DomainError
+
+logger = logging.getLogger(__name__)
+
+
+def flatten_errors(data: Any, path: str = "") -> dict[str, list[str]]:
+    """DRF's nested error structure as `{"field.sub": ["message", ...]}`."""
+    flat: dict[str, list[str]] = {}
+    if isinstance(data, dict):
+        for key, value in data.items():
+            key_path = path if key in ("non_field_errors",) else (f"{path}.{key}" if path else str(key))
+            for sub, messages in flatten_errors(value, key_path).items():
+                flat.setdefault(sub, []).extend(messages)
+    elif isinstance(data, list) and data and all(not isinstance(item, (dict, list)) for item in data):
+        flat[path] = [str(item) for item in data]
+    elif isinstance(data, list):
+        for index, value in enumerate(data):
+            for sub, messages in flatten_errors(value, f"{path}[{index}]" if path else str(index)).items():
+                flat.setdefault(sub, []).extend(messages)
+    else:
+        flat[path] = [str(data)]
+    return flat
+
+
+def error_body(detail: str, errors: dict[str, list[str]] | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"detail": detail}
+    if errors:
+        body["errors"] = errors
+    return body
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, DomainError):
+        return Response(error_body(exc.detail, exc.errors), status=exc.status_code)
+    if isinstance(exc, (OperationalError, InterfaceError)) or (
+        isinstance(exc, DatabaseError) and "connection" in str(exc).lower()
+    ):
+        logger.warning("database unavailable: %s", exc)
+        response = Response(
+            error_body("The database is unavailable; nothing was stored. Retry later."),
+            status=status.HTTP_503_SERVICE_UNAVAILABLE,
+        )
+        response["Retry-After"] = "5"
+        return response
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound(str(exc) or "Not found.")
+    elif isinstance(exc, DjangoPermissionDenied):
+        exc = exceptions.PermissionDenied(str(exc) or None)
+    if isinstance(exc, exceptions.ValidationError):
+        errors = flatten_errors(exc.detail)
+        first_field, messages = next(iter(errors.items())) if errors else ("", ["Invalid input."])
+        detail = f"{first_field}: {messages[0]}" if first_field else messages[0]
+        return Response(error_body(detail, errors), status=status.HTTP_400_BAD_REQUEST)
+    handled = drf_exception_handler(exc, context)
+    if handled is not None and isinstance(handled.data, dict) and "detail" in handled.data:
+        handled.data = error_body(str(handled.data["detail"]))
+    return handled

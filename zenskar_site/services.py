@@ -1,0 +1,152 @@
+"""Writes for organisations, memberships, API keys and the audit trail."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import string
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import User
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from zenskar_site.actors import Actor
+from zenskar_site.errors import NotFound, ValidationFailed
+from zenskar_site.models import ApiKey, ApiKeyScope, AuditEntry, Membership, Organisation, Role
+
+KEY_PREFIX_ALPHABET = string.ascii_lowercase + string.digits
+KEY_PREFIX_LENGTH = 12
+
+
+def api_key_hash(*, secret: str) -> str:
+    # API keys are long random secrets, so a fast hash is as strong as a password hasher here
+    # and keeps authentication to one indexed lookup and one SHA-256.
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def api_key_split(*, secret: str) -> str | None:
+    """The prefix of a well-formed key (`zk_<prefix>_<random>`), else None."""
+    parts = secret.split("_", 2)
+    if len(parts) != 3 or parts[0] != "zk" or len(parts[1]) != KEY_PREFIX_LENGTH or not parts[2]:
+        return None
+    return parts[1]
+
+
+def audit_record(
+    *,
+    actor: Actor,
+    action: str,
+    object_type: str,
+    object_id: str,
+    before: Any = None,
+    after: Any = None,
+    reason: str = "",
+) -> AuditEntry:
+    return AuditEntry.objects.create(
+        organisation=actor.organisation,
+        actor_user=actor.user,
+        actor_api_key=actor.api_key,
+        actor=actor.label,
+        action=action,
+        object_type=object_type,
+        object_id=str(object_id),
+        before=before,
+        after=after,
+        reason=reason,
+    )
+
+
+def api_key_snapshot(api_key: ApiKey) -> dict[str, Any]:
+    return {
+        "prefix": api_key.prefix,
+        "name": api_key.name,
+        "scope": api_key.scope,
+        "revoked_at": api_key.revoked_at.isoformat() if api_key.revoked_at else None,
+    }
+
+
+@transaction.atomic
+def api_key_create(*, actor: Actor, name: str, scope: str) -> tuple[ApiKey, str]:
+    """Create a key; the returned secret is the only time it exists in clear."""
+    errors: dict[str, list[str]] = {}
+    name = (name or "").strip()
+    if not name or len(name) > 100:
+        errors["name"] = ["Give the key a name of 1 to 100 characters."]
+    if scope not in ApiKeyScope.values:
+        errors["scope"] = [f"Scope must be one of: {', '.join(ApiKeyScope.values)}."]
+    if errors:
+        raise ValidationFailed(errors)
+    prefix = "".join(secrets.choice(KEY_PREFIX_ALPHABET) for _ in range(KEY_PREFIX_LENGTH))
+    secret = f"zk_{prefix}_{secrets.token_urlsafe(32)}"
+    api_key = ApiKey.objects.create(
+        organisation=actor.organisation,
+        name=name,
+        prefix=prefix,
+        key_hash=api_key_hash(secret=secret),
+        scope=scope,
+        created_by=actor.user if actor.user is not None and actor.user.pk else None,
+    )
+    audit_record(
+        actor=actor, action="api_key.create", object_type="api_key", object_id=prefix, after=api_key_snapshot(api_key)
+    )
+    return api_key, secret
+
+
+@transaction.atomic
+def api_key_revoke(*, actor: Actor, prefix: str) -> ApiKey:
+    api_key = (
+        ApiKey.objects.select_for_update()
+        .filter(organisation=actor.organisation, prefix=prefix, revoked_at__isnull=True)
+        .first()
+    )
+    if api_key is None:
+        raise NotFound(f"No active API key with prefix {prefix!r}.")
+    before = api_key_snapshot(api_key)
+    api_key.revoked_at = timezone.now()
+    api_key.save(update_fields=["revoked_at"])
+    audit_record(
+        actor=actor,
+        action="api_key.revoke",
+        object_type="api_key",
+        object_id=prefix,
+        before=before,
+        after=api_key_snapshot(api_key),
+    )
+    return api_key
+
+
+def api_key_touch(*, api_key: ApiKey, now: Any, min_interval_seconds: int) -> None:
+    """Record use at most once per interval, so authentication does not write on every request."""
+    if api_key.last_used_at is None or (now - api_key.last_used_at).total_seconds() >= min_interval_seconds:
+        ApiKey.objects.filter(pk=api_key.pk).update(last_used_at=now)
+        api_key.last_used_at = now
+
+
+@transaction.atomic
+def organisation_create(*, name: str, admin_email: str, password: str) -> tuple[Organisation, User]:
+    """Create an organisation and its first admin (an existing user with that email is reused)."""
+    name = (name or "").strip()
+    if not name:
+        raise ValidationFailed({"name": ["An organisation needs a name."]})
+    if "@" not in admin_email:
+        raise ValidationFailed({"admin_email": ["Enter a valid email address."]})
+    try:
+        with transaction.atomic():
+            organisation = Organisation.objects.create(name=name)
+    except IntegrityError:
+        raise ValidationFailed({"name": [f"An organisation named {name!r} already exists."]}) from None
+    user_model = get_user_model()
+    user = user_model.objects.filter(username=admin_email).first()
+    if user is None:
+        user = user_model.objects.create_user(username=admin_email, email=admin_email, password=password)
+    user.is_staff = True
+    user.save(update_fields=["is_staff"])
+    Membership.objects.create(user=user, organisation=organisation, role=Role.ADMIN)
+    return organisation, user
+
+
+def membership_set(*, user: User, organisation: Organisation, role: str) -> Membership:
+    membership, _ = Membership.objects.update_or_create(user=user, organisation=organisation, defaults={"role": role})
+    return membership

@@ -1,0 +1,37 @@
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from rest_framework.permissions import AllowAny
+
+from usage import api as usage_api
+from zenskar_site import api, views
+
+api_v1 = [
+    path("organisation/", api.OrganisationApi.as_view(), name="organisation"),
+    path("api-keys/", api.ApiKeyListApi.as_view(), name="api-key-list"),
+    path("api-keys/<str:prefix>/", api.ApiKeyDetailApi.as_view(), name="api-key-detail"),
+    path("audit/", api.AuditListApi.as_view(), name="audit-list"),
+    path("usage-events/", usage_api.UsageEventListApi.as_view(), name="usage-event-list"),
+    path("usage-events/<str:api_slug>/", usage_api.UsageEventDetailApi.as_view(), name="usage-event-detail"),
+    path(
+        "schema/", SpectacularAPIView.as_view(permission_classes=[AllowAny], authentication_classes=[]), name="schema"
+    ),
+    path(
+        "docs/",
+        SpectacularSwaggerView.as_view(url_name="api:schema", permission_classes=[AllowAny], authentication_classes=[]),
+        name="docs",
+    ),
+]
+
+urlpatterns = [
+    path("", views.home, name="home"),
+    path("login/", auth_views.LoginView.as_view(), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("organisation/switch/", views.organisation_switch, name="organisation-switch"),
+    path("settings/api-keys/", views.api_keys, name="api-keys"),
+    path("settings/api-keys/<str:prefix>/revoke/", views.api_key_revoke_view, name="api-key-revoke"),
+    path("usage-events/", include("usage.urls")),
+    path("api/v1/", include((api_v1, "api"))),
+    path("admin/", admin.site.urls),
+]
