@@ -9,7 +9,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandParser
 
 from usage.models import UsageEvent
 from usage.services import usage_event_create
@@ -24,6 +24,9 @@ DEMO_PASSWORD = "demo-password"
 
 class Command(BaseCommand):
     help = "Create (or reuse) the demo organisation, admin, API key and usage event."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--port", default="8000", help="Only used to print the dashboard's URL.")
 
     def handle(self, *args: Any, **options: Any) -> None:
         organisation = Organisation.objects.filter(name=DEMO_ORG).first()
@@ -55,7 +58,21 @@ class Command(BaseCommand):
                 description="CPU hours used by a customer's workloads.",
                 dataschema={"data": {"cpu_usage_hours": "Float64", "region": "Nullable(String)"}},
             )
-        self.stdout.write(f"organisation={organisation.id}")
-        self.stdout.write(f"login={DEMO_EMAIL}")
-        self.stdout.write(f"password={DEMO_PASSWORD}")
-        self.stdout.write(f"api_key={secret}")
+        self.stdout.write(
+            "\n".join(
+                [
+                    "",
+                    "  Usage metering is starting (embedded mode: SQLite, no external services).",
+                    f"  Dashboard:     http://127.0.0.1:{options['port']}/",
+                    f"  Login:         {DEMO_EMAIL}",
+                    f"  Password:      {DEMO_PASSWORD}",
+                    f"  Organisation:  {organisation.id}",
+                    f"  API key:       {secret}",
+                    f"  Try it:        curl -X POST http://127.0.0.1:{options['port']}/usage/compute_hours \\",
+                    f'                   -H "x-api-key: {secret}" -H "Content-Type: application/json" \\',
+                    """                   --data-raw '{"customer_id": "cus_123", "timestamp": "<now, ISO 8601>",""",
+                    """                                "data": {"cpu_usage_hours": 5}}'""",
+                    "",
+                ]
+            )
+        )

@@ -1,0 +1,63 @@
+# Two commands for a new user: `make run` (the platform with demo data) and `make test` (the suite).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PORT ?= 8000
+PG_URL ?= postgres://postgres@127.0.0.1:5432/test
+REDIS_TEST_URL ?= redis://127.0.0.1:6379/15
+
+.PHONY: install install-dev browser run test lint test-sqlite test-postgres bench clean
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+# Debian's Chromium for the browser tests (Playwright drives it; no browser download).
+browser:
+	@if [ ! -x /usr/bin/chromium ]; then \
+		echo "Installing Debian's chromium for the browser tests..."; \
+		if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+		($$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null) \
+			|| echo "Could not install chromium: browser tests will be skipped (and fail under CI=true)."; \
+	fi
+
+run: install
+	@mkdir -p .data
+	$(PY) manage.py migrate --noinput -v0
+	@$(PY) manage.py seeddemo --port $(PORT)
+	$(PY) manage.py runembedded --port $(PORT)
+
+lint: install-dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test-sqlite: install-dev
+	@echo "=== pytest on SQLite (embedded mode) ==="
+	env -u DATABASE_URL -u REDIS_URL CELERY_EAGER=1 $(VENV)/bin/pytest -m "not celery_worker and not postgres"
+
+test-postgres: install-dev
+	@echo "=== pytest on PostgreSQL + Redis with a real Celery worker ==="
+	@if $(PY) -m tests.services_up "$(PG_URL)" "$(REDIS_TEST_URL)"; then \
+		DATABASE_URL="$(PG_URL)" REDIS_URL="$(REDIS_TEST_URL)" CELERY_EAGER=1 $(VENV)/bin/pytest -p no:randomly; \
+	elif [ "$$CI" = "true" ]; then \
+		echo "PostgreSQL or Redis is unreachable and CI=true: the PostgreSQL pass is required."; exit 1; \
+	else \
+		echo "SKIPPED the PostgreSQL + Redis pass: PostgreSQL ($(PG_URL)) or Redis ($(REDIS_TEST_URL)) is unreachable."; \
+	fi
+
+test: install-dev browser lint test-sqlite test-postgres
+
+bench: install-dev
+	DATABASE_URL="$(PG_URL)" $(PY) -m bench.ingest
+
+clean:
+	rm -rf $(VENV) .data staticfiles
