@@ -201,8 +201,10 @@ def test_api_key_is_shown_once_and_can_be_revoked(
     expect(row).to_contain_text("Ingest from billing-worker")
     screenshot("09_api_key_created")
 
-    # Shown once: coming back to the page does not show it again.
+    # Shown once: opening the page again does not show it. (A GET, not page.reload(): the secret is
+    # rendered in the POST's response, so reloading would re-send the form and create a second key.)
     page.goto(live_server.url + "/settings/api-keys/")
+    assert ApiKey.objects.filter(organisation=org).count() == 1
     expect(page.locator("#created-secret")).to_have_count(0)
     expect(page.locator("body")).not_to_contain_text(secret)
     expect(row).to_be_visible()
