@@ -4,18 +4,27 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+from django.conf import settings
+from django.db import InterfaceError, OperationalError
+from django.http import HttpRequest, HttpResponse
+from django.utils import timezone
+from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from usage.ingestion import IngestError, IngestResult, api_key_mark_used, ingest_context_load, records_ingest
 from usage.models import Period, UsageEvent, UsageEventKind
 from usage.selectors import usage_event_get, usage_events_list
 from usage.services import usage_event_archive, usage_event_create, usage_event_update
+from zenskar_site.authentication import presented_key
 from zenskar_site.errors import ValidationFailed
 from zenskar_site.pagination import CursorPagination
 from zenskar_site.permissions import request_actor
+from zenskar_site.ratelimit import rate_limit_retry_after
 
 
 class DataSchemaField(serializers.JSONField):
@@ -125,3 +134,67 @@ class UsageEventDetailApi(APIView):
         actor = request_actor(request)
         usage_event_archive(actor=actor, api_slug=api_slug)
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+# --- ingestion: POST /usage/{api_slug} -------------------------------------------------------
+# A plain Django view rather than DRF: the hot path parses its body once, in one place.
+
+
+def _json(body: Any, status_code: int, headers: dict[str, str] | None = None) -> HttpResponse:
+    response = HttpResponse(orjson.dumps(body), status=status_code, content_type="application/json")
+    for name, value in (headers or {}).items():
+        response[name] = value
+    return response
+
+
+def _read_body(request: HttpRequest) -> bytes:
+    limit = settings.INGEST_MAX_BODY_BYTES
+    declared = request.META.get("CONTENT_LENGTH") or ""
+    if declared.isdigit() and int(declared) > limit:
+        raise IngestError(413, f"The body is over the limit of {limit} bytes.")
+    body = request.read(limit + 1)
+    if len(body) > limit:
+        raise IngestError(413, f"The body is over the limit of {limit} bytes.")
+    return body
+
+
+@csrf_exempt
+def ingest(request: HttpRequest, api_slug: str) -> HttpResponse:
+    if request.method != "POST":
+        return _json({"detail": "Use POST to send usage."}, 405, {"Allow": "POST"})
+    now = timezone.now()  # one clock reading for the whole request
+    try:
+        context = ingest_context_load(
+            secret=presented_key(request),
+            api_slug=api_slug,
+            organisation_header=request.META.get("HTTP_ORGANISATION"),
+        )
+        retry_after = rate_limit_retry_after(organisation_id=str(context.api_key.organisation_id), now=now.timestamp())
+        if retry_after is not None:
+            raise IngestError(
+                429, "Over the organisation's rate limit; retry later.", {"Retry-After": str(retry_after)}
+            )
+        content_type = request.content_type or ""
+        if content_type != "application/json" and not content_type.endswith("+json"):
+            raise IngestError(415, f"Send JSON with Content-Type: application/json (got {content_type or 'none'!r}).")
+        body = _read_body(request)
+        api_key_mark_used(api_key=context.api_key, now=now)
+        result = records_ingest(
+            context=context,
+            body=body,
+            backfill=request.GET.get("backfill", "").lower() in {"1", "true", "yes"},
+            now=now,
+        )
+    except IngestError as exc:
+        return _json({"detail": exc.detail}, exc.status_code, exc.headers)
+    except (OperationalError, InterfaceError):
+        # Never a 2xx for unsaved data: the transaction did not commit.
+        return _json(
+            {"detail": "The database is unavailable; nothing was stored. Retry later."}, 503, {"Retry-After": "5"}
+        )
+    on_ingested(result=result)
+    return _json(result.body(), result.status_code)
+
+
+def on_ingested(*, result: IngestResult) -> None:
+    """Hook for work after commit (metric freshness arrives with the metrics engine)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.db.models import QuerySet
 
-from usage.models import UsageEvent
+from usage.models import IngestionError, UsageEvent, UsageRecord
 from zenskar_site.errors import NotFound
 from zenskar_site.models import Organisation
 
@@ -26,3 +26,21 @@ def usage_event_get(*, organisation: Organisation, api_slug: str, active_only: b
             f"No {'active ' if active_only else ''}usage event with API slug {api_slug!r} in this organisation."
         )
     return usage_event
+
+
+def records_list(*, usage_event: UsageEvent, include_voided: bool = False) -> QuerySet[UsageRecord]:
+    records = UsageRecord.objects.filter(usage_event=usage_event)
+    if not include_voided:
+        records = records.filter(voided=False)
+    return records
+
+
+def record_get(*, usage_event: UsageEvent, record_id: int) -> UsageRecord:
+    record = UsageRecord.objects.filter(usage_event=usage_event, id=record_id).first()
+    if record is None:
+        raise NotFound(f"No record {record_id} in usage event {usage_event.api_slug!r}.")
+    return record
+
+
+def ingestion_errors_list(*, usage_event: UsageEvent) -> QuerySet[IngestionError]:
+    return IngestionError.objects.filter(usage_event=usage_event)

@@ -5,6 +5,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.permissions import AllowAny
 
 from usage import api as usage_api
+from usage import records_api
 from zenskar_site import api, views
 
 api_v1 = [
@@ -14,6 +15,13 @@ api_v1 = [
     path("audit/", api.AuditListApi.as_view(), name="audit-list"),
     path("usage-events/", usage_api.UsageEventListApi.as_view(), name="usage-event-list"),
     path("usage-events/<str:api_slug>/", usage_api.UsageEventDetailApi.as_view(), name="usage-event-detail"),
+    path("usage-events/<str:api_slug>/records/", records_api.RecordListApi.as_view(), name="record-list"),
+    path(
+        "usage-events/<str:api_slug>/records/<int:record_id>/",
+        records_api.RecordDetailApi.as_view(),
+        name="record-detail",
+    ),
+    path("usage-events/<str:api_slug>/errors/", records_api.IngestionErrorListApi.as_view(), name="error-list"),
     path(
         "schema/", SpectacularAPIView.as_view(permission_classes=[AllowAny], authentication_classes=[]), name="schema"
     ),
@@ -31,6 +39,8 @@ urlpatterns = [
     path("organisation/switch/", views.organisation_switch, name="organisation-switch"),
     path("settings/api-keys/", views.api_keys, name="api-keys"),
     path("settings/api-keys/<str:prefix>/revoke/", views.api_key_revoke_view, name="api-key-revoke"),
+    path("usage/<str:api_slug>", usage_api.ingest, name="ingest"),
+    path("usage/<str:api_slug>/", usage_api.ingest),
     path("usage-events/", include("usage.urls")),
     path("api/v1/", include((api_v1, "api"))),
     path("admin/", admin.site.urls),

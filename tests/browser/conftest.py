@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.sync_api import Browser, Page, sync_playwright
 
 # Playwright's sync API runs an asyncio event loop in this thread; without this, ORM calls made in
 # fixtures and assertions raise SynchronousOnlyOperation.
@@ -28,30 +29,39 @@ CHROMIUM_ARGS = [
     "--no-first-run",
     "--disable-quic",
 ]
-SCREENSHOTS = Path(__file__).resolve().parent / "screenshots"
+HERE = Path(__file__).resolve().parent
+SCREENSHOTS = HERE / "screenshots"
 IN_CI = os.environ.get("CI", "").strip().lower() == "true"
 
 
-def _browser_missing_reason() -> str | None:
+def browser_unavailable_reason() -> str | None:
     if not (CHROMIUM.is_file() and os.access(CHROMIUM, os.X_OK)):
         return f"{CHROMIUM} is missing: install Debian's chromium (`make browser`) to run the browser tests"
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "the Python package `playwright` is not installed (requirements-dev.txt)"
     return None
 
 
-_MISSING = _browser_missing_reason()
-if _MISSING and not IN_CI:
-    pytest.skip(_MISSING, allow_module_level=True)
+BROWSER_UNAVAILABLE = browser_unavailable_reason()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip every test of this folder, with the reason, when Chromium is missing (unless CI=true).
+
+    A hook rather than a module-level pytest.skip() in this conftest: that one crashes the run when the
+    folder is named on the command line (`pytest tests/browser`), because the conftest is then loaded
+    before collection starts.
+    """
+    if BROWSER_UNAVAILABLE is None or IN_CI:
+        return
+    skip = pytest.mark.skip(reason=BROWSER_UNAVAILABLE)
+    for item in items:
+        if HERE in Path(item.path).parents:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
-def browser() -> Iterator[Any]:
-    if _MISSING:  # only reached under CI=true
-        pytest.fail(f"CI=true but the browser tests cannot run: {_MISSING}")
-    from playwright.sync_api import sync_playwright
+def browser() -> Iterator[Browser]:
+    if BROWSER_UNAVAILABLE:  # only reached under CI=true: there a missing browser is a failure
+        pytest.fail(f"CI=true but the browser tests cannot run: {BROWSER_UNAVAILABLE}")
 
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
@@ -86,7 +96,7 @@ def _audit_rows_removed_before_flush(transactional_db: None) -> Iterator[None]:
 
 
 @pytest.fixture
-def page(browser: Any, live_server: Any) -> Iterator[Any]:
+def page(browser: Browser, live_server: Any) -> Iterator[Page]:
     context = browser.new_context(viewport={"width": 1366, "height": 900}, base_url=live_server.url)
     context.set_default_timeout(10_000)
     page = context.new_page()
@@ -97,7 +107,7 @@ def page(browser: Any, live_server: Any) -> Iterator[Any]:
 
 
 @pytest.fixture
-def screenshot(page: Any) -> Any:
+def screenshot(page: Page) -> Callable[[str], Path]:
     """`screenshot("name")` saves a full-page PNG to tests/browser/screenshots/name.png."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
 

@@ -166,6 +166,8 @@ def test_add_usage_event_shows_errors_next_to_their_fields(
     page.locator("#id_api_slug").fill("bad_field_event")
     add_field(page, "Bad-Name", "String")
     page.get_by_role("button", name="ADD USAGE EVENT", exact=True).click()
+    page.wait_for_load_state()
+    screenshot("08_error_bad_field_name")
 
     expect(page.locator("tr.field-row")).to_have_count(2)
     bad_row = row_for_field(page, "Bad-Name")
@@ -173,7 +175,6 @@ def test_add_usage_event_shows_errors_next_to_their_fields(
     expect(bad_row.locator(".row-error")).to_contain_text("Field names are 1-63 characters")
     expect(row_for_field(page, "good_field").locator(".row-error")).to_have_text("")
     expect(page.locator(".field-error[data-for=api_slug]")).to_have_count(0)
-    screenshot("08_error_bad_field_name")
     assert not UsageEvent.objects.exists()
 
 

@@ -1,0 +1,460 @@
+"""The ingestion hot path: `POST /usage/{api_slug}` (SPEC §3).
+
+One request is parsed once, validated with the usage event's compiled validator, and written with
+one INSERT per table (ON CONFLICT on the idempotency key, so concurrent retries are safe). The
+answer is sent only after the transaction commits: a 2xx means the accepted records are durable.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import json
+import uuid
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import orjson
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Q
+
+from usage.models import IngestionError, Period, UsageEvent, UsageEventKind, UsageRecord
+from usage.schema import ValidRecord, dataschema_has_decimal, datetime_format, record_validator
+from zenskar_site.errors import DomainError
+from zenskar_site.models import ApiKey, ApiKeyScope
+from zenskar_site.services import api_key_hash, api_key_split, api_key_touch
+
+ERROR_PAYLOAD_MAX_CHARS = 4096
+
+
+class IngestError(DomainError):
+    """A whole-request failure: maps to the status code SPEC §3 names for it."""
+
+    def __init__(self, status_code: int, detail: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status_code = status_code
+        self.headers = headers or {}
+
+
+@dataclass
+class IngestContext:
+    api_key: ApiKey
+    usage_event: UsageEvent
+
+
+@dataclass
+class Candidate:
+    index: int
+    record: ValidRecord
+    content_hash: str
+    period_start: dt.datetime | None
+    status: str = "pending"
+    id: int | None = None
+    errors: dict[str, list[str]] = field(default_factory=dict)
+    same_as: Candidate | None = None  # an earlier record of this batch with the same idempotency key
+
+
+@dataclass
+class IngestResult:
+    results: list[dict[str, Any]]
+    accepted: int
+    duplicates: int
+    rejected: int
+    usage_event_id: int
+    touched: list[tuple[str, dt.datetime]]  # (customer_id, timestamp) of every accepted record
+
+    @property
+    def status_code(self) -> int:
+        return 202 if self.accepted or self.duplicates else 422
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "accepted": self.accepted,
+            "duplicates": self.duplicates,
+            "rejected": self.rejected,
+            "results": self.results,
+        }
+
+
+# --- authentication and lookup: one query for the key and the usage event ---
+
+_CONTEXT_SQL = """
+SELECT k.id, k.organisation_id, k.key_hash, k.scope, k.revoked_at, k.last_used_at,
+       e.id, e.kind, e.aggregate_period, e.dataschema, e.archived
+FROM zenskar_site_apikey k
+LEFT JOIN usage_usageevent e ON e.organisation_id = k.organisation_id AND e.api_slug = %s
+WHERE k.prefix = %s
+"""
+
+
+def _as_datetime(value: Any) -> dt.datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, dt.datetime):
+        return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    parsed = dt.datetime.fromisoformat(str(value))  # SQLite stores UTC as naive text
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+def ingest_context_load(*, secret: str | None, api_slug: str, organisation_header: str | None) -> IngestContext:
+    """Authenticate the key and find the active usage event, or raise the 401/403/404 answer."""
+    if not secret:
+        raise IngestError(401, "Send an API key in the x-api-key header (or Authorization: Bearer).")
+    prefix = api_key_split(secret=secret)
+    row = None
+    if prefix is not None:
+        with connection.cursor() as cursor:
+            cursor.execute(_CONTEXT_SQL, [api_slug, prefix])
+            row = cursor.fetchone()
+    if prefix is None or row is None or not hmac.compare_digest(row[2], api_key_hash(secret=secret)):
+        raise IngestError(401, "Unknown API key.")
+    organisation_id = row[1] if isinstance(row[1], uuid.UUID) else uuid.UUID(str(row[1]))
+    api_key = ApiKey(
+        id=row[0],
+        organisation_id=organisation_id,
+        prefix=prefix,
+        key_hash=row[2],
+        scope=row[3],
+        revoked_at=_as_datetime(row[4]),
+        last_used_at=_as_datetime(row[5]),
+    )
+    if api_key.revoked_at is not None:
+        raise IngestError(401, "This API key has been revoked.")
+    if organisation_header is not None:
+        try:
+            claimed = uuid.UUID(organisation_header.strip())
+        except ValueError:
+            raise IngestError(403, "The organisation header is not a valid organisation id.") from None
+        if claimed != organisation_id:
+            raise IngestError(403, "The organisation header does not match the API key's organisation.")
+    if row[6] is None or row[10]:
+        raise IngestError(404, f"No active usage event with API slug {api_slug!r} in this organisation.")
+    dataschema = row[9] if isinstance(row[9], dict) else orjson.loads(row[9])
+    usage_event = UsageEvent(
+        id=row[6],
+        organisation_id=organisation_id,
+        api_slug=api_slug,
+        kind=row[7],
+        aggregate_period=row[8],
+        dataschema=dataschema,
+        archived=False,
+    )
+    return IngestContext(api_key=api_key, usage_event=usage_event)
+
+
+# --- parsing ---
+
+
+def body_parse(*, body: bytes, exact_decimals: bool) -> list[Any] | dict[str, Any]:
+    try:
+        if exact_decimals:
+            # Keeps 0.1 as Decimal("0.1"): a Decimal field must not pass through a float.
+            parsed = json.loads(body, parse_float=Decimal, parse_constant=_reject_constant)
+        else:
+            parsed = orjson.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise IngestError(400, f"Malformed JSON: {exc}") from None
+    if isinstance(parsed, dict):
+        return parsed
+    if isinstance(parsed, list):
+        if not parsed:
+            raise IngestError(400, "The batch is empty: send one record or an array of 1 or more records.")
+        if len(parsed) > settings.INGEST_MAX_BATCH:
+            raise IngestError(413, f"A batch holds at most {settings.INGEST_MAX_BATCH} records; got {len(parsed)}.")
+        return parsed
+    raise IngestError(400, "The body must be a record object or a JSON array of records.")
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+# --- the write path ---
+
+
+def period_start_of(timestamp: dt.datetime, period: str) -> dt.datetime:
+    start = timestamp.astimezone(dt.UTC).replace(minute=0, second=0, microsecond=0)
+    if period == Period.HOUR:
+        return start
+    start = start.replace(hour=0)
+    if period == Period.DAY:
+        return start
+    return start.replace(day=1)
+
+
+def content_hash_of(record: ValidRecord) -> str:
+    canonical = orjson.dumps(
+        [record.customer_id, datetime_format(record.timestamp), record.data], option=orjson.OPT_SORT_KEYS
+    )
+    return hashlib.sha256(canonical).hexdigest()
+
+
+def _insert_records(
+    *, usage_event_id: int, rows: list[Candidate], received_at: dt.datetime, aggregate: bool
+) -> list[tuple[int, str | None]]:
+    """One INSERT for the whole batch; returns (id, idempotency_key) of the rows actually inserted, in order."""
+    if not rows:
+        return []
+    table = UsageRecord._meta.db_table
+    conflict = "ON CONFLICT (usage_event_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
+    # Aggregates go in as superseded; the newest of each (customer, period) is then made current,
+    # so the partial unique index never sees two current rows mid-statement.
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(
+                f"""
+                INSERT INTO {table} (usage_event_id, customer_id, "timestamp", period_start, data,
+                                     idempotency_key, content_hash, received_at, voided, superseded)
+                SELECT %s, t.customer_id, t.ts, t.period_start, t.data::jsonb, t.idem, t.hash, %s, false, %s
+                FROM unnest(%s::text[], %s::timestamptz[], %s::timestamptz[], %s::text[], %s::text[], %s::text[])
+                     WITH ORDINALITY AS t(customer_id, ts, period_start, data, idem, hash, ord)
+                ORDER BY t.ord
+                {conflict}
+                RETURNING id, idempotency_key
+                """,  # noqa: S608 - the table name is the model's, values are parameters
+                [
+                    usage_event_id,
+                    received_at,
+                    aggregate,
+                    [c.record.customer_id for c in rows],
+                    [c.record.timestamp for c in rows],
+                    [c.period_start for c in rows],
+                    [orjson.dumps(c.record.data).decode() for c in rows],
+                    [c.record.idempotency_key for c in rows],
+                    [c.content_hash for c in rows],
+                ],
+            )
+        else:
+            adapt = connection.ops.adapt_datetimefield_value
+            received = adapt(received_at)
+            params: list[Any] = []
+            for c in rows:
+                params.extend(
+                    [
+                        usage_event_id,
+                        c.record.customer_id,
+                        adapt(c.record.timestamp),
+                        adapt(c.period_start) if c.period_start else None,
+                        orjson.dumps(c.record.data).decode(),
+                        c.record.idempotency_key,
+                        c.content_hash,
+                        received,
+                        False,
+                        aggregate,
+                    ]
+                )
+            values = ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"] * len(rows))
+            cursor.execute(
+                f"""
+                INSERT INTO {table} (usage_event_id, customer_id, "timestamp", period_start, data,
+                                     idempotency_key, content_hash, received_at, voided, superseded)
+                VALUES {values}
+                {conflict}
+                RETURNING id, idempotency_key
+                """,  # noqa: S608 - the table name is the model's, values are parameters
+                params,
+            )
+        return [(int(r[0]), r[1]) for r in cursor.fetchall()]
+
+
+def _resolve_inserted(*, usage_event_id: int, rows: list[Candidate], inserted: list[tuple[int, str | None]]) -> None:
+    """Mark each row accepted (with its id), duplicate or rejected (its key is taken by other content)."""
+    position = 0
+    conflicted: list[Candidate] = []
+    for candidate in rows:
+        if position < len(inserted) and (
+            candidate.record.idempotency_key is None or inserted[position][1] == candidate.record.idempotency_key
+        ):
+            candidate.status, candidate.id = "accepted", inserted[position][0]
+            position += 1
+        else:
+            conflicted.append(candidate)
+    if not conflicted:
+        return
+    existing = {
+        key: (record_id, content_hash)
+        for key, record_id, content_hash in UsageRecord.objects.filter(
+            usage_event_id=usage_event_id, idempotency_key__in=[c.record.idempotency_key for c in conflicted]
+        ).values_list("idempotency_key", "id", "content_hash")
+    }
+    for candidate in conflicted:
+        found = existing.get(candidate.record.idempotency_key)
+        if found is None:  # the conflicting row vanished (its writer rolled back): let the client retry
+            raise IngestError(503, "A concurrent request with the same idempotency key did not finish; retry.")
+        record_id, content_hash = found
+        if content_hash == candidate.content_hash:
+            candidate.status, candidate.id = "duplicate", record_id
+        else:
+            candidate.status = "rejected"
+            candidate.errors = {
+                "idempotency_key": [
+                    f"The idempotency key {candidate.record.idempotency_key!r} was already used for record "
+                    f"{record_id} with different content; use a new key for a new record."
+                ]
+            }
+
+
+def _supersede(*, usage_event_id: int, rows: list[Candidate]) -> None:
+    """Make the newest accepted value of each (customer, period) current; earlier ones stay as history."""
+    newest: dict[tuple[str, dt.datetime], Candidate] = {}
+    for candidate in rows:
+        if candidate.status == "accepted" and candidate.period_start is not None:
+            newest[(candidate.record.customer_id, candidate.period_start)] = candidate
+    if not newest:
+        return
+    current = UsageRecord.objects.filter(usage_event_id=usage_event_id, superseded=False, period_start__isnull=False)
+    pairs = Q()
+    for customer_id, period_start in newest:
+        pairs |= Q(customer_id=customer_id, period_start=period_start)
+    current.filter(pairs).update(superseded=True)
+    UsageRecord.objects.filter(id__in=[c.id for c in newest.values()]).update(superseded=False)
+
+
+def _error_payload(item: Any) -> tuple[Any, bool]:
+    text = orjson.dumps(item, default=str).decode()
+    if len(text) <= ERROR_PAYLOAD_MAX_CHARS:
+        return item if not _has_decimal(item) else orjson.loads(text), False
+    return text[:ERROR_PAYLOAD_MAX_CHARS], True
+
+
+def _has_decimal(item: Any) -> bool:
+    if isinstance(item, Decimal):
+        return True
+    if isinstance(item, dict):
+        return any(_has_decimal(v) for v in item.values())
+    if isinstance(item, list):
+        return any(_has_decimal(v) for v in item)
+    return False
+
+
+def records_ingest(
+    *,
+    context: IngestContext,
+    body: bytes,
+    backfill: bool,
+    now: dt.datetime,
+) -> IngestResult:
+    """Validate and store one request's records; every record gets its own outcome."""
+    usage_event, api_key = context.usage_event, context.api_key
+    if backfill and api_key.scope != ApiKeyScope.FULL:
+        raise IngestError(403, "backfill=true needs a full-scope API key.")
+    dataschema = usage_event.dataschema
+    parsed = body_parse(body=body, exact_decimals=dataschema_has_decimal(dataschema))
+    items = parsed if isinstance(parsed, list) else [parsed]
+    validate = record_validator(dataschema)
+    aggregate = usage_event.kind == UsageEventKind.AGGREGATE
+    period = usage_event.aggregate_period or ""
+    latest = now + dt.timedelta(seconds=settings.INGEST_MAX_FUTURE_SECONDS)
+    earliest = None if backfill else now - dt.timedelta(seconds=settings.INGEST_MAX_AGE_SECONDS)
+
+    outcomes: list[Candidate | dict[str, list[str]]] = []
+    first_by_key: dict[str, Candidate] = {}
+    to_insert: list[Candidate] = []
+    for index, item in enumerate(items):
+        record, errors = validate(item)
+        if record is None:
+            outcomes.append(errors)
+            continue
+        if record.timestamp > latest:
+            outcomes.append({"timestamp": [f"More than {settings.INGEST_MAX_FUTURE_SECONDS} seconds in the future."]})
+            continue
+        if earliest is not None and record.timestamp < earliest:
+            days = settings.INGEST_MAX_AGE_SECONDS / 86400
+            outcomes.append(
+                {"timestamp": [f"Older than {days:g} days; a full-scope key may send ?backfill=true to load history."]}
+            )
+            continue
+        candidate = Candidate(
+            index=index,
+            record=record,
+            content_hash=content_hash_of(record),
+            period_start=period_start_of(record.timestamp, period) if aggregate else None,
+        )
+        key = record.idempotency_key
+        if key is not None and key in first_by_key:
+            candidate.same_as = first_by_key[key]
+        else:
+            if key is not None:
+                first_by_key[key] = candidate
+            to_insert.append(candidate)
+        outcomes.append(candidate)
+
+    rejected_payloads = [(items[i], o) for i, o in enumerate(outcomes) if isinstance(o, dict)]
+    with transaction.atomic():
+        if aggregate and to_insert:
+            # Serialises aggregate writers per usage event, so "latest received wins" is well defined.
+            UsageEvent.objects.select_for_update().filter(id=usage_event.id).values_list("id").first()
+        inserted = _insert_records(usage_event_id=usage_event.id, rows=to_insert, received_at=now, aggregate=aggregate)
+        _resolve_inserted(usage_event_id=usage_event.id, rows=to_insert, inserted=inserted)
+        if aggregate:
+            _supersede(usage_event_id=usage_event.id, rows=to_insert)
+        for outcome in outcomes:
+            if isinstance(outcome, Candidate) and outcome.same_as is not None:
+                _follow_first(outcome)
+        errors_to_log = rejected_payloads + [
+            (items[o.index], o.errors) for o in outcomes if isinstance(o, Candidate) and o.status == "rejected"
+        ]
+        if errors_to_log:
+            log = []
+            for payload, errors in errors_to_log:
+                stored, truncated = _error_payload(payload)
+                log.append(
+                    IngestionError(
+                        usage_event_id=usage_event.id,
+                        received_at=now,
+                        payload=stored,
+                        payload_truncated=truncated,
+                        errors=errors,
+                        api_key_prefix=api_key.prefix,
+                    )
+                )
+            IngestionError.objects.bulk_create(log)
+
+    results: list[dict[str, Any]] = []
+    counts = {"accepted": 0, "duplicate": 0, "rejected": 0}
+    touched: list[tuple[str, dt.datetime]] = []
+    for index, outcome in enumerate(outcomes):
+        if isinstance(outcome, dict):
+            results.append({"index": index, "status": "rejected", "errors": outcome})
+            counts["rejected"] += 1
+        elif outcome.status == "rejected":
+            results.append({"index": index, "status": "rejected", "errors": outcome.errors})
+            counts["rejected"] += 1
+        else:
+            results.append({"index": index, "status": outcome.status, "id": outcome.id})
+            counts[outcome.status] += 1
+            if outcome.status == "accepted":
+                touched.append((outcome.record.customer_id, outcome.record.timestamp))
+    return IngestResult(
+        results=results,
+        accepted=counts["accepted"],
+        duplicates=counts["duplicate"],
+        rejected=counts["rejected"],
+        usage_event_id=usage_event.id,
+        touched=touched,
+    )
+
+
+def _follow_first(candidate: Candidate) -> None:
+    """A later record of the batch reusing an earlier one's key: the same content is a duplicate of it."""
+    first = candidate.same_as
+    assert first is not None
+    if first.content_hash != candidate.content_hash:
+        candidate.status = "rejected"
+        candidate.errors = {
+            "idempotency_key": [
+                f"The idempotency key {candidate.record.idempotency_key!r} was already used earlier in this "
+                f"batch (index {first.index}) with different content."
+            ]
+        }
+    elif first.status == "rejected":
+        candidate.status, candidate.errors = "rejected", first.errors
+    else:
+        candidate.status, candidate.id = "duplicate", first.id
+
+
+def api_key_mark_used(*, api_key: ApiKey, now: dt.datetime) -> None:
+    api_key_touch(api_key=api_key, now=now, min_interval_seconds=settings.API_KEY_TOUCH_SECONDS)
