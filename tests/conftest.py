@@ -1,7 +1,8 @@
 from __future__ import annotations
 
+import importlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -19,6 +20,35 @@ def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
     for item in items:
         if not IS_POSTGRES and ("postgres" in item.keywords or "celery_worker" in item.keywords):
             item.add_marker(skip_pg)
+
+
+@pytest.fixture(autouse=True)
+def _sqlite_audit_rows_removed_before_flush(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Let a transactional test's teardown flush empty the append-only audit table on SQLite.
+
+    Migration 0002 guards the audit table with BEFORE DELETE triggers. PostgreSQL's flush uses TRUNCATE,
+    which row triggers ignore; SQLite's flush uses DELETE, which they abort. Before that flush (this
+    fixture depends on transactional_db, so it is torn down first) the triggers are dropped, the rows
+    deleted and the triggers re-created with the migration's own SQL.
+    """
+    marker = request.node.get_closest_marker("django_db")
+    transactional = (
+        "transactional_db" in request.fixturenames
+        or "live_server" in request.fixturenames
+        or bool(marker and marker.kwargs.get("transaction"))
+    )
+    if not transactional or IS_POSTGRES:
+        yield
+        return
+    request.getfixturevalue("transactional_db")
+    yield
+    migration = importlib.import_module("zenskar_site.migrations.0002_audit_append_only_triggers")
+    with connection.cursor() as cursor:
+        for statement in migration.SQLITE_DOWN:
+            cursor.execute(statement)
+        cursor.execute(f"DELETE FROM {migration.TABLE}")
+        for statement in migration.SQLITE_UP:
+            cursor.execute(statement)
 
 
 @pytest.fixture

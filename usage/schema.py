@@ -20,7 +20,7 @@ from zenskar_site.errors import ValidationFailed
 
 BASE_TYPES = ("Int64", "Float64", "Decimal", "Bool", "Date32", "DateTime64", "String", "UUID")
 NUMERIC_TYPES = frozenset({"Int64", "Float64", "Decimal"})
-FIELD_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+FIELD_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}\Z", re.ASCII)
 RESERVED_FIELD_NAMES = frozenset({"id", "customer_id", "timestamp"})
 ROOT_TYPES = {"customer_id": "String", "timestamp": "DateTime64"}
 MAX_FIELDS = 200
@@ -30,11 +30,14 @@ MAX_IDEMPOTENCY_KEY = 255
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 DECIMAL_MAX_DIGITS = 38
 
-_NULLABLE_RE = re.compile(r"^Nullable\((\w+)\)$")
-_DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-_NAIVE_DATETIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}(\.\d{1,6})?$")
-_OFFSET_DATETIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|z|[+-]\d{2}:?\d{2})$")
-_UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_NULLABLE_RE = re.compile(r"^Nullable\((\w+)\)\Z", re.ASCII)
+_DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}\Z", re.ASCII)
+_NAIVE_DATETIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}(\.\d{1,6})?\Z", re.ASCII)
+_OFFSET_DATETIME_RE = re.compile(
+    r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|z|[+-]\d{2}:?\d{2})\Z", re.ASCII
+)
+_UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z", re.ASCII)
+_DECIMAL_STRING_RE = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?\Z", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -146,7 +149,10 @@ def _int64(value: Any) -> int:
             return value
         raise InvalidValue("Expected Int64, got an integer outside the signed 64-bit range.")
     if kind is float or kind is Decimal:
-        if not math.isfinite(value) or value != int(value):
+        finite = value.is_finite() if kind is Decimal else math.isfinite(value)
+        if not finite:
+            raise InvalidValue("Expected Int64, got a number that is not finite.")
+        if value != int(value):
             raise InvalidValue("Expected Int64, got a number with a fraction.")
         as_int = int(value)
         if INT64_MIN <= as_int <= INT64_MAX:
@@ -158,7 +164,10 @@ def _int64(value: Any) -> int:
 def _float64(value: Any) -> float:
     kind = type(value)
     if kind is int or kind is float or kind is Decimal:
-        result = float(value)
+        try:
+            result = float(value)
+        except (OverflowError, ValueError):
+            raise InvalidValue("Expected Float64, got a number outside the Float64 range.") from None
         if math.isfinite(result):
             return result
         raise InvalidValue("Expected Float64, got a number that is not finite.")
@@ -176,8 +185,10 @@ def _decimal(value: Any) -> str:
         # string that round-trips, i.e. the literal the client wrote for up to 15 digits.
         number = Decimal(repr(value))
     elif kind is str:
+        if not _DECIMAL_STRING_RE.match(value):
+            raise InvalidValue("Expected Decimal, got a string that is not a number (digits, '.', exponent).")
         try:
-            number = Decimal(value.strip()) if value.strip() else Decimal("nan")
+            number = Decimal(value)
         except InvalidOperation:
             raise InvalidValue("Expected Decimal, got a string that is not a number.") from None
     else:
@@ -220,10 +231,9 @@ def datetime_parse(value: Any) -> dt.datetime:
         if fraction and len(fraction.group(1)) > 6:  # nanoseconds: keep microseconds
             text = text.replace(fraction.group(0), "." + fraction.group(1)[:6], 1)
         try:
-            parsed = dt.datetime.fromisoformat(text.replace("z", "Z"))
-        except ValueError:
-            raise InvalidValue("Expected DateTime64, got a date or time that does not exist.") from None
-        return parsed.astimezone(dt.UTC)
+            return dt.datetime.fromisoformat(text.replace("z", "Z")).astimezone(dt.UTC)
+        except (ValueError, OverflowError):
+            raise InvalidValue("Expected DateTime64, got a date or time that does not exist in UTC.") from None
     raise InvalidValue(
         "Expected DateTime64: ISO 8601 with an offset (2026-11-20T14:03:12Z) or 'YYYY-MM-DD HH:MM:SS' in UTC."
     )

@@ -13,7 +13,7 @@ from zenskar_site.actors import Actor
 from zenskar_site.errors import Conflict, NotFound, ValidationFailed
 from zenskar_site.services import audit_record
 
-API_SLUG_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+API_SLUG_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z", re.ASCII)
 
 
 def usage_event_snapshot(usage_event: UsageEvent) -> dict[str, Any]:

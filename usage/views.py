@@ -55,17 +55,15 @@ def usage_event_new(request: HttpRequest, actor: Actor) -> HttpResponse:
                 for path, messages in exc.errors.items()
                 if path.startswith("dataschema.data.")
             }
-            other = ValidationFailed(
-                {p: m for p, m in exc.errors.items() if not p.startswith("dataschema.data.")} or {"": []}
-            )
-            if other.errors != {"": []}:
-                form_errors_apply(form, other, fields=FORM_FIELDS)
+            other = {p: m for p, m in exc.errors.items() if not p.startswith("dataschema.data.")}
+            if other:
+                form_errors_apply(form, ValidationFailed(other), fields=FORM_FIELDS)
         else:
             return redirect("usage:event-detail", api_slug=usage_event.api_slug)
     return render(
         request,
         "usage/event_form.html",
-        {"form": form, "types": BASE_TYPES, "field_errors_json": json.dumps(field_errors)},
+        {"form": form, "types": BASE_TYPES, "field_errors": field_errors},
     )
 
 

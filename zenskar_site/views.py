@@ -15,6 +15,8 @@ from zenskar_site.models import ApiKeyScope
 from zenskar_site.selectors import SESSION_ORGANISATION_KEY, api_keys_list, memberships_for_user
 from zenskar_site.services import api_key_create, api_key_revoke
 
+CREATED_SECRET_SESSION_KEY = "created_api_key_secret"
+
 
 class ApiKeyForm(forms.Form):
     name = forms.CharField(max_length=100, label="Name")
@@ -40,17 +42,20 @@ def organisation_switch(request: HttpRequest, actor: Actor) -> HttpResponse:
 
 @member_view(write=True)
 def api_keys(request: HttpRequest, actor: Actor) -> HttpResponse:
-    created_secret = None
+    # The secret travels to the next GET in the session and is removed as it is shown: a reload
+    # neither shows it again nor re-sends the POST that created it.
+    created_secret = request.session.pop(CREATED_SECRET_SESSION_KEY, None)
     form = ApiKeyForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         try:
-            _api_key, created_secret = api_key_create(
+            _api_key, secret = api_key_create(
                 actor=actor, name=form.cleaned_data["name"], scope=form.cleaned_data["scope"]
             )
         except ValidationFailed as exc:
             form_errors_apply(form, exc, fields={"name": "name", "scope": "scope"})
         else:
-            form = ApiKeyForm()
+            request.session[CREATED_SECRET_SESSION_KEY] = secret
+            return redirect("api-keys")
     return render(
         request,
         "zenskar_site/api_keys.html",

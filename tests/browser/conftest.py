@@ -6,7 +6,6 @@ under CI=true where a missing browser is a failure: CI must not pass by silently
 
 from __future__ import annotations
 
-import importlib
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -69,30 +68,6 @@ def browser() -> Iterator[Browser]:
             yield chromium
         finally:
             chromium.close()
-
-
-@pytest.fixture(autouse=True)
-def _audit_rows_removed_before_flush(transactional_db: None) -> Iterator[None]:
-    """Let the transactional teardown's flush empty the audit table on SQLite.
-
-    Migration 0002 makes the audit table append-only with BEFORE DELETE triggers. PostgreSQL's flush
-    uses TRUNCATE, which row triggers ignore, but SQLite's flush uses DELETE, which the trigger aborts
-    ("audit entries are append-only"). This runs before the flush (it depends on transactional_db, so it
-    is torn down first): it drops the triggers, deletes the rows and re-creates the triggers with the
-    migration's own SQL, so the rest of the suite still sees an append-only table.
-    """
-    yield
-    from django.db import connection
-
-    if connection.vendor != "sqlite":
-        return
-    migration = importlib.import_module("zenskar_site.migrations.0002_audit_append_only_triggers")
-    with connection.cursor() as cursor:
-        for statement in migration.SQLITE_DOWN:
-            cursor.execute(statement)
-        cursor.execute(f"DELETE FROM {migration.TABLE}")
-        for statement in migration.SQLITE_UP:
-            cursor.execute(statement)
 
 
 @pytest.fixture

@@ -1,0 +1,136 @@
+"""Ingestion against a real PostgreSQL behind a real gunicorn: concurrency and outages."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from tests.factories import api_key_make, organisation_make, usage_event_make
+from tests.processes import gunicorn_server, http_post
+from usage.models import UsageRecord
+
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+
+
+def _record(key: str, customer: str = "cus_1") -> bytes:
+    moment = (timezone.now() - dt.timedelta(minutes=1)).replace(microsecond=0)
+    return json.dumps(
+        {
+            "customer_id": customer,
+            "timestamp": moment.isoformat(),
+            "data": {"cpu_usage_hours": 1.5},
+            "idempotency_key": key,
+        }
+    ).encode()
+
+
+def test_twenty_concurrent_requests_with_one_idempotency_key_store_exactly_one_record() -> None:
+    organisation = organisation_make(name="Concurrent")
+    usage_event_make(organisation=organisation)
+    secret = api_key_make(organisation=organisation, scope="ingest").secret
+    body = _record("same-key")
+    headers = {"x-api-key": secret, "Content-Type": "application/json"}
+    barrier = threading.Barrier(20)
+    outcomes: list[tuple[int, dict]] = []
+    lock = threading.Lock()
+
+    with gunicorn_server(workers=2, threads=10) as url:
+
+        def send() -> None:
+            barrier.wait()
+            status, raw = http_post(f"{url}/usage/compute_hours", body, headers)
+            with lock:
+                outcomes.append((status, json.loads(raw)))
+
+        threads = [threading.Thread(target=send) for _ in range(20)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+
+    assert len(outcomes) == 20
+    assert all(status == 202 for status, _ in outcomes), outcomes
+    statuses = [body["results"][0]["status"] for _, body in outcomes]
+    assert statuses.count("accepted") == 1
+    assert statuses.count("duplicate") == 19
+    stored = UsageRecord.objects.get()
+    assert {body["results"][0]["id"] for _, body in outcomes} == {stored.id}
+
+
+def _pg_ctl(action: str) -> None:
+    version = next(Path("/etc/postgresql").iterdir()).name
+    subprocess.run(
+        [
+            "pg_ctlcluster",
+            "--skip-systemctl-redirect",
+            version,
+            "main",
+            action,
+            *(["-m", "fast"] if action == "stop" else []),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+
+
+def _pg_wait_up() -> None:
+    deadline = time.monotonic() + 60
+    while subprocess.run(["pg_isready", "-q", "-h", "127.0.0.1"], check=False).returncode != 0:
+        assert time.monotonic() < deadline, "PostgreSQL did not come back"
+        time.sleep(0.3)
+
+
+@pytest.mark.skipif(shutil.which("pg_ctlcluster") is None, reason="needs pg_ctlcluster to stop and start PostgreSQL")
+def test_with_postgres_stopped_the_endpoint_answers_503_and_loses_nothing() -> None:
+    organisation = organisation_make(name="Outage")
+    usage_event_make(organisation=organisation)
+    secret = api_key_make(organisation=organisation, scope="ingest").secret
+    headers = {"x-api-key": secret, "Content-Type": "application/json"}
+    answered: dict[str, int] = {}
+
+    with gunicorn_server(workers=1, threads=2) as url:
+        n = 0
+
+        def send_one() -> int:
+            nonlocal n
+            n += 1
+            key = f"k-{n}"
+            status, _ = http_post(f"{url}/usage/compute_hours", _record(key, customer=f"c{n % 3}"), headers, timeout=30)
+            answered[key] = status
+            return status
+
+        for _ in range(10):
+            assert send_one() == 202
+        connection.close()
+        _pg_ctl("stop")
+        try:
+            during = [send_one() for _ in range(5)]
+        finally:
+            _pg_ctl("start")
+            _pg_wait_up()
+        after = [send_one() for _ in range(10)]
+        # A client retries what did not get a 2xx; the retry must store each record once.
+        retried = {
+            key: http_post(f"{url}/usage/compute_hours", _record(key, customer=f"c{int(key[2:]) % 3}"), headers)[0]
+            for key, status in answered.items()
+            if status != 202
+        }
+
+    assert set(during) == {503}, during
+    assert after.count(202) >= 9, after  # the first request may meet a connection the outage broke
+    acknowledged = {key for key, status in answered.items() if status == 202}
+    stored_keys = list(UsageRecord.objects.values_list("idempotency_key", flat=True))
+    assert acknowledged <= set(stored_keys)
+    assert len(stored_keys) == len(set(stored_keys))
+    assert all(status == 202 for status in retried.values()), retried
+    assert set(stored_keys) == set(answered)
