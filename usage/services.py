@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from typing import Any
 
 from django.db import IntegrityError, transaction
 
-from usage.models import Period, UsageEvent, UsageEventKind
+from usage.models import IngestionError, Period, UsageEvent, UsageEventKind
 from usage.schema import dataschema_change_problems, dataschema_normalize
 from zenskar_site.actors import Actor
 from zenskar_site.errors import Conflict, NotFound, ValidationFailed
@@ -176,3 +177,19 @@ def usage_event_archive(*, actor: Actor, api_slug: str, reason: str = "") -> Usa
         reason=reason,
     )
     return usage_event
+
+
+def ingestion_errors_prune(*, older_than: dt.datetime, batch_size: int = 5000) -> int:
+    """Delete up to `batch_size` error-log rows received before `older_than`; returns how many went.
+
+    Bounded so one run never holds a long lock; the caller repeats while a full batch was deleted.
+    """
+    ids = list(
+        IngestionError.objects.filter(received_at__lt=older_than)
+        .order_by("id")
+        .values_list("id", flat=True)[:batch_size]
+    )
+    if not ids:
+        return 0
+    deleted, _ = IngestionError.objects.filter(id__in=ids).delete()
+    return deleted

@@ -199,7 +199,9 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TIMEZONE = "UTC"
-CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {}
+CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
+    "ingestion-errors-prune": {"task": "usage.tasks.ingestion_errors_prune_task", "schedule": 3600.0},
+}
 
 # Ingestion limits (SPEC §3).
 INGEST_MAX_BATCH = env_int("INGEST_MAX_BATCH", 1000)
@@ -209,6 +211,9 @@ INGEST_MAX_AGE_SECONDS = env_int("INGEST_MAX_AGE_SECONDS", 35 * 24 * 3600)
 # Requests per organisation per second; 0 turns the limit off (the embedded default).
 INGEST_RATE_LIMIT = env_int("INGEST_RATE_LIMIT", 0 if EMBEDDED else 1000)
 DATA_UPLOAD_MAX_MEMORY_SIZE = max(INGEST_MAX_BODY_BYTES * 2, 2621440)
+
+# The ingestion error log keeps this many days of rejected records.
+INGEST_ERROR_RETENTION_DAYS = env_int("INGEST_ERROR_RETENTION_DAYS", 30)
 
 # API keys: last_used_at is written at most this often per key, keeping auth off the write path.
 API_KEY_TOUCH_SECONDS = env_int("API_KEY_TOUCH_SECONDS", 60)
