@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from django.db.models import QuerySet
+import datetime as dt
+
+from django.db.models import Count, QuerySet
+from django.db.models.functions import TruncDay, TruncHour
 
 from usage.models import IngestionError, UsageEvent, UsageRecord
 from zenskar_site.errors import NotFound
@@ -44,3 +47,72 @@ def record_get(*, usage_event: UsageEvent, record_id: int) -> UsageRecord:
 
 def ingestion_errors_list(*, usage_event: UsageEvent) -> QuerySet[IngestionError]:
     return IngestionError.objects.filter(usage_event=usage_event)
+
+
+VOLUME_BUCKETS: dict[str, tuple[dt.timedelta, int]] = {
+    "hour": (dt.timedelta(hours=1), 48),
+    "day": (dt.timedelta(days=1), 30),
+}
+
+
+def records_page(
+    *,
+    usage_event: UsageEvent,
+    customer_id: str | None = None,
+    start: dt.datetime | None = None,
+    end: dt.datetime | None = None,
+    before_id: int | None = None,
+    limit: int = 50,
+) -> tuple[list[UsageRecord], int | None]:
+    """One page of records, newest id first, and the `before_id` of the next page (None on the last).
+
+    Keyset pagination: a page costs the same on the millionth row as on the first, and no COUNT(*) is
+    run; one extra row is fetched to learn whether an older page exists. Voided and superseded records
+    are included (the page shows them with a badge). `start` is inclusive, `end` exclusive, both on the
+    record's own timestamp.
+    """
+    records = UsageRecord.objects.filter(usage_event=usage_event)
+    if customer_id:
+        records = records.filter(customer_id=customer_id)
+    if start is not None:
+        records = records.filter(timestamp__gte=start)
+    if end is not None:
+        records = records.filter(timestamp__lt=end)
+    if before_id is not None:
+        records = records.filter(id__lt=before_id)
+    rows = list(records.order_by("-id")[: limit + 1])
+    if len(rows) > limit:
+        rows = rows[:limit]
+        return rows, rows[-1].id
+    return rows, None
+
+
+def records_volume(*, usage_event: UsageEvent, bucket: str, now: dt.datetime) -> list[tuple[dt.datetime, int]]:
+    """Records received per UTC hour (last 48 hours) or day (last 30 days), oldest first, empty buckets as 0.
+
+    Counts every stored row by `received_at`, voided or superseded ones too: it shows what arrived.
+    The database groups and counts; Python only fills the gaps between the (at most 48) buckets.
+    """
+    step, count = VOLUME_BUCKETS[bucket]
+    now = now.astimezone(dt.UTC)
+    if bucket == "hour":
+        current = now.replace(minute=0, second=0, microsecond=0)
+        trunc: TruncHour | TruncDay = TruncHour("received_at", tzinfo=dt.UTC)
+    else:
+        current = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        trunc = TruncDay("received_at", tzinfo=dt.UTC)
+    first = current - step * (count - 1)
+    rows = (
+        UsageRecord.objects.filter(usage_event=usage_event, received_at__gte=first, received_at__lt=current + step)
+        .annotate(bucket=trunc)
+        .values("bucket")
+        .annotate(n=Count("id"))
+        .order_by()
+        .values_list("bucket", "n")
+    )
+    counts = {moment.astimezone(dt.UTC): n for moment, n in rows}
+    return [(first + step * i, counts.get(first + step * i, 0)) for i in range(count)]
+
+
+def ingestion_errors_latest(*, usage_event: UsageEvent, limit: int = 50) -> list[IngestionError]:
+    return list(ingestion_errors_list(usage_event=usage_event).order_by("-id")[:limit])

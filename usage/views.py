@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import math
 import shlex
 from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
+from django import forms
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.utils import timezone
 
 from usage.forms import UsageEventForm
+from usage.models import IngestionError, UsageRecord
 from usage.schema import BASE_TYPES, dataschema_sample
-from usage.selectors import usage_event_get, usage_events_list
+from usage.selectors import (
+    VOLUME_BUCKETS,
+    ingestion_errors_latest,
+    records_page,
+    records_volume,
+    usage_event_get,
+    usage_events_list,
+)
 from usage.services import usage_event_create
 from zenskar_site.actors import Actor
 from zenskar_site.dashboard import form_errors_apply, member_view
@@ -79,6 +93,179 @@ def curl_example(*, url: str, organisation_id: str, body: Mapping[str, object]) 
     )
 
 
+RECORDS_PER_PAGE = 50
+ERRORS_SHOWN = 50
+DATA_MAX_CHARS = 400
+PAYLOAD_PREVIEW_CHARS = 160
+BIGINT_MAX = 2**63 - 1
+
+
+class UtcDateTimeField(forms.DateTimeField):
+    """A `datetime-local` input: the browser sends no zone, the page says UTC, so it is read as UTC."""
+
+    widget = forms.DateTimeInput(attrs={"type": "datetime-local", "step": "1"}, format="%Y-%m-%dT%H:%M:%S")
+
+    def to_python(self, value: Any) -> dt.datetime | None:
+        with timezone.override(dt.UTC):
+            return super().to_python(value)
+
+
+class RecordFilterForm(forms.Form):
+    customer_id = forms.CharField(label="Customer ID", max_length=255, required=False)
+    start = UtcDateTimeField(label="From (UTC)", required=False)
+    end = UtcDateTimeField(label="To (UTC)", required=False)
+    # The keyset cursor: records with a smaller id than this. Bounded so the query cannot overflow a bigint.
+    before = forms.IntegerField(min_value=1, max_value=BIGINT_MAX, required=False)
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        start, end = cleaned.get("start"), cleaned.get("end")
+        if start is not None and end is not None and start >= end:
+            self.add_error("end", "“To” must be later than “From”.")
+        return cleaned
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _compact_json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+@dataclass(frozen=True)
+class RecordRow:
+    record: UsageRecord
+    data: str
+    data_clipped: bool
+
+
+@dataclass(frozen=True)
+class ErrorRow:
+    error: IngestionError
+    reasons: list[str]
+    payload: str
+    preview: str
+
+
+def record_row(record: UsageRecord) -> RecordRow:
+    data = _compact_json(record.data)
+    return RecordRow(record=record, data=_clip(data, DATA_MAX_CHARS), data_clipped=len(data) > DATA_MAX_CHARS)
+
+
+def error_row(error: IngestionError) -> ErrorRow:
+    if isinstance(error.errors, dict):
+        reasons = [
+            f"{path}: {message}" if path else str(message)
+            for path, messages in error.errors.items()
+            for message in (messages if isinstance(messages, list) else [messages])
+        ]
+    elif isinstance(error.errors, list):
+        reasons = [str(message) for message in error.errors]
+    else:
+        reasons = [str(error.errors)]
+    # A payload over the ingestion limit is stored as the start of its JSON text, not as JSON.
+    payload = error.payload if error.payload_truncated and isinstance(error.payload, str) else None
+    text = payload if payload is not None else _compact_json(error.payload)
+    return ErrorRow(error=error, reasons=reasons, payload=text, preview=_clip(text, PAYLOAD_PREVIEW_CHARS))
+
+
+# --- the volume chart: an inline SVG laid out here, drawn by the template ---
+
+CHART_WIDTH, CHART_HEIGHT = 1000, 220
+PLOT_LEFT, PLOT_RIGHT, PLOT_TOP, PLOT_BOTTOM = 52, 992, 12, 192
+
+
+@dataclass(frozen=True)
+class ChartBar:
+    slot_x: float
+    slot_width: float
+    x: float
+    y: float
+    width: float
+    height: float
+    count: int
+    title: str
+
+
+@dataclass(frozen=True)
+class ChartTick:
+    position: float
+    label: str
+
+
+@dataclass(frozen=True)
+class VolumeChart:
+    bucket: str
+    bars: list[ChartBar]
+    x_ticks: list[ChartTick]
+    y_ticks: list[ChartTick]
+    total: int
+    width: int = CHART_WIDTH
+    height: int = CHART_HEIGHT
+    left: int = PLOT_LEFT
+    right: int = PLOT_RIGHT
+    top: int = PLOT_TOP
+    bottom: int = PLOT_BOTTOM
+
+
+def _nice_step(largest: int, ticks: int = 4) -> int:
+    """The smallest 1, 2 or 5 times a power of ten that reaches `largest` in `ticks` steps."""
+    raw = max(largest / ticks, 1)
+    magnitude = 10 ** math.floor(math.log10(raw))
+    return next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw)
+
+
+def _bucket_title(moment: dt.datetime, bucket: str, count: int) -> str:
+    noun = "record" if count == 1 else "records"
+    if bucket == "hour":
+        end = moment + dt.timedelta(hours=1)
+        return f"{moment:%Y-%m-%d %H:%M}–{end:%H:%M} UTC: {count:,} {noun}"
+    return f"{moment:%Y-%m-%d} UTC: {count:,} {noun}"
+
+
+def _bucket_label(moment: dt.datetime, bucket: str, index: int, count: int) -> str | None:
+    if bucket == "hour":
+        if moment.hour % 6:
+            return None
+        return f"{moment:%b} {moment.day}" if moment.hour == 0 else f"{moment:%H:%M}"
+    return f"{moment:%b} {moment.day}" if (count - 1 - index) % 5 == 0 else None
+
+
+def volume_chart(*, buckets: list[tuple[dt.datetime, int]], bucket: str) -> VolumeChart:
+    largest = max((n for _, n in buckets), default=0)
+    step = _nice_step(largest)
+    top = max(step, step * math.ceil(largest / step))
+    plot_height = PLOT_BOTTOM - PLOT_TOP
+    slot = (PLOT_RIGHT - PLOT_LEFT) / max(len(buckets), 1)
+    bars, x_ticks = [], []
+    for index, (moment, n) in enumerate(buckets):
+        slot_x = PLOT_LEFT + slot * index
+        height = plot_height * n / top
+        bars.append(
+            ChartBar(
+                slot_x=round(slot_x, 2),
+                slot_width=round(slot, 2),
+                x=round(slot_x + slot * 0.125, 2),
+                y=round(PLOT_BOTTOM - height, 2),
+                width=round(slot * 0.75, 2),
+                height=round(height, 2),
+                count=n,
+                title=_bucket_title(moment, bucket, n),
+            )
+        )
+        label = _bucket_label(moment, bucket, index, len(buckets))
+        if label is not None:
+            x_ticks.append(ChartTick(position=round(slot_x + slot / 2, 2), label=label))
+    y_ticks = [
+        ChartTick(position=round(PLOT_BOTTOM - plot_height * value / top, 2), label=f"{value:,}")
+        for value in range(0, top + 1, step)
+    ]
+    return VolumeChart(
+        bucket=bucket, bars=bars, x_ticks=x_ticks, y_ticks=y_ticks, total=sum(n for _, n in buckets)
+    )
+
+
 @member_view()
 def usage_event_detail(request: HttpRequest, actor: Actor, api_slug: str) -> HttpResponse:
     try:
@@ -91,6 +278,25 @@ def usage_event_detail(request: HttpRequest, actor: Actor, api_slug: str) -> Htt
         "timestamp": "2026-11-20T14:03:12Z",
         "data": dataschema_sample(usage_event.dataschema),
     }
+
+    filters = RecordFilterForm(request.GET)
+    records: list[RecordRow] = []
+    next_before: int | None = None
+    if filters.is_valid():
+        page, next_before = records_page(
+            usage_event=usage_event,
+            customer_id=filters.cleaned_data["customer_id"] or None,
+            start=filters.cleaned_data["start"],
+            end=filters.cleaned_data["end"],
+            before_id=filters.cleaned_data["before"],
+            limit=RECORDS_PER_PAGE,
+        )
+        records = [record_row(record) for record in page]
+    volume = request.GET.get("volume", "hour")
+    if volume not in VOLUME_BUCKETS:
+        volume = "hour"
+    buckets = records_volume(usage_event=usage_event, bucket=volume, now=timezone.now())
+
     return render(
         request,
         "usage/event_detail.html",
@@ -99,5 +305,13 @@ def usage_event_detail(request: HttpRequest, actor: Actor, api_slug: str) -> Htt
             "endpoint": endpoint,
             "curl": curl_example(url=endpoint, organisation_id=str(actor.organisation.id), body=body),
             "schema_json": json.dumps(usage_event.dataschema, indent=2),
+            "filters": filters,
+            "filtered": filters.is_valid() and any(filters.cleaned_data[name] for name in ("customer_id", "start", "end")),
+            "records": records,
+            "paged": filters.is_valid() and filters.cleaned_data["before"] is not None,
+            "next_before": next_before,
+            "volume": volume,
+            "chart": volume_chart(buckets=buckets, bucket=volume),
+            "errors": [error_row(error) for error in ingestion_errors_latest(usage_event=usage_event, limit=ERRORS_SHOWN)],
         },
     )

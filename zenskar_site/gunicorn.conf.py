@@ -1,0 +1,20 @@
+"""gunicorn settings for production mode: `gunicorn -c zenskar_site/gunicorn.conf.py zenskar_site.wsgi`.
+
+Sync workers: each request is a short database transaction, so processes scale with cores and
+more web machines scale it further. WEB_CONCURRENCY overrides the process count.
+"""
+
+import multiprocessing
+import os
+
+bind = os.environ.get("BIND", f"0.0.0.0:{os.environ.get('PORT', '8000')}")
+workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count() * 2 + 1))
+worker_class = "sync"
+timeout = 30
+graceful_timeout = 10
+keepalive = 5
+max_requests = 20000
+max_requests_jitter = 2000
+# The TLS-terminating proxy in front sets X-Forwarded-Proto; Django trusts it via SECURE_PROXY_SSL_HEADER.
+forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+accesslog = os.environ.get("ACCESS_LOG") or None
