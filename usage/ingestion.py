@@ -11,7 +11,10 @@ import datetime as dt
 import hashlib
 import hmac
 import json
+import os
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -79,6 +82,42 @@ class IngestResult:
         }
 
 
+# --- database access on the hot path ---
+
+
+@contextmanager
+def hot_cursor() -> Iterator[Any]:
+    """A cursor for the hot path's fixed statements.
+
+    On PostgreSQL: server-side binding with prepared statements (parameters sent in binary, the plan
+    reused), instead of Django's client-side quoting of every array element. Errors are translated
+    to Django's (so an outage is an OperationalError like anywhere else).
+    """
+    if connection.vendor != "postgresql" or os.environ.get("HOT_PREPARED") == "0":
+        with connection.cursor() as cursor:
+            yield cursor
+        return
+    import psycopg
+
+    connection.ensure_connection()
+    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
+        yield PreparedCursor(cursor)
+
+
+class PreparedCursor:
+    def __init__(self, cursor: Any) -> None:
+        self.cursor = cursor
+
+    def execute(self, sql: str, params: list[Any]) -> None:
+        self.cursor.execute(sql, params, prepare=True)
+
+    def fetchone(self) -> Any:
+        return self.cursor.fetchone()
+
+    def fetchall(self) -> list[Any]:
+        return list(self.cursor.fetchall())
+
+
 # --- authentication and lookup: one query for the key and the usage event ---
 
 _CONTEXT_SQL = """
@@ -106,7 +145,7 @@ def ingest_context_load(*, secret: str | None, api_slug: str, organisation_heade
     prefix = api_key_split(secret=secret)
     row = None
     if prefix is not None:
-        with connection.cursor() as cursor:
+        with hot_cursor() as cursor:
             cursor.execute(_CONTEXT_SQL, [api_slug, prefix])
             row = cursor.fetchone()
     if prefix is None or row is None or not hmac.compare_digest(row[2], api_key_hash(secret=secret)):
@@ -190,6 +229,64 @@ def content_hash_of(record: ValidRecord) -> str:
         [record.customer_id, datetime_format(record.timestamp), record.data], option=orjson.OPT_SORT_KEYS
     )
     return hashlib.sha256(canonical).hexdigest()
+
+
+def _error_rows(errors_to_log: list[tuple[Any, dict[str, list[str]]]]) -> list[tuple[str, bool, str]]:
+    rows = []
+    for payload, errors in errors_to_log:
+        stored, truncated = _error_payload(payload)
+        rows.append((orjson.dumps(stored, default=str).decode(), truncated, orjson.dumps(errors).decode()))
+    return rows
+
+
+def _insert_records_postgres(
+    *,
+    usage_event_id: int,
+    rows: list[Candidate],
+    received_at: dt.datetime,
+    error_rows: list[tuple[str, bool, str]],
+    api_key_prefix: str,
+) -> list[tuple[int, str | None]]:
+    """Records and error-log rows in ONE statement, so it is atomic even in autocommit (no BEGIN/COMMIT
+    round trips). Returns (id, idempotency_key) of the inserted records in insertion order: ids come
+    from one sequence in the order the rows were inserted."""
+    records_table, errors_table = UsageRecord._meta.db_table, IngestionError._meta.db_table
+    with hot_cursor() as cursor:
+        cursor.execute(
+            f"""
+            WITH errs AS (
+                INSERT INTO {errors_table} (usage_event_id, received_at, payload, payload_truncated, errors, api_key_prefix)
+                SELECT %s, %s, e.payload::jsonb, e.truncated, e.errors::jsonb, %s
+                FROM unnest(%s::text[], %s::bool[], %s::text[]) AS e(payload, truncated, errors)
+            ), ins AS (
+                INSERT INTO {records_table} (usage_event_id, customer_id, "timestamp", period_start, data,
+                                             idempotency_key, content_hash, received_at, voided, superseded)
+                SELECT %s, t.customer_id, t.ts, NULL, t.data::jsonb, t.idem, t.hash, %s, false, false
+                FROM unnest(%s::text[], %s::timestamptz[], %s::text[], %s::text[], %s::text[])
+                     WITH ORDINALITY AS t(customer_id, ts, data, idem, hash, ord)
+                ORDER BY t.ord
+                ON CONFLICT (usage_event_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+                RETURNING id, idempotency_key
+            )
+            SELECT id, idempotency_key FROM ins ORDER BY id
+            """,  # noqa: S608 - table names are the models', values are parameters
+            [
+                usage_event_id,
+                received_at,
+                api_key_prefix,
+                [e[0] for e in error_rows],
+                [e[1] for e in error_rows],
+                [e[2] for e in error_rows],
+                usage_event_id,
+                received_at,
+                [c.record.customer_id for c in rows],
+                [c.record.timestamp for c in rows],
+                [orjson.dumps(c.record.data).decode() for c in rows],
+                [c.record.idempotency_key for c in rows],
+                [c.content_hash for c in rows],
+            ],
+        )
+        return [(int(r[0]), r[1]) for r in cursor.fetchall()]
 
 
 def _insert_records(
@@ -383,6 +480,22 @@ def records_ingest(
         outcomes.append(candidate)
 
     rejected_payloads = [(items[i], o) for i, o in enumerate(outcomes) if isinstance(o, dict)]
+    if connection.vendor == "postgresql" and not aggregate:
+        inserted = _insert_records_postgres(
+            usage_event_id=usage_event.id,
+            rows=to_insert,
+            received_at=now,
+            error_rows=_error_rows(rejected_payloads),
+            api_key_prefix=api_key.prefix,
+        )
+        _resolve_inserted(usage_event_id=usage_event.id, rows=to_insert, inserted=inserted)
+        for outcome in outcomes:
+            if isinstance(outcome, Candidate) and outcome.same_as is not None:
+                _follow_first(outcome)
+        reused = [(items[o.index], o.errors) for o in outcomes if isinstance(o, Candidate) and o.status == "rejected"]
+        if reused:  # keys found taken only after the insert: logged in a second, independent write
+            _log_errors(usage_event_id=usage_event.id, errors_to_log=reused, now=now, api_key_prefix=api_key.prefix)
+        return _result(usage_event_id=usage_event.id, outcomes=outcomes)
     with transaction.atomic():
         if aggregate and to_insert:
             # Serialises aggregate writers per usage event, so "latest received wins" is well defined.
@@ -398,21 +511,32 @@ def records_ingest(
             (items[o.index], o.errors) for o in outcomes if isinstance(o, Candidate) and o.status == "rejected"
         ]
         if errors_to_log:
-            log = []
-            for payload, errors in errors_to_log:
-                stored, truncated = _error_payload(payload)
-                log.append(
-                    IngestionError(
-                        usage_event_id=usage_event.id,
-                        received_at=now,
-                        payload=stored,
-                        payload_truncated=truncated,
-                        errors=errors,
-                        api_key_prefix=api_key.prefix,
-                    )
-                )
-            IngestionError.objects.bulk_create(log)
+            _log_errors(
+                usage_event_id=usage_event.id, errors_to_log=errors_to_log, now=now, api_key_prefix=api_key.prefix
+            )
+    return _result(usage_event_id=usage_event.id, outcomes=outcomes)
 
+
+def _log_errors(
+    *, usage_event_id: int, errors_to_log: list[tuple[Any, dict[str, list[str]]]], now: dt.datetime, api_key_prefix: str
+) -> None:
+    log = []
+    for payload, errors in errors_to_log:
+        stored, truncated = _error_payload(payload)
+        log.append(
+            IngestionError(
+                usage_event_id=usage_event_id,
+                received_at=now,
+                payload=stored,
+                payload_truncated=truncated,
+                errors=errors,
+                api_key_prefix=api_key_prefix,
+            )
+        )
+    IngestionError.objects.bulk_create(log)
+
+
+def _result(*, usage_event_id: int, outcomes: list[Candidate | dict[str, list[str]]]) -> IngestResult:
     results: list[dict[str, Any]] = []
     counts = {"accepted": 0, "duplicate": 0, "rejected": 0}
     touched: list[tuple[str, dt.datetime]] = []
@@ -433,7 +557,7 @@ def records_ingest(
         accepted=counts["accepted"],
         duplicates=counts["duplicate"],
         rejected=counts["rejected"],
-        usage_event_id=usage_event.id,
+        usage_event_id=usage_event_id,
         touched=touched,
     )
 

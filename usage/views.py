@@ -95,7 +95,7 @@ def curl_example(*, url: str, organisation_id: str, body: Mapping[str, object]) 
 
 RECORDS_PER_PAGE = 50
 ERRORS_SHOWN = 50
-DATA_MAX_CHARS = 400
+DATA_MAX_CHARS = 300
 PAYLOAD_PREVIEW_CHARS = 160
 BIGINT_MAX = 2**63 - 1
 
@@ -173,7 +173,7 @@ def error_row(error: IngestionError) -> ErrorRow:
 # --- the volume chart: an inline SVG laid out here, drawn by the template ---
 
 CHART_WIDTH, CHART_HEIGHT = 1000, 220
-PLOT_LEFT, PLOT_RIGHT, PLOT_TOP, PLOT_BOTTOM = 52, 992, 12, 192
+PLOT_LEFT, PLOT_RIGHT, PLOT_TOP, PLOT_BOTTOM = 52, 980, 12, 192
 
 
 @dataclass(frozen=True)
@@ -208,6 +208,22 @@ class VolumeChart:
     top: int = PLOT_TOP
     bottom: int = PLOT_BOTTOM
 
+    @property
+    def plot_height(self) -> int:
+        return self.bottom - self.top
+
+    @property
+    def y_label_x(self) -> int:
+        return self.left - 8
+
+    @property
+    def tick_end(self) -> int:
+        return self.bottom + 4
+
+    @property
+    def x_label_y(self) -> int:
+        return self.bottom + 18
+
 
 def _nice_step(largest: int, ticks: int = 4) -> int:
     """The smallest 1, 2 or 5 times a power of ten that reaches `largest` in `ticks` steps."""
@@ -220,7 +236,7 @@ def _bucket_title(moment: dt.datetime, bucket: str, count: int) -> str:
     noun = "record" if count == 1 else "records"
     if bucket == "hour":
         end = moment + dt.timedelta(hours=1)
-        return f"{moment:%Y-%m-%d %H:%M}–{end:%H:%M} UTC: {count:,} {noun}"
+        return f"{moment:%Y-%m-%d %H:%M} to {end:%H:%M} UTC: {count:,} {noun}"
     return f"{moment:%Y-%m-%d} UTC: {count:,} {noun}"
 
 
@@ -261,9 +277,7 @@ def volume_chart(*, buckets: list[tuple[dt.datetime, int]], bucket: str) -> Volu
         ChartTick(position=round(PLOT_BOTTOM - plot_height * value / top, 2), label=f"{value:,}")
         for value in range(0, top + 1, step)
     ]
-    return VolumeChart(
-        bucket=bucket, bars=bars, x_ticks=x_ticks, y_ticks=y_ticks, total=sum(n for _, n in buckets)
-    )
+    return VolumeChart(bucket=bucket, bars=bars, x_ticks=x_ticks, y_ticks=y_ticks, total=sum(n for _, n in buckets))
 
 
 @member_view()
@@ -280,9 +294,10 @@ def usage_event_detail(request: HttpRequest, actor: Actor, api_slug: str) -> Htt
     }
 
     filters = RecordFilterForm(request.GET)
+    valid = filters.is_valid()
     records: list[RecordRow] = []
     next_before: int | None = None
-    if filters.is_valid():
+    if valid:
         page, next_before = records_page(
             usage_event=usage_event,
             customer_id=filters.cleaned_data["customer_id"] or None,
@@ -306,12 +321,12 @@ def usage_event_detail(request: HttpRequest, actor: Actor, api_slug: str) -> Htt
             "curl": curl_example(url=endpoint, organisation_id=str(actor.organisation.id), body=body),
             "schema_json": json.dumps(usage_event.dataschema, indent=2),
             "filters": filters,
-            "filtered": filters.is_valid() and any(filters.cleaned_data[name] for name in ("customer_id", "start", "end")),
+            "filtered": valid and any(filters.cleaned_data[name] for name in ("customer_id", "start", "end")),
             "records": records,
-            "paged": filters.is_valid() and filters.cleaned_data["before"] is not None,
+            "paged": valid and filters.cleaned_data["before"] is not None,
             "next_before": next_before,
             "volume": volume,
             "chart": volume_chart(buckets=buckets, bucket=volume),
-            "errors": [error_row(error) for error in ingestion_errors_latest(usage_event=usage_event, limit=ERRORS_SHOWN)],
+            "errors": [error_row(e) for e in ingestion_errors_latest(usage_event=usage_event, limit=ERRORS_SHOWN)],
         },
     )
