@@ -1,1 +1,129 @@
-# Billable metrics arrive with the metrics issue (#4).
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django.db import models
+from django.db.models import Q
+from django.db.models.functions import Now
+
+from usage.models import Period, UsageEvent
+from zenskar_site.models import Organisation
+
+
+class MetricKind(models.TextChoices):
+    BUILDER = "builder", "Builder"
+    SQL = "sql", "SQL"
+
+
+class Aggregation(models.TextChoices):
+    COUNT = "count", "Count"
+    SUM = "sum", "Sum"
+    MIN = "min", "Min"
+    MAX = "max", "Max"
+    AVG = "avg", "Average"
+    UNIQUE_COUNT = "unique_count", "Unique count"
+    LATEST = "latest", "Latest"
+
+
+class RecomputeState(models.TextChoices):
+    IDLE = "idle", "Up to date"
+    RUNNING = "running", "Recomputing"
+    FAILED = "failed", "Failed"
+
+
+class BillableMetric(models.Model):
+    """A computation over usage-event records: a builder definition or a sandboxed SQL query."""
+
+    organisation = models.ForeignKey(Organisation, on_delete=models.CASCADE, related_name="metrics")
+    name = models.CharField(max_length=200)
+    slug = models.CharField(max_length=64)
+    kind = models.CharField(max_length=8, choices=MetricKind.choices)
+    usage_event = models.ForeignKey(UsageEvent, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    aggregation = models.CharField(max_length=16, choices=Aggregation.choices, blank=True, default="")
+    field = models.CharField(max_length=63, blank=True, default="")
+    filters = models.JSONField(default=list, blank=True)
+    group_by = models.JSONField(default=list, blank=True)
+    sql = models.TextField(blank=True, default="")
+    granularity = models.CharField(max_length=8, choices=Period.choices, default=Period.DAY)
+    # Every usage event the metric reads: its builder event, or the tables its SQL names.
+    sources = models.ManyToManyField(UsageEvent, related_name="metrics")
+    version = models.PositiveIntegerField(default=1)
+    archived = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    # Progress of the background recompute of the whole history after a definition change.
+    recompute_state = models.CharField(max_length=8, choices=RecomputeState.choices, default=RecomputeState.IDLE)
+    recompute_version = models.PositiveIntegerField(default=0)
+    recompute_total = models.PositiveIntegerField(default=0)
+    recompute_done = models.PositiveIntegerField(default=0)
+    recompute_error = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(fields=["organisation", "slug"], name="metric_unique_slug"),
+            models.CheckConstraint(condition=Q(kind__in=MetricKind.values), name="metric_kind_valid"),
+            models.CheckConstraint(condition=Q(granularity__in=Period.values), name="metric_granularity_valid"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.slug})"
+
+
+class MetricValue(models.Model):
+    """One metric's value for one customer, period and dimension.
+
+    Amounts are exact decimal strings (SQLite has no exact numeric type); `computed_value` is what the
+    engine last computed from raw records, `override_value` an admin's correction that wins.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    metric = models.ForeignKey(BillableMetric, on_delete=models.CASCADE, related_name="values")
+    customer_id = models.CharField(max_length=255)
+    period_start = models.DateTimeField()
+    period_end = models.DateTimeField()
+    dimension = models.JSONField(null=True, blank=True)
+    dimension_key = models.CharField(max_length=1024, blank=True, default="")
+    computed_value = models.CharField(max_length=64, null=True, blank=True)
+    override_value = models.CharField(max_length=64, null=True, blank=True)
+    override_reason = models.TextField(blank=True, default="")
+    # True when the records behind the value are gone (voided) but an override keeps the row.
+    stale = models.BooleanField(default=False)
+    metric_version = models.PositiveIntegerField()
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["metric", "customer_id", "period_start", "dimension_key"], name="metric_value_unique_bucket"
+            ),
+        ]
+        indexes = [models.Index(fields=["metric", "period_start"], name="metric_value_period_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.metric_id} {self.customer_id} {self.period_start:%Y-%m-%d %H:%M}"
+
+    @property
+    def value(self) -> str | None:
+        return self.override_value if self.override_value is not None else self.computed_value
+
+    @property
+    def value_decimal(self) -> Decimal | None:
+        return Decimal(self.value) if self.value is not None else None
+
+
+class DirtyBucket(models.Model):
+    """An hour of a usage event whose records changed; the engine recomputes the metric periods over it.
+
+    Append-only from the writers' side (no unique constraint, so concurrent ingestion never contends
+    on one row); the engine deletes exactly the rows it processed, in the transaction that stores
+    the recomputed values, so a crash leaves them for the next run.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    usage_event = models.ForeignKey(UsageEvent, on_delete=models.CASCADE, related_name="+")
+    hour_start = models.DateTimeField()
+    created_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        indexes = [models.Index(fields=["usage_event", "id"], name="dirty_bucket_event_idx")]

@@ -57,7 +57,7 @@ def test_records_chart_and_error_log_show_what_was_sent(
     usage_event_make(organisation=org, api_slug="compute_hours", name="Compute hours")
     secret = api_key_make(organisation=org, scope="ingest").secret
     now = dt.datetime.now(dt.UTC)
-    records = [
+    records: list[dict[str, Any]] = [
         {
             "customer_id": f"cus_{name}",
             "timestamp": (now - dt.timedelta(minutes=10 * i)).isoformat().replace("+00:00", "Z"),
@@ -139,6 +139,8 @@ def test_records_chart_and_error_log_show_what_was_sent(
     expect(page.locator("#records-table tbody tr")).to_have_count(14)
     expect(page.locator("#records-table tbody tr").last).to_contain_text("cus_acme")
     expect(page.get_by_role("link", name="Older →")).to_have_count(0)
+    # The link jumps to #records: let that scroll finish, or the full-page screenshot catches it midway.
+    page.wait_for_function("window.scrollY > 0")
     screenshot("event_page_04_older_page")
     page.get_by_role("link", name="Newest").click()
     expect(page.locator("#records-table tbody tr")).to_have_count(50)

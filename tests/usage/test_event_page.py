@@ -36,7 +36,9 @@ def rec(customer_id: str = "cus_1", *, at: dt.datetime | None = None, **extra: A
 def send(client: Client, ingest_key: ApiKeyBundle, compute_hours: UsageEvent) -> Any:
     """POST records to the ingestion endpoint, optionally as if the server's clock read `received_at`."""
 
-    def post(records: list[dict[str, Any]], *, slug: str = "compute_hours", received_at: dt.datetime | None = None) -> Any:
+    def post(
+        records: list[dict[str, Any]], *, slug: str = "compute_hours", received_at: dt.datetime | None = None
+    ) -> Any:
         def request() -> Any:
             return client.post(
                 f"/usage/{slug}",
@@ -94,7 +96,11 @@ def test_superseded_and_voided_records_carry_a_badge(
     client: Client, organisation: Organisation, ingest_key: ApiKeyBundle, admin_client: Client
 ) -> None:
     usage_event_make(
-        organisation=organisation, api_slug="seats", name="Seats", data={"seats": "Int64"}, kind="aggregate",
+        organisation=organisation,
+        api_slug="seats",
+        name="Seats",
+        data={"seats": "Int64"},
+        kind="aggregate",
         aggregate_period="day",
     )
     moment = iso(timezone.now() - dt.timedelta(minutes=1))
@@ -131,7 +137,10 @@ def test_records_are_filtered_by_time_read_as_utc(send: Any, admin_client: Clien
     five, three, one = UsageRecord.objects.order_by("timestamp")
 
     # datetime-local inputs send no zone: "04:00" means 04:00 UTC; "from" is inclusive, "to" exclusive.
-    window = {"start": f"{hour - dt.timedelta(hours=4):%Y-%m-%dT%H:%M}", "end": f"{hour - dt.timedelta(hours=2):%Y-%m-%dT%H:%M}"}
+    window = {
+        "start": f"{hour - dt.timedelta(hours=4):%Y-%m-%dT%H:%M}",
+        "end": f"{hour - dt.timedelta(hours=2):%Y-%m-%dT%H:%M}",
+    }
     response = admin_client.get(PAGE, window)
     assert listed_ids(response) == [three.id]
 
