@@ -266,7 +266,8 @@ def main() -> int:
     print(f"gunicorn workers: {WORKERS}   cores: {os.cpu_count()}   duration per phase: {DURATION}s")
     print(f"raw COPY (limit)           {copy_rate:12,.0f} records/s")
     print(
-        f"batch endpoint             {batch_records:12,.0f} records/s  ({batch_rps:,.1f} requests/s; statuses {batch_codes}; stored {batch_stored:,})"
+        f"batch endpoint             {batch_records:12,.0f} records/s  ({batch_rps:,.1f} requests/s; "
+        f"statuses {batch_codes}; stored {batch_stored:,})"
     )
     print(
         f"single-record endpoint     {single_rps:12,.0f} requests/s (statuses {single_codes}; stored {single_stored:,})"

@@ -197,4 +197,8 @@ def ingest(request: HttpRequest, api_slug: str) -> HttpResponse:
 
 
 def on_ingested(*, result: IngestResult) -> None:
-    """Hook for work after commit (metric freshness arrives with the metrics engine)."""
+    """After commit: ask the metric engine to refresh the usage event's metrics now."""
+    if result.accepted:
+        from metrics.dispatch import metrics_refresh_soon
+
+        metrics_refresh_soon(usage_event_id=result.usage_event_id)

@@ -24,6 +24,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Q
 
+from metrics.models import DirtyBucket
 from usage.models import IngestionError, Period, UsageEvent, UsageEventKind, UsageRecord
 from usage.schema import ValidRecord, dataschema_has_decimal, datetime_format, record_validator
 from zenskar_site.errors import DomainError
@@ -251,11 +252,13 @@ def _insert_records_postgres(
     round trips). Returns (id, idempotency_key) of the inserted records in insertion order: ids come
     from one sequence in the order the rows were inserted."""
     records_table, errors_table = UsageRecord._meta.db_table, IngestionError._meta.db_table
+    dirty_table = DirtyBucket._meta.db_table
     with hot_cursor() as cursor:
         cursor.execute(
             f"""
             WITH errs AS (
-                INSERT INTO {errors_table} (usage_event_id, received_at, payload, payload_truncated, errors, api_key_prefix)
+                INSERT INTO {errors_table}
+                    (usage_event_id, received_at, payload, payload_truncated, errors, api_key_prefix)
                 SELECT %s, %s, e.payload::jsonb, e.truncated, e.errors::jsonb, %s
                 FROM unnest(%s::text[], %s::bool[], %s::text[]) AS e(payload, truncated, errors)
             ), ins AS (
@@ -266,10 +269,13 @@ def _insert_records_postgres(
                      WITH ORDINALITY AS t(customer_id, ts, data, idem, hash, ord)
                 ORDER BY t.ord
                 ON CONFLICT (usage_event_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-                RETURNING id, idempotency_key
+                RETURNING id, idempotency_key, "timestamp"
+            ), dirty AS (
+                INSERT INTO {dirty_table} (usage_event_id, hour_start)
+                SELECT DISTINCT %s, date_trunc('hour', "timestamp", 'UTC') FROM ins
             )
             SELECT id, idempotency_key FROM ins ORDER BY id
-            """,  # noqa: S608 - table names are the models', values are parameters
+            """,
             [
                 usage_event_id,
                 received_at,
@@ -284,9 +290,17 @@ def _insert_records_postgres(
                 [orjson.dumps(c.record.data).decode() for c in rows],
                 [c.record.idempotency_key for c in rows],
                 [c.content_hash for c in rows],
+                usage_event_id,
             ],
         )
         return [(int(r[0]), r[1]) for r in cursor.fetchall()]
+
+
+def _mark_dirty(*, usage_event_id: int, moments: list[dt.datetime]) -> None:
+    """Tell the metric engine which hours changed, in the transaction that changed them."""
+    hours = {m.astimezone(dt.UTC).replace(minute=0, second=0, microsecond=0) for m in moments}
+    if hours:
+        DirtyBucket.objects.bulk_create(DirtyBucket(usage_event_id=usage_event_id, hour_start=h) for h in hours)
 
 
 def _insert_records(
@@ -311,7 +325,7 @@ def _insert_records(
                 ORDER BY t.ord
                 {conflict}
                 RETURNING id, idempotency_key
-                """,  # noqa: S608 - the table name is the model's, values are parameters
+                """,
                 [
                     usage_event_id,
                     received_at,
@@ -351,7 +365,7 @@ def _insert_records(
                 VALUES {values}
                 {conflict}
                 RETURNING id, idempotency_key
-                """,  # noqa: S608 - the table name is the model's, values are parameters
+                """,
                 params,
             )
         return [(int(r[0]), r[1]) for r in cursor.fetchall()]
@@ -394,20 +408,27 @@ def _resolve_inserted(*, usage_event_id: int, rows: list[Candidate], inserted: l
             }
 
 
-def _supersede(*, usage_event_id: int, rows: list[Candidate]) -> None:
-    """Make the newest accepted value of each (customer, period) current; earlier ones stay as history."""
+def _supersede(*, usage_event_id: int, rows: list[Candidate]) -> list[dt.datetime]:
+    """Make the newest accepted value of each (customer, period) current; earlier ones stay as history.
+
+    Returns the timestamps of the records that stopped counting, whose hours the metrics must revisit.
+    """
     newest: dict[tuple[str, dt.datetime], Candidate] = {}
     for candidate in rows:
         if candidate.status == "accepted" and candidate.period_start is not None:
             newest[(candidate.record.customer_id, candidate.period_start)] = candidate
     if not newest:
-        return
+        return []
     current = UsageRecord.objects.filter(usage_event_id=usage_event_id, superseded=False, period_start__isnull=False)
     pairs = Q()
     for customer_id, period_start in newest:
         pairs |= Q(customer_id=customer_id, period_start=period_start)
-    current.filter(pairs).update(superseded=True)
+    # The usage event's row lock (taken by the caller) keeps this read and the update consistent.
+    replaced = list(current.filter(pairs).values_list("id", "timestamp"))
+    if replaced:
+        UsageRecord.objects.filter(id__in=[record_id for record_id, _ in replaced]).update(superseded=True)
     UsageRecord.objects.filter(id__in=[c.id for c in newest.values()]).update(superseded=False)
+    return [moment for _, moment in replaced]
 
 
 def _error_payload(item: Any) -> tuple[Any, bool]:
@@ -502,8 +523,10 @@ def records_ingest(
             UsageEvent.objects.select_for_update().filter(id=usage_event.id).values_list("id").first()
         inserted = _insert_records(usage_event_id=usage_event.id, rows=to_insert, received_at=now, aggregate=aggregate)
         _resolve_inserted(usage_event_id=usage_event.id, rows=to_insert, inserted=inserted)
+        changed = [c.record.timestamp for c in to_insert if c.status == "accepted"]
         if aggregate:
-            _supersede(usage_event_id=usage_event.id, rows=to_insert)
+            changed += _supersede(usage_event_id=usage_event.id, rows=to_insert)
+        _mark_dirty(usage_event_id=usage_event.id, moments=changed)
         for outcome in outcomes:
             if isinstance(outcome, Candidate) and outcome.same_as is not None:
                 _follow_first(outcome)

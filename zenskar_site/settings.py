@@ -184,6 +184,12 @@ SPECTACULAR_SETTINGS = {
 if REDIS_URL:
     CELERY_BROKER_URL = REDIS_URL
     CELERY_RESULT_BACKEND: str | None = REDIS_URL
+    # Publishing must fail fast when Redis is down: ingestion has committed, the sweep catches up.
+    CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {
+        "socket_connect_timeout": 1,
+        "socket_timeout": 2,
+        "max_retries": 0,
+    }
 else:
     CELERY_BROKER_URL = "filesystem://"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
@@ -194,6 +200,8 @@ else:
     }
     CELERY_RESULT_BACKEND = None
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_EAGER", default=False)
+CELERY_TASK_PUBLISH_RETRY = False
+CELERY_BROKER_CONNECTION_TIMEOUT = 1
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
@@ -201,7 +209,17 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "ingestion-errors-prune": {"task": "usage.tasks.ingestion_errors_prune_task", "schedule": 3600.0},
+    # Picks up dirty hours whose prompt refresh task was lost (broker down at commit, worker killed).
+    "metrics-sweep": {
+        "task": "metrics.tasks.metrics_sweep_task",
+        "schedule": float(os.environ.get("METRICS_SWEEP_SECONDS", "2")),
+    },
 }
+
+# The metric engine: a refresh is enqueued at most this often per usage event and web process;
+# the sweep covers the rest.
+METRICS_REFRESH_DEBOUNCE_SECONDS = float(os.environ.get("METRICS_REFRESH_DEBOUNCE_SECONDS", "0.25"))
+METRIC_SQL_TIMEOUT_MS = env_int("METRIC_SQL_TIMEOUT_MS", 5000)
 
 # Ingestion limits (SPEC §3).
 INGEST_MAX_BATCH = env_int("INGEST_MAX_BATCH", 1000)
