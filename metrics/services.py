@@ -245,7 +245,7 @@ def metric_create(*, actor: Actor, body: dict[str, Any]) -> BillableMetric:
 
 def _metric_locked(*, actor: Actor, slug: str) -> BillableMetric:
     metric = (
-        BillableMetric.objects.select_for_update()
+        BillableMetric.objects.select_for_update(of=("self",))
         .select_related("usage_event")
         .filter(organisation=actor.organisation, slug=slug)
         .first()

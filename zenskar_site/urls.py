@@ -4,6 +4,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.permissions import AllowAny
 
+from metrics import api as metrics_api
 from usage import api as usage_api
 from usage import records_api
 from zenskar_site import api, views
@@ -22,6 +23,13 @@ api_v1 = [
         name="record-detail",
     ),
     path("usage-events/<str:api_slug>/errors/", records_api.IngestionErrorListApi.as_view(), name="error-list"),
+    path("metrics/", metrics_api.MetricListApi.as_view(), name="metric-list"),
+    path("metrics/preview/", metrics_api.MetricUnsavedPreviewApi.as_view(), name="metric-preview-unsaved"),
+    path("metrics/<str:slug>/", metrics_api.MetricDetailApi.as_view(), name="metric-detail"),
+    path("metrics/<str:slug>/preview/", metrics_api.MetricPreviewApi.as_view(), name="metric-preview"),
+    path("metrics/<str:slug>/values/", metrics_api.MetricValueListApi.as_view(), name="metric-value-list"),
+    path("metrics/<str:slug>/values/<int:value_id>/", metrics_api.MetricValueDetailApi.as_view(), name="metric-value"),
+    path("metrics/<str:slug>/total/", metrics_api.MetricTotalApi.as_view(), name="metric-total"),
     path(
         "schema/", SpectacularAPIView.as_view(permission_classes=[AllowAny], authentication_classes=[]), name="schema"
     ),
