@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import time
 import zlib
 from collections.abc import Callable
 from typing import Any
@@ -492,6 +493,16 @@ def dirty_usage_events(*, older_than_seconds: float = 0) -> list[int]:
     )
 
 
+def stalled_recomputes(*, older_than_seconds: float) -> list[tuple[int, int]]:
+    """(metric id, version) of recomputes that stopped making progress (their worker died)."""
+    cutoff = timezone.now() - dt.timedelta(seconds=older_than_seconds)
+    return list(
+        BillableMetric.objects.filter(recompute_state=RecomputeState.RUNNING, updated_at__lt=cutoff).values_list(
+            "id", "version"
+        )
+    )
+
+
 def records_range(*, usage_event_ids: list[int]) -> tuple[dt.datetime, dt.datetime] | None:
     bounds = UsageRecord.objects.filter(usage_event_id__in=usage_event_ids).aggregate(
         first=Min("timestamp"), last=Max("timestamp")
@@ -518,7 +529,11 @@ def metric_recompute(*, metric_id: int, version: int, progress: Callable[[int, i
             chunks.append((month, period_next(month, Period.MONTH)))
             month = chunks[-1][1]
     BillableMetric.objects.filter(id=metric_id, version=version).update(
-        recompute_state=RecomputeState.RUNNING, recompute_version=version, recompute_total=len(chunks), recompute_done=0
+        recompute_state=RecomputeState.RUNNING,
+        recompute_version=version,
+        recompute_total=len(chunks),
+        recompute_done=0,
+        updated_at=timezone.now(),
     )
     for done, (start, end) in enumerate(chunks, start=1):
         with transaction.atomic():
@@ -530,9 +545,13 @@ def metric_recompute(*, metric_id: int, version: int, progress: Callable[[int, i
             metric_values_store(
                 metric=metric, start=start, end=end, computed=metric_compute(metric=metric, start=start, end=end)
             )
-            BillableMetric.objects.filter(id=metric_id, version=version).update(recompute_done=done)
+            BillableMetric.objects.filter(id=metric_id, version=version).update(
+                recompute_done=done, updated_at=timezone.now()
+            )
         if progress is not None:
             progress(done, len(chunks))
+        if settings.METRICS_RECOMPUTE_THROTTLE_SECONDS:
+            time.sleep(settings.METRICS_RECOMPUTE_THROTTLE_SECONDS)
     with transaction.atomic():
         # Values outside the data's range (its records were voided or moved) go too.
         outside = MetricValue.objects.filter(metric=metric)

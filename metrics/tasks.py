@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from metrics.services import dirty_usage_events, metric_recompute, metric_values_refresh
+from django.conf import settings
+
+from metrics.services import dirty_usage_events, metric_recompute, metric_values_refresh, stalled_recomputes
 
 
 @shared_task(ignore_result=True, acks_late=True)
@@ -14,7 +16,10 @@ def metrics_refresh_task(usage_event_id: int) -> int:
 
 @shared_task(ignore_result=True)
 def metrics_sweep_task() -> int:
-    """Beat: pick up dirty hours whose prompt task never ran (broker down, worker killed)."""
+    """Beat: pick up dirty hours whose prompt task never ran (broker down, worker killed), and restart
+    recomputes whose worker died (each month chunk is its own transaction, so a rerun is safe)."""
+    for metric_id, version in stalled_recomputes(older_than_seconds=settings.METRICS_RECOMPUTE_STALL_SECONDS):
+        metric_recompute_task.delay(metric_id, version)
     processed = 0
     for usage_event_id in dirty_usage_events(older_than_seconds=1):
         processed += metric_values_refresh(usage_event_id=usage_event_id)

@@ -220,6 +220,10 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
 # the sweep covers the rest.
 METRICS_REFRESH_DEBOUNCE_SECONDS = float(os.environ.get("METRICS_REFRESH_DEBOUNCE_SECONDS", "0.25"))
 METRIC_SQL_TIMEOUT_MS = env_int("METRIC_SQL_TIMEOUT_MS", 5000)
+# A recompute with no progress for this long is restarted by the sweep (its worker died).
+METRICS_RECOMPUTE_STALL_SECONDS = float(os.environ.get("METRICS_RECOMPUTE_STALL_SECONDS", "120"))
+# Pause between the month chunks of a history recompute, to spare a busy database.
+METRICS_RECOMPUTE_THROTTLE_SECONDS = float(os.environ.get("METRICS_RECOMPUTE_THROTTLE_SECONDS", "0"))
 
 # Ingestion limits (SPEC §3).
 INGEST_MAX_BATCH = env_int("INGEST_MAX_BATCH", 1000)

@@ -196,7 +196,9 @@ def test_definition_change_bumps_the_version_and_recomputes_history(
     assert AuditEntry.objects.get(action="metric.update").reason == "bill the peak"
 
 
-def test_renaming_does_not_bump_the_version(api: APIClient, compute_hours: UsageEvent, django_capture_on_commit_callbacks: Any) -> None:
+def test_renaming_does_not_bump_the_version(
+    api: APIClient, compute_hours: UsageEvent, django_capture_on_commit_callbacks: Any
+) -> None:
     with django_capture_on_commit_callbacks(execute=True):
         create(api)
     response = api.patch("/api/v1/metrics/cpu/", {"name": "CPU hours"}, format="json")
