@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
-import os
 import signal
 import subprocess
 import time
@@ -82,14 +82,14 @@ def total() -> str | None:
 
 def reconcile_clean() -> bool:
     try:
-        call_command("reconcile_metrics", stdout=open(os.devnull, "w"))
+        call_command("reconcile_metrics", stdout=io.StringIO())
     except SystemExit:
         return False
     return True
 
 
 def test_ingested_records_reach_the_metric_through_a_real_worker(not_eager: None) -> None:
-    usage_event, secret = setup_metric()
+    _, secret = setup_metric()
     now = timezone.now() - dt.timedelta(minutes=1)
     with celery_worker():
         tasks.metric_recompute_task.delay(BillableMetric.objects.get().id, 1)
@@ -166,7 +166,7 @@ def _redis(action: str) -> None:
 
 
 def test_records_ingested_while_redis_is_down_are_reflected_once_it_is_back(not_eager: None) -> None:
-    usage_event, secret = setup_metric()
+    _, secret = setup_metric()
     tasks.metric_recompute_task.apply(args=(BillableMetric.objects.get().id, 1))  # in-process
     now = timezone.now() - dt.timedelta(minutes=1)
     _redis("stop")
