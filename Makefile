@@ -57,7 +57,9 @@ test-postgres: install-dev
 test: install-dev browser lint test-sqlite test-postgres
 
 bench: install-dev
+	@command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null)
 	DATABASE_URL="$(PG_URL)" $(PY) -m bench.ingest
+	DATABASE_URL="$(PG_URL)" REDIS_URL=redis://127.0.0.1:6379/14 $(PY) -m bench.aggregate
 
 clean:
 	rm -rf $(VENV) .data staticfiles

@@ -136,7 +136,7 @@ def copy_limit(event_id: int) -> float:
     return COPY_RECORDS / elapsed
 
 
-def gunicorn(app: str, port: int) -> subprocess.Popen[bytes]:
+def gunicorn(app: str, port: int, environment: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     process = subprocess.Popen(
         [
             sys.executable,
@@ -153,7 +153,7 @@ def gunicorn(app: str, port: int) -> subprocess.Popen[bytes]:
             "warning",
         ],
         cwd=ROOT,
-        env=env(),
+        env=environment or env(),
     )
     deadline = time.monotonic() + 30
     while True:

@@ -561,15 +561,17 @@ def sql_metric_execute(
 def _run_postgresql(sql: str, params: list[Any], timeout_ms: int, max_rows: int) -> list[Sequence[Any]]:
     try:
         with transaction.atomic():
-            # SET LOCAL lasts until the end of the whole transaction, even past a released savepoint,
-            # and read-only cannot be turned off again: rolling this block back (it wrote nothing)
-            # is what leaves an enclosing transaction writable.
-            transaction.set_rollback(True)
-            with connection.cursor() as cursor:
-                cursor.execute("SET LOCAL transaction_read_only = on")
-                cursor.execute(f"SET LOCAL statement_timeout = {timeout_ms}")
-                cursor.execute(sql, params)
-                return list(cursor.fetchmany(max_rows + 1))
+            try:
+                with connection.cursor() as cursor:
+                    cursor.execute("SET LOCAL transaction_read_only = on")
+                    cursor.execute(f"SET LOCAL statement_timeout = {timeout_ms}")
+                    cursor.execute(sql, params)
+                    return list(cursor.fetchmany(max_rows + 1))
+            finally:
+                # SET LOCAL lasts until the end of the whole transaction, even past a released
+                # savepoint, and read-only cannot be turned off again: rolling this block back (it
+                # wrote nothing) is what leaves an enclosing transaction writable.
+                transaction.set_rollback(True)
     except DatabaseError as exc:
         cause = exc.__cause__
         if getattr(cause, "sqlstate", None) == "57014" or "statement timeout" in str(exc):
@@ -591,18 +593,20 @@ def _run_sqlite(sql: str, params: list[Any], timeout_ms: int, max_rows: int) -> 
 
     try:
         with transaction.atomic():
-            transaction.set_rollback(True)  # nothing to keep; an enclosing transaction is left as it was
-            with connection.cursor() as cursor:
-                cursor.execute("PRAGMA query_only")
-                was_query_only = bool(cursor.fetchone()[0])
-                cursor.execute("PRAGMA query_only = ON")
-                raw.set_progress_handler(progress, 1000)
-                try:
-                    cursor.execute(sql, params)
-                    return list(cursor.fetchmany(max_rows + 1))
-                finally:
-                    raw.set_progress_handler(None, 0)
-                    cursor.execute(f"PRAGMA query_only = {'ON' if was_query_only else 'OFF'}")
+            try:
+                with connection.cursor() as cursor:
+                    cursor.execute("PRAGMA query_only")
+                    was_query_only = bool(cursor.fetchone()[0])
+                    cursor.execute("PRAGMA query_only = ON")
+                    raw.set_progress_handler(progress, 1000)
+                    try:
+                        cursor.execute(sql, params)
+                        return list(cursor.fetchmany(max_rows + 1))
+                    finally:
+                        raw.set_progress_handler(None, 0)
+                        cursor.execute(f"PRAGMA query_only = {'ON' if was_query_only else 'OFF'}")
+            finally:
+                transaction.set_rollback(True)  # nothing to keep; an enclosing transaction is left as it was
     except DatabaseError as exc:
         if stopped:
             _refuse(f"The query was stopped after {timeout_ms} ms.")

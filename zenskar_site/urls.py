@@ -50,6 +50,7 @@ urlpatterns = [
     path("usage/<str:api_slug>", usage_api.ingest, name="ingest"),
     path("usage/<str:api_slug>/", usage_api.ingest),
     path("usage-events/", include("usage.urls")),
+    path("metrics/", include("metrics.urls")),
     path("api/v1/", include((api_v1, "api"))),
     path("admin/", admin.site.urls),
 ]

@@ -1,0 +1,538 @@
+"""Dashboard pages for Usage > Billable metrics: the list, the builder / SQL editor with preview, a metric's page."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from django.contrib import messages
+from django.core.exceptions import PermissionDenied
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.models import Aggregate, CharField, Q, QuerySet
+from django.db.models.functions import Coalesce
+from django.db.models.sql.compiler import SQLCompiler
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_POST
+
+from metrics.api import preview_body, render_times
+from metrics.engine import FILTER_OPS, NUMERIC_AGGREGATIONS, decimal_text, period_floor, period_next, to_decimal
+from metrics.forms import (
+    FILTER_OP_LABELS,
+    MetricForm,
+    OverrideForm,
+    PreviewWindowForm,
+    ValueFilterForm,
+    cursor_text,
+    default_preview_window,
+)
+from metrics.models import BillableMetric, MetricKind, MetricValue, RecomputeState
+from metrics.selectors import metric_get, metric_values_list, metrics_list
+from metrics.services import metric_create, metric_definition_validate, metric_value_override
+from usage.models import Period, UsageEvent
+from usage.selectors import usage_events_list
+from zenskar_site.actors import Actor
+from zenskar_site.dashboard import member_view
+from zenskar_site.errors import NotFound, ValidationFailed
+
+# Where each error path of the metric services lands on the form; filter rows are handled apart.
+FORM_FIELDS = {
+    name: name
+    for name in ("name", "slug", "kind", "granularity", "usage_event", "aggregation", "field", "group_by", "sql")
+}
+PREVIEW_ROWS_SHOWN = 200
+VALUES_PER_PAGE = 50
+TOTALS_SHOWN = 50
+# The chart and totals window when no dates are chosen: this many periods, ending at the newest value.
+DEFAULT_SPAN = {str(Period.HOUR): 48, str(Period.DAY): 30, str(Period.MONTH): 12}
+MAX_WINDOW_PERIODS = 500
+PERIOD_LENGTH = {
+    str(Period.HOUR): dt.timedelta(hours=1),
+    str(Period.DAY): dt.timedelta(days=1),
+    str(Period.MONTH): dt.timedelta(days=28),
+}
+
+
+# --- the list ---
+
+
+@member_view()
+def metric_list(request: HttpRequest, actor: Actor) -> HttpResponse:
+    return render(request, "metrics/metric_list.html", {"metrics": metrics_list(organisation=actor.organisation)})
+
+
+# --- the builder / SQL editor ---
+
+
+@dataclass(frozen=True)
+class SplitErrors:
+    form: dict[str, list[str]]
+    filter_rows: dict[int, list[str]]
+
+
+def errors_split(exc: ValidationFailed) -> SplitErrors:
+    """A service's error paths, as form-field errors and errors of filter rows (`filters[2].value`)."""
+    form: dict[str, list[str]] = {}
+    rows: dict[int, list[str]] = {}
+    for path, found in exc.errors.items():
+        if path.startswith("filters[") and "]" in path:
+            index_text, _, rest = path.removeprefix("filters[").partition("]")
+            if index_text.isdigit():
+                part = rest.removeprefix(".")
+                rows.setdefault(int(index_text), []).extend(f"{part}: {m}" if part else m for m in found)
+                continue
+        if path == "filters":
+            form.setdefault("filters", []).extend(found)
+        elif path in ("start", "end"):
+            form.setdefault(f"preview_{path}", []).extend(found)
+        elif path.startswith("sql"):  # the sandbox may point into the query: sql, sql.line, ...
+            form.setdefault("sql", []).extend(found)
+        else:
+            form.setdefault(FORM_FIELDS.get(path, "__all__"), []).extend(found)
+    return SplitErrors(form=form, filter_rows=rows)
+
+
+def _active_usage_events(actor: Actor) -> list[UsageEvent]:
+    return list(usage_events_list(organisation=actor.organisation))
+
+
+def _form_context(form: MetricForm, window: PreviewWindowForm, usage_events: list[UsageEvent]) -> dict[str, Any]:
+    schemas = {
+        slug: [
+            {"name": f.name, "type": f.type, "numeric": f.numeric, "groupable": f.groupable} for f in schema_fields
+        ]
+        for slug, schema_fields in form.schemas.items()
+    }
+    state = {
+        "usage_event": form["usage_event"].value() or "",
+        "field": form["field"].value() or "",
+        "group_by": list(form["group_by"].value() or []),
+        "filters": form.filter_rows(),
+    }
+    return {
+        "form": form,
+        "window": window,
+        "usage_events": usage_events,
+        "tables": [(event, form.schemas[event.api_slug]) for event in usage_events],
+        "builder": {
+            "schemas": schemas,
+            "state": state,
+            "ops": [[op, FILTER_OP_LABELS[op]] for op in FILTER_OPS],
+            "numeric_aggregations": sorted(NUMERIC_AGGREGATIONS),
+        },
+    }
+
+
+@member_view(write=True)
+def metric_new(request: HttpRequest, actor: Actor) -> HttpResponse:
+    if not actor.can_write:
+        raise PermissionDenied("Only admins of the organisation can add billable metrics.")
+    usage_events = _active_usage_events(actor)
+    form = MetricForm(request.POST or None, usage_events=usage_events)
+    start, end = default_preview_window(timezone.now())
+    window = PreviewWindowForm(initial={"start": start, "end": end})
+    filter_errors: dict[int, list[str]] = {}
+    if request.method == "POST" and form.is_valid():
+        try:
+            metric = metric_create(actor=actor, body=form.body())
+        except ValidationFailed as exc:
+            split = errors_split(exc)
+            filter_errors = split.filter_rows
+            for name, found in split.form.items():
+                for message in found:
+                    form.add_error(name if name in form.fields else None, message)
+            if filter_errors:
+                form.add_error("filters", "A filter is not right: see the rows marked below.")
+        else:
+            messages.success(request, f"Billable metric “{metric.name}” saved. Its values are being computed.")
+            return redirect("metrics:metric-detail", slug=metric.slug)
+    context = _form_context(form, window, usage_events)
+    context["filter_errors"] = {str(index): found for index, found in filter_errors.items()}
+    return render(request, "metrics/metric_form.html", context)
+
+
+@require_POST
+@member_view(write=True)
+def metric_preview(request: HttpRequest, actor: Actor) -> JsonResponse:
+    """The values an unsaved definition gives over a window, computed from raw records; nothing is stored."""
+    form = MetricForm(request.POST, usage_events=_active_usage_events(actor), name_required=False)
+    window = PreviewWindowForm(request.POST)
+    errors: dict[str, list[str]] = {}
+    if not form.is_valid():
+        errors.update({name: list(found) for name, found in form.errors.items()})
+    if not window.is_valid():
+        errors.update({f"preview_{name}": list(found) for name, found in window.errors.items()})
+    if errors:
+        return JsonResponse({"errors": errors, "filter_errors": {}}, status=400)
+    try:
+        clean = metric_definition_validate(organisation_id=actor.organisation.id, body=form.body())
+        clean.pop("sources")
+        metric = BillableMetric(organisation=actor.organisation, name="preview", slug="preview", **clean)
+        body = preview_body(metric, window.cleaned_data["start"], window.cleaned_data["end"])
+    except ValidationFailed as exc:
+        split = errors_split(exc)
+        return JsonResponse(
+            {"errors": split.form, "filter_errors": {str(i): found for i, found in split.filter_rows.items()}},
+            status=400,
+        )
+    values = body["values"]
+    body["count"] = len(values)
+    body["values"] = values[:PREVIEW_ROWS_SHOWN]
+    body["granularity"] = metric.granularity
+    return JsonResponse(render_times(body))
+
+
+# --- a metric's page ---
+
+
+class EffectiveSum(Aggregate):
+    """The sum of effective amounts (the override, else the computed amount), exact on both databases."""
+
+    function = "SUM"
+    name = "EffectiveSum"
+
+    def __init__(self) -> None:
+        super().__init__(Coalesce("override_value", "computed_value"), output_field=CharField())
+
+    def as_postgresql(
+        self, compiler: SQLCompiler, connection: BaseDatabaseWrapper, **extra_context: Any
+    ) -> tuple[str, Any]:
+        return super().as_sql(compiler, connection, template="SUM(CAST(%(expressions)s AS NUMERIC))", **extra_context)
+
+    def as_sqlite(self, compiler: SQLCompiler, connection: BaseDatabaseWrapper, **extra_context: Any) -> tuple[str, Any]:
+        # SQLite has no exact numeric type: z_sum adds Python Decimals (registered by metrics.apps).
+        return super().as_sql(compiler, connection, function="z_sum", **extra_context)
+
+
+@dataclass(frozen=True)
+class Window:
+    start: dt.datetime
+    end: dt.datetime
+    periods: list[dt.datetime]
+
+
+def _periods_back(end: dt.datetime, granularity: str, count: int) -> dt.datetime:
+    start = end
+    for _ in range(count):
+        start = period_floor(start - dt.timedelta(microseconds=1), granularity)
+    return start
+
+
+def _periods_forward(start: dt.datetime, granularity: str, count: int) -> dt.datetime:
+    end = period_floor(start, granularity)
+    for _ in range(count):
+        end = period_next(end, granularity)
+    return end
+
+
+def window_choose(
+    *, metric: BillableMetric, start: dt.datetime | None, end: dt.datetime | None, now: dt.datetime
+) -> tuple[Window | None, str | None]:
+    """The window the chart, the totals and the table show; an error text when it is too long."""
+    granularity, span = metric.granularity, DEFAULT_SPAN[metric.granularity]
+    if start is None and end is None:
+        newest = metric_values_list(metric=metric).order_by("-period_start").values_list("period_start", flat=True)
+        anchor = newest.first() or now
+        end = period_next(period_floor(anchor, granularity), granularity)
+    if start is None:
+        assert end is not None
+        start = _periods_back(end, granularity, span)
+    if end is None:
+        end = _periods_forward(start, granularity, span)
+    if (end - start) / PERIOD_LENGTH[granularity] > MAX_WINDOW_PERIODS:
+        return None, f"Show at most {MAX_WINDOW_PERIODS} {granularity} periods at once: choose a shorter window."
+    current, periods = period_floor(start, granularity), []
+    while current < end:
+        if current >= start:
+            periods.append(current)
+        current = period_next(current, granularity)
+    return Window(start=start, end=end, periods=periods), None
+
+
+# The chart: an inline SVG laid out here, drawn by the template.
+CHART_WIDTH, CHART_HEIGHT = 1000, 230
+PLOT_LEFT, PLOT_RIGHT, PLOT_TOP, PLOT_BOTTOM = 64, 984, 12, 200
+X_LABELS = 10
+
+
+@dataclass(frozen=True)
+class ChartBar:
+    slot_x: float
+    slot_width: float
+    x: float
+    y: float
+    width: float
+    height: float
+    value: str
+    title: str
+
+
+@dataclass(frozen=True)
+class ChartTick:
+    position: float
+    label: str
+
+
+@dataclass(frozen=True)
+class MetricChart:
+    bars: list[ChartBar]
+    x_ticks: list[ChartTick]
+    y_ticks: list[ChartTick]
+    zero: float
+    total: str
+    width: int = CHART_WIDTH
+    height: int = CHART_HEIGHT
+    left: int = PLOT_LEFT
+    right: int = PLOT_RIGHT
+    top: int = PLOT_TOP
+    bottom: int = PLOT_BOTTOM
+
+    @property
+    def plot_height(self) -> int:
+        return self.bottom - self.top
+
+    @property
+    def y_label_x(self) -> int:
+        return self.left - 8
+
+    @property
+    def tick_end(self) -> int:
+        return self.bottom + 4
+
+    @property
+    def x_label_y(self) -> int:
+        return self.bottom + 18
+
+
+def _nice_step(span: float, ticks: int = 4) -> Decimal:
+    """The smallest 1, 2 or 5 times a power of ten that covers `span` in `ticks` steps."""
+    raw = span / ticks if span > 0 else 1.0
+    magnitude = Decimal(10) ** math.floor(math.log10(raw))
+    return next(m * magnitude for m in (Decimal(1), Decimal(2), Decimal(5), Decimal(10)) if m * magnitude >= raw)
+
+
+def _tick_label(value: Decimal, step: Decimal) -> str:
+    places = max(0, -step.normalize().as_tuple().exponent)  # type: ignore[operator]
+    return f"{value:,.{places}f}"
+
+
+def _period_label(moment: dt.datetime, granularity: str) -> str:
+    if granularity == Period.HOUR:
+        return f"{moment:%b} {moment.day} {moment:%H:%M}"
+    if granularity == Period.DAY:
+        return f"{moment:%b} {moment.day}"
+    return f"{moment:%b %Y}"
+
+
+def _period_title(moment: dt.datetime, granularity: str, amount: Decimal | None) -> str:
+    shown = "no values" if amount is None else decimal_text(amount)
+    if granularity == Period.HOUR:
+        return f"{moment:%Y-%m-%d %H:%M} to {period_next(moment, granularity):%H:%M} UTC: {shown}"
+    if granularity == Period.DAY:
+        return f"{moment:%Y-%m-%d} UTC: {shown}"
+    return f"{moment:%B %Y} UTC: {shown}"
+
+
+def metric_chart(*, periods: list[dt.datetime], totals: dict[dt.datetime, Decimal], granularity: str) -> MetricChart:
+    amounts = [totals.get(moment) for moment in periods]
+    known = [a for a in amounts if a is not None]
+    low, high = min([Decimal(0), *known]), max([Decimal(0), *known])
+    step = _nice_step(float(high - low))
+    top = max(step, step * math.ceil(high / step))
+    bottom = min(Decimal(0), step * math.floor(low / step))
+    plot_height = PLOT_BOTTOM - PLOT_TOP
+
+    def y_of(value: Decimal) -> float:
+        return PLOT_BOTTOM - plot_height * float((value - bottom) / (top - bottom))
+
+    zero = y_of(Decimal(0))
+    slot = (PLOT_RIGHT - PLOT_LEFT) / max(len(periods), 1)
+    every = max(1, math.ceil(len(periods) / X_LABELS))
+    bars, x_ticks = [], []
+    for index, (moment, amount) in enumerate(zip(periods, amounts, strict=True)):
+        slot_x = PLOT_LEFT + slot * index
+        y = y_of(amount if amount is not None else Decimal(0))
+        bars.append(
+            ChartBar(
+                slot_x=round(slot_x, 2),
+                slot_width=round(slot, 2),
+                x=round(slot_x + slot * 0.125, 2),
+                y=round(min(y, zero), 2),
+                width=round(slot * 0.75, 2),
+                height=round(abs(zero - y), 2),
+                value=decimal_text(amount) or "" if amount is not None else "",
+                title=_period_title(moment, granularity, amount),
+            )
+        )
+        if (len(periods) - 1 - index) % every == 0:
+            x_ticks.append(ChartTick(position=round(slot_x + slot / 2, 2), label=_period_label(moment, granularity)))
+    y_ticks = []
+    tick = bottom
+    while tick <= top:
+        y_ticks.append(ChartTick(position=round(y_of(tick), 2), label=_tick_label(tick, step)))
+        tick += step
+    return MetricChart(
+        bars=bars, x_ticks=x_ticks, y_ticks=y_ticks, zero=round(zero, 2), total=decimal_text(sum(known, Decimal(0))) or "0"
+    )
+
+
+def dimension_label(dimension: Any) -> str:
+    if not isinstance(dimension, dict) or not dimension:
+        return ""
+    return ", ".join(f"{key}: {'—' if value is None else value}" for key, value in sorted(dimension.items()))
+
+
+@dataclass(frozen=True)
+class CustomerTotal:
+    customer_id: str
+    dimension: str
+    total: str
+
+
+@dataclass(frozen=True)
+class ValueRow:
+    value: MetricValue
+    dimension: str
+
+
+def _window_values(
+    metric: BillableMetric, window: Window, customer_id: str | None
+) -> QuerySet[MetricValue]:
+    values = metric_values_list(metric=metric).filter(period_start__gte=window.start, period_start__lt=window.end)
+    return values.filter(customer_id=customer_id) if customer_id else values
+
+
+def _filter_summary(metric: BillableMetric) -> list[str]:
+    lines = []
+    for condition in metric.filters:
+        op = condition.get("op", "")
+        label = FILTER_OP_LABELS.get(op, op)
+        if op in ("is_null", "is_not_null"):
+            lines.append(f"{condition.get('field')} {label}")
+        else:
+            value = condition.get("value")
+            shown = ", ".join(str(v) for v in value) if isinstance(value, list) else str(value)
+            lines.append(f"{condition.get('field')} {label} {shown}")
+    return lines
+
+
+@member_view()
+def metric_detail(request: HttpRequest, actor: Actor, slug: str) -> HttpResponse:
+    try:
+        metric = metric_get(organisation=actor.organisation, slug=slug)
+    except NotFound as exc:
+        return render(request, "404.html", {"detail": exc.detail}, status=404)
+    filters = ValueFilterForm(request.GET)
+    valid = filters.is_valid()
+    window: Window | None = None
+    if valid:
+        window, too_long = window_choose(
+            metric=metric, start=filters.cleaned_data["start"], end=filters.cleaned_data["end"], now=timezone.now()
+        )
+        if too_long:
+            filters.add_error("end", too_long)
+            valid = False
+    chart = None
+    totals: list[CustomerTotal] = []
+    more_totals = False
+    rows: list[ValueRow] = []
+    next_cursor: str | None = None
+    customer_id = filters.cleaned_data.get("customer_id") or None if valid else None
+    if valid and window is not None:
+        in_window = _window_values(metric, window, customer_id)
+        per_period = {
+            row["period_start"]: to_decimal(row["total"])
+            for row in in_window.values("period_start").annotate(total=EffectiveSum()).order_by("period_start")
+            if row["total"] is not None
+        }
+        chart = metric_chart(periods=window.periods, totals=per_period, granularity=metric.granularity)
+        by_customer = list(
+            in_window.values("customer_id", "dimension_key", "dimension")
+            .annotate(total=EffectiveSum())
+            .order_by("customer_id", "dimension_key")[: TOTALS_SHOWN + 1]
+        )
+        more_totals = len(by_customer) > TOTALS_SHOWN
+        totals = [
+            CustomerTotal(
+                customer_id=row["customer_id"],
+                dimension=dimension_label(row["dimension"]),
+                total=decimal_text(to_decimal(row["total"])) or "—",
+            )
+            for row in by_customer[:TOTALS_SHOWN]
+        ]
+        page = in_window
+        cursor = filters.cleaned_data["cursor"]
+        if cursor is not None:
+            page = page.filter(Q(period_start__lt=cursor[0]) | Q(period_start=cursor[0], id__lt=cursor[1]))
+        found = list(page.order_by("-period_start", "-id")[: VALUES_PER_PAGE + 1])
+        if len(found) > VALUES_PER_PAGE:
+            found = found[:VALUES_PER_PAGE]
+            next_cursor = cursor_text(found[-1].period_start, found[-1].id)
+        rows = [ValueRow(value=v, dimension=dimension_label(v.dimension)) for v in found]
+    running = metric.recompute_state == RecomputeState.RUNNING
+    return render(
+        request,
+        "metrics/metric_detail.html",
+        {
+            "metric": metric,
+            "is_sql": metric.kind == MetricKind.SQL,
+            "filter_lines": _filter_summary(metric),
+            "sources": list(metric.sources.order_by("api_slug")),
+            "running": running,
+            "progress_percent": (
+                round(100 * metric.recompute_done / metric.recompute_total) if metric.recompute_total else None
+            ),
+            "filters": filters,
+            "filtered": valid and any(filters.cleaned_data[name] for name in ("customer_id", "start", "end")),
+            "window": window,
+            "chart": chart,
+            "totals": totals,
+            "more_totals": more_totals,
+            "rows": rows,
+            "paged": valid and filters.cleaned_data["cursor"] is not None,
+            "next_cursor": next_cursor,
+            "grouped": bool(metric.group_by) or metric.kind == MetricKind.SQL,
+        },
+    )
+
+
+@require_POST
+@member_view(write=True)
+def metric_value_override_view(request: HttpRequest, actor: Actor, slug: str, value_id: int) -> HttpResponse:
+    form = OverrideForm(request.POST)
+    detail_url = reverse("metrics:metric-detail", kwargs={"slug": slug})
+    back = request.POST.get("next", "")
+    if not (back.startswith(detail_url) and url_has_allowed_host_and_scheme(back, allowed_hosts=None)):
+        back = detail_url
+    if not form.is_valid():
+        for name, found in form.errors.items():
+            messages.error(request, f"{name}: {' '.join(found)}")
+        return redirect(back)
+    clear = form.cleaned_data["action"] == "clear"
+    try:
+        value = metric_value_override(
+            actor=actor,
+            metric_slug=slug,
+            value_id=value_id,
+            override_value=None if clear else form.cleaned_data["override_value"],
+            reason=form.cleaned_data["reason"],
+        )
+    except NotFound as exc:
+        return render(request, "404.html", {"detail": exc.detail}, status=404)
+    except ValidationFailed as exc:
+        for found in exc.errors.values():
+            for message in found:
+                messages.error(request, f"Override not saved: {message}")
+    else:
+        when = f"{value.period_start.astimezone(dt.UTC):%Y-%m-%d %H:%M} UTC"
+        if clear:
+            messages.success(request, f"Override cleared for {value.customer_id}, {when}: the value is {value.value}.")
+        else:
+            messages.success(request, f"Override set for {value.customer_id}, {when}: the value is {value.value}.")
+    return redirect(back)

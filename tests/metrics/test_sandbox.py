@@ -1,0 +1,554 @@
+"""SPEC §5's SQL metrics sandbox: what a query may read, how it is rewritten, and how it runs."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from typing import Any
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from metrics.sandbox import (
+    CompiledQuery,
+    SandboxError,
+    SandboxTable,
+    sql_metric_compile,
+    sql_metric_execute,
+)
+from tests.factories import organisation_make, usage_event_make
+from usage.models import UsageEvent, UsageRecord
+from zenskar_site.models import Organisation
+
+START = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+END = dt.datetime(2026, 2, 1, tzinfo=dt.UTC)
+IN_PERIOD = dt.datetime(2026, 1, 10, 12, 0, tzinfo=dt.UTC)
+
+SUM_PER_CUSTOMER = """
+    SELECT customer_id, sum(cpu_usage_hours) AS quantity
+    FROM compute_hours
+    WHERE "timestamp" >= {{ period_start }} AND "timestamp" < {{period_end}}
+    GROUP BY customer_id
+"""
+
+
+def tables_of(organisation: Organisation) -> dict[str, SandboxTable]:
+    return {
+        event.api_slug: SandboxTable(slug=event.api_slug, usage_event_id=event.id, fields=event.dataschema["data"])
+        for event in UsageEvent.objects.filter(organisation=organisation)
+    }
+
+
+def record(
+    usage_event: UsageEvent,
+    customer_id: str,
+    data: dict[str, Any],
+    *,
+    at: dt.datetime = IN_PERIOD,
+    voided: bool = False,
+    superseded: bool = False,
+) -> UsageRecord:
+    return UsageRecord.objects.create(
+        usage_event=usage_event,
+        customer_id=customer_id,
+        timestamp=at,
+        data=data,
+        content_hash="x",
+        received_at=at,
+        voided=voided,
+        superseded=superseded,
+    )
+
+
+def compile_for(organisation: Organisation, sql: str) -> CompiledQuery:
+    return sql_metric_compile(sql=sql, tables=tables_of(organisation), vendor=connection.vendor)
+
+
+def run(organisation: Organisation, sql: str, **options: Any) -> list[tuple[str, str | None, str | None]]:
+    compiled = compile_for(organisation, sql)
+    return sorted(sql_metric_execute(compiled=compiled, period_start=START, period_end=END, **options))
+
+
+def records_state() -> list[tuple[Any, ...]]:
+    return list(UsageRecord.objects.order_by("id").values_list("id", "customer_id", "voided", "superseded", "data"))
+
+
+@pytest.fixture
+def api_calls(organisation: Organisation) -> UsageEvent:
+    return usage_event_make(
+        organisation=organisation, api_slug="api-calls", name="API calls", data={"calls": "Int64", "amount": "Decimal"}
+    )
+
+
+@pytest.fixture
+def secret_usage(db: None) -> UsageEvent:
+    other = organisation_make(name="Globex")
+    return usage_event_make(organisation=other, api_slug="secret_usage", name="Secret", data={"secret": "String"})
+
+
+@pytest.fixture
+def stored(compute_hours: UsageEvent, api_calls: UsageEvent, secret_usage: UsageEvent) -> None:
+    record(compute_hours, "cus_a", {"cpu_usage_hours": 1.5, "region": "eu-west"})
+    record(compute_hours, "cus_a", {"cpu_usage_hours": 2.25, "region": "eu-west"})
+    record(compute_hours, "cus_a", {"cpu_usage_hours": 0.125, "region": None}, at=IN_PERIOD + dt.timedelta(days=3))
+    record(compute_hours, "cus_b", {"cpu_usage_hours": 0.25, "region": "us-east"})
+    record(compute_hours, "cus_b", {"cpu_usage_hours": 100.0, "region": "us-east"}, at=END)  # next period
+    record(compute_hours, "cus_b", {"cpu_usage_hours": 100.0, "region": "us-east"}, at=START - dt.timedelta(seconds=1))
+    record(api_calls, "cus_a", {"calls": 3, "amount": "12.50"})
+    record(api_calls, "cus_a", {"calls": 9_000_000_000, "amount": "0.25"})
+    record(secret_usage, "cus_a", {"secret": "hunter2"})
+
+
+# --- what a query computes ---
+
+
+def test_a_sum_per_customer_over_the_period_is_exact(organisation: Organisation, stored: None) -> None:
+    assert run(organisation, SUM_PER_CUSTOMER) == [("cus_a", "3.875", None), ("cus_b", "0.25", None)]
+
+
+def test_integer_and_decimal_fields_sum_exactly(organisation: Organisation, stored: None) -> None:
+    sql = 'SELECT customer_id, sum(calls) + sum(amount) AS quantity FROM "api-calls" GROUP BY customer_id'
+
+    assert run(organisation, sql) == [("cus_a", "9000000015.75", None)]
+
+
+@pytest.mark.postgres
+def test_decimal_fields_sum_without_binary_rounding_on_postgresql(
+    organisation: Organisation, api_calls: UsageEvent
+) -> None:
+    for amount in ("0.10", "0.20", "0.000000000001"):
+        record(api_calls, "cus_a", {"calls": 1, "amount": amount})
+
+    rows = run(organisation, 'SELECT customer_id, sum(amount) AS quantity FROM "api-calls" GROUP BY customer_id')
+
+    assert rows == [("cus_a", "0.300000000001", None)]
+
+
+def test_the_period_placeholders_are_bound_as_parameters_never_pasted(
+    organisation: Organisation, stored: None
+) -> None:
+    compiled = compile_for(organisation, SUM_PER_CUSTOMER)
+
+    assert "{{" not in compiled.sql
+    assert "period_" not in compiled.sql
+    assert "2026" not in compiled.sql
+    assert compiled.sql.count("%s") == 2
+    assert compiled.param_names == ["period_start", "period_end"]
+    assert compiled.sources == ["compute_hours"]
+    assert compiled.has_dimension is False
+
+
+def test_placeholders_are_listed_in_the_order_they_appear(organisation: Organisation, compute_hours: UsageEvent) -> None:
+    sql = """
+        SELECT customer_id, count(*) AS quantity FROM compute_hours
+        WHERE "timestamp" < {{ period_end }} AND "timestamp" >= {{period_start}} AND "timestamp" < {{  period_end  }}
+        GROUP BY customer_id
+    """
+
+    assert compile_for(organisation, sql).param_names == ["period_end", "period_start", "period_end"]
+
+
+def test_ctes_can_read_usage_events(organisation: Organisation, stored: None) -> None:
+    sql = """
+        WITH in_period AS (
+            SELECT customer_id, cpu_usage_hours FROM compute_hours
+            WHERE "timestamp" >= {{ period_start }} AND "timestamp" < {{ period_end }}
+        ),
+        per_customer AS (SELECT customer_id, sum(cpu_usage_hours) AS total FROM in_period GROUP BY customer_id)
+        SELECT customer_id, total * 2 AS quantity FROM per_customer
+    """
+
+    assert run(organisation, sql) == [("cus_a", "7.75", None), ("cus_b", "0.5", None)]
+
+
+def test_a_slug_with_a_dash_is_read_when_quoted(organisation: Organisation, stored: None) -> None:
+    compiled = compile_for(organisation, 'SELECT customer_id, count(*) AS quantity FROM "api-calls" GROUP BY 1')
+
+    assert compiled.sources == ["api-calls"]
+    assert sql_metric_execute(compiled=compiled, period_start=START, period_end=END) == [("cus_a", "2", None)]
+
+
+def test_a_union_of_usage_events_is_read(organisation: Organisation, stored: None) -> None:
+    sql = """
+        SELECT customer_id, count(*) AS quantity FROM compute_hours AS c
+        WHERE c."timestamp" >= {{ period_start }} AND c."timestamp" < {{ period_end }} GROUP BY customer_id
+        UNION ALL
+        SELECT customer_id, sum(calls) FROM "api-calls" GROUP BY customer_id
+    """
+
+    compiled = compile_for(organisation, sql)
+
+    assert compiled.sources == ["compute_hours", "api-calls"]
+    assert sorted(sql_metric_execute(compiled=compiled, period_start=START, period_end=END)) == [
+        ("cus_a", "3", None),
+        ("cus_a", "9000000003", None),
+        ("cus_b", "1", None),
+    ]
+
+
+def test_voided_and_superseded_records_are_not_seen(organisation: Organisation, compute_hours: UsageEvent) -> None:
+    record(compute_hours, "cus_a", {"cpu_usage_hours": 1.0})
+    record(compute_hours, "cus_a", {"cpu_usage_hours": 10.0}, voided=True)
+    record(compute_hours, "cus_a", {"cpu_usage_hours": 100.0}, superseded=True)
+    record(compute_hours, "cus_b", {"cpu_usage_hours": 5.0}, voided=True)
+
+    assert run(organisation, SUM_PER_CUSTOMER) == [("cus_a", "1", None)]
+
+
+def test_only_the_declared_columns_of_a_usage_event_are_exposed(
+    organisation: Organisation, compute_hours: UsageEvent
+) -> None:
+    record(compute_hours, "cus_a", {"cpu_usage_hours": 1.0})
+
+    with pytest.raises(SandboxError, match="The query failed"):
+        run(organisation, "SELECT customer_id, count(*) AS quantity FROM compute_hours WHERE NOT voided GROUP BY 1")
+    with pytest.raises(SandboxError, match="The query failed"):
+        run(organisation, "SELECT customer_id, length(content_hash) AS quantity FROM compute_hours")
+
+
+def test_a_dimension_column_is_returned_as_text(organisation: Organisation, stored: None) -> None:
+    sql = """
+        SELECT customer_id, count(*) AS quantity, region AS dimension FROM compute_hours
+        WHERE "timestamp" >= {{ period_start }} AND "timestamp" < {{ period_end }}
+          AND (region LIKE 'eu%' OR region IS NULL)
+        GROUP BY customer_id, region
+    """
+
+    compiled = compile_for(organisation, sql)
+
+    assert compiled.has_dimension is True
+    assert sorted(
+        sql_metric_execute(compiled=compiled, period_start=START, period_end=END), key=lambda row: str(row)
+    ) == [("cus_a", "1", None), ("cus_a", "2", "eu-west")]
+
+
+def test_window_functions_pick_the_latest_value_per_customer(organisation: Organisation, stored: None) -> None:
+    sql = """
+        SELECT customer_id, cpu_usage_hours AS quantity FROM (
+            SELECT customer_id, cpu_usage_hours,
+                   row_number() OVER (PARTITION BY customer_id ORDER BY "timestamp" DESC, id DESC) AS n
+            FROM compute_hours
+            WHERE "timestamp" >= {{ period_start }} AND "timestamp" < {{ period_end }}
+        ) AS ranked
+        WHERE n = 1
+    """
+
+    assert run(organisation, sql) == [("cus_a", "0.125", None), ("cus_b", "0.25", None)]
+
+
+def test_date_functions_give_the_same_answer_on_either_database(organisation: Organisation, stored: None) -> None:
+    sql = """
+        SELECT customer_id,
+               count(DISTINCT date_trunc('day', "timestamp")) AS quantity,
+               CAST(max(extract(hour FROM "timestamp")) AS TEXT) AS dimension
+        FROM compute_hours
+        WHERE "timestamp" >= {{ period_end }} - interval '1 month'
+          AND "timestamp" < CAST({{ period_end }} AS timestamptz)
+        GROUP BY customer_id
+    """
+
+    assert run(organisation, sql) == [("cus_a", "2", "12"), ("cus_b", "1", "12")]
+
+
+def test_compiling_runs_no_query(organisation: Organisation, stored: None) -> None:
+    tables = tables_of(organisation)
+
+    with CaptureQueriesContext(connection) as queries:
+        sql_metric_compile(sql=SUM_PER_CUSTOMER, tables=tables, vendor=connection.vendor)
+
+    assert queries.captured_queries == []
+
+
+# --- what a query may not do ---
+
+HOSTILE = [
+    pytest.param(
+        "SELECT customer_id, 1 AS quantity FROM compute_hours; DELETE FROM usage_usagerecord",
+        "exactly one statement",
+        id="two-statements",
+    ),
+    pytest.param(
+        "SELECT customer_id, count(*) AS quantity FROM secret_usage GROUP BY customer_id",
+        "Unknown table 'secret_usage'",
+        id="other-organisation",
+    ),
+    pytest.param(
+        "SELECT customer_id, count(*) AS quantity FROM usage_usagerecord GROUP BY customer_id",
+        "Unknown table 'usage_usagerecord'",
+        id="records-table",
+    ),
+    pytest.param("TABLE usage_usagerecord", "Unknown table 'usage_usagerecord'", id="table-statement"),
+    pytest.param(
+        "SELECT usename AS customer_id, 1 AS quantity FROM pg_catalog.pg_user", "Schema-qualified", id="pg_user"
+    ),
+    pytest.param(
+        "SELECT tablename AS customer_id, 1 AS quantity FROM pg_tables", "Unknown table 'pg_tables'", id="pg_tables"
+    ),
+    pytest.param(
+        "SELECT table_name AS customer_id, 1 AS quantity FROM information_schema.tables",
+        "Schema-qualified",
+        id="information_schema",
+    ),
+    pytest.param(
+        "SELECT customer_id, 1 AS quantity FROM public.usage_usagerecord", "Schema-qualified", id="public-schema"
+    ),
+    pytest.param(
+        "SELECT customer_id, 1 AS quantity FROM compute_hours WHERE pg_sleep(10) IS NOT NULL",
+        "pg_sleep()",
+        id="pg_sleep",
+    ),
+    pytest.param(
+        "SELECT pg_read_file('/etc/passwd') AS customer_id, 1 AS quantity", "pg_read_file()", id="pg_read_file"
+    ),
+    pytest.param("SELECT pg_ls_dir('.') AS customer_id, 1 AS quantity", "pg_ls_dir()", id="pg_ls_dir"),
+    pytest.param(
+        "SELECT customer_id, 1 AS quantity FROM dblink('host=evil', 'SELECT 1') AS t(customer_id text)",
+        "dblink()",
+        id="dblink-table",
+    ),
+    pytest.param(
+        "SELECT dblink_exec('host=evil', 'DROP TABLE x') AS customer_id, 1 AS quantity", "dblink_exec()", id="dblink"
+    ),
+    pytest.param("SELECT lo_import('/etc/passwd') AS customer_id, 1 AS quantity", "lo_import()", id="lo_import"),
+    pytest.param(
+        "SELECT set_config('statement_timeout', '0', false) AS customer_id, 1 AS quantity",
+        "set_config()",
+        id="set_config",
+    ),
+    pytest.param(
+        "SELECT current_setting('data_directory') AS customer_id, 1 AS quantity",
+        "current_setting()",
+        id="current_setting",
+    ),
+    pytest.param("SELECT version() AS customer_id, 1 AS quantity", "VERSION()", id="version"),
+    pytest.param("SELECT current_user AS customer_id, 1 AS quantity", "CURRENT_USER", id="current_user"),
+    pytest.param("SELECT 'x' AS customer_id, txid_current() AS quantity", "txid_current()", id="txid"),
+    pytest.param("SELECT 'x' AS customer_id, random() AS quantity", "RANDOM()", id="random"),
+    pytest.param(
+        "SELECT 'x' AS customer_id, count(*) AS quantity FROM generate_series(1, 100000000) AS g",
+        "GENERATE_SERIES",
+        id="generate_series",
+    ),
+    pytest.param(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT 'x' AS customer_id, count(*) AS quantity FROM n",
+        "WITH RECURSIVE",
+        id="recursive-cte",
+    ),
+    pytest.param("COPY usage_usagerecord TO '/tmp/records'", "not COPY", id="copy"),
+    pytest.param("SET statement_timeout = 0", "not SET", id="set"),
+    pytest.param("GRANT SELECT ON usage_usagerecord TO PUBLIC", "not GRANT", id="grant"),
+    pytest.param("EXPLAIN ANALYZE SELECT 1", "not EXPLAIN", id="explain"),
+    pytest.param(
+        "SELECT customer_id, 1 AS quantity INTO stolen FROM compute_hours", "SELECT ... INTO", id="select-into"
+    ),
+    pytest.param(
+        "SELECT customer_id, 1 AS quantity FROM compute_hours FOR UPDATE", "locking clause", id="for-update"
+    ),
+    pytest.param(
+        "WITH gone AS (DELETE FROM compute_hours RETURNING customer_id) SELECT customer_id, 1 AS quantity FROM gone",
+        "not allowed",
+        id="writing-cte",
+    ),
+    pytest.param(
+        "SELECT customer_id, 1 AS quantity FROM compute_hours WHERE 'usage_usagerecord'::regclass IS NOT NULL",
+        "REGCLASS",
+        id="regclass-cast",
+    ),
+    pytest.param(
+        "SELECT customer_id, 1 AS quantity FROM compute_hours WHERE customer_id = $1", "parameter $1", id="dollar-param"
+    ),
+    pytest.param(
+        "SELECT customer_id, 1 AS quantity FROM compute_hours WHERE customer_id = %s", "Parameters", id="format-param"
+    ),
+    pytest.param(
+        "SELECT customer_id, 1 AS quantity FROM compute_hours WHERE customer_id = {{ customer }}",
+        "Unknown placeholder {{ customer }}",
+        id="unknown-placeholder",
+    ),
+    pytest.param(
+        "SELECT customer_id, 1 AS quantity FROM compute_hours WHERE customer_id = '{{ period_start }}'",
+        "outside quotes",
+        id="quoted-placeholder",
+    ),
+    pytest.param(
+        # The CTE's name is only in scope inside its subquery: the outer reference is the real table.
+        "SELECT username AS customer_id, 1 AS quantity FROM auth_user, "
+        "(WITH auth_user AS (SELECT 1 AS a) SELECT a FROM auth_user) AS x",
+        "Unknown table 'auth_user'",
+        id="cte-out-of-scope",
+    ),
+    pytest.param(
+        # A CTE cannot read one defined after it: PostgreSQL would read the real table.
+        "WITH a AS (SELECT username AS customer_id, 1 AS quantity FROM auth_user), "
+        "auth_user AS (SELECT customer_id FROM compute_hours) SELECT customer_id, quantity FROM a",
+        "Unknown table 'auth_user'",
+        id="cte-forward-reference",
+    ),
+    pytest.param(
+        "WITH usage_usagerecord AS (SELECT customer_id FROM compute_hours) "
+        "SELECT customer_id, 1 AS quantity FROM usage_usagerecord",
+        "cannot be named",
+        id="cte-shadowing-records",
+    ),
+    pytest.param("VALUES ('x', 1)", "not VALUES", id="values"),
+    pytest.param(
+        "SELECT customer_id, 1 AS quantity FROM compute_hours, LATERAL (SELECT 1) AS l", "Lateral", id="lateral"
+    ),
+    pytest.param(
+        "SELECT customer_id, 1 AS quantity FROM compute_hours TABLESAMPLE SYSTEM (50)", "TableSample", id="tablesample"
+    ),
+]
+
+
+@pytest.mark.parametrize(("sql", "message"), HOSTILE)
+def test_hostile_sql_is_refused_with_a_clear_message_and_runs_nothing(
+    organisation: Organisation, stored: None, sql: str, message: str
+) -> None:
+    tables = tables_of(organisation)
+
+    with CaptureQueriesContext(connection) as queries, pytest.raises(SandboxError) as refused:
+        sql_metric_compile(sql=sql, tables=tables, vendor=connection.vendor)
+
+    assert message in refused.value.errors["sql"][0]
+    assert queries.captured_queries == []
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "INSERT INTO compute_hours (customer_id) VALUES ('cus_x')",
+        "INSERT INTO usage_usagerecord (customer_id) SELECT customer_id FROM compute_hours",
+        "UPDATE usage_usagerecord SET voided = true",
+        "UPDATE compute_hours SET customer_id = 'cus_x'",
+        "DELETE FROM usage_usagerecord",
+        "DELETE FROM compute_hours",
+        "TRUNCATE usage_usagerecord",
+        "DROP TABLE usage_usagerecord",
+        "CREATE TABLE stolen AS SELECT * FROM compute_hours",
+        "ALTER TABLE usage_usagerecord ADD COLUMN x int",
+        "MERGE INTO usage_usagerecord AS r USING compute_hours AS c ON r.id = c.id WHEN MATCHED THEN DELETE",
+    ],
+)
+def test_writes_are_refused_and_leave_the_records_unchanged(organisation: Organisation, stored: None, sql: str) -> None:
+    before = records_state()
+
+    with pytest.raises(SandboxError, match="Only a SELECT query is allowed"):
+        compile_for(organisation, sql)
+
+    assert records_state() == before
+
+
+def test_the_runner_is_read_only_even_for_sql_the_compiler_would_refuse(
+    organisation: Organisation, stored: None
+) -> None:
+    columns = 'usage_event_id, customer_id, "timestamp", data, content_hash, received_at, voided, superseded'
+    write = CompiledQuery(
+        sql=f"INSERT INTO usage_usagerecord ({columns}) SELECT {columns} FROM usage_usagerecord",
+        param_names=[],
+        sources=[],
+        has_dimension=False,
+    )
+    before = records_state()
+
+    with pytest.raises(SandboxError, match="The query failed"):
+        sql_metric_execute(compiled=write, period_start=START, period_end=END)
+
+    assert records_state() == before
+
+
+@pytest.mark.parametrize(
+    ("sql", "message"),
+    [
+        ("SELECT customer_id FROM compute_hours", "missing quantity"),
+        ("SELECT count(*) AS quantity FROM compute_hours", "missing customer_id"),
+        ("SELECT customer_id, count(*) AS quantity, max(region) AS region FROM compute_hours GROUP BY 1", "unexpected 'region'"),
+        ("SELECT customer_id, count(*) AS amount FROM compute_hours GROUP BY 1", "missing quantity; unexpected 'amount'"),
+        ('SELECT customer_id, count(*) AS "Quantity" FROM compute_hours GROUP BY 1', "unexpected 'Quantity'"),
+        ("SELECT customer_id, count(*) AS quantity, 1 AS quantity FROM compute_hours GROUP BY 1", "repeated quantity"),
+        ("SELECT * FROM compute_hours", "not *"),
+        ("SELECT customer_id, count(*) FROM compute_hours GROUP BY 1", "with AS quantity"),
+    ],
+)
+def test_wrong_result_columns_are_refused(organisation: Organisation, stored: None, sql: str, message: str) -> None:
+    with pytest.raises(SandboxError) as refused:
+        compile_for(organisation, sql)
+
+    assert message in refused.value.errors["sql"][0]
+
+
+def test_result_column_names_fold_to_lower_case_like_postgresql(organisation: Organisation, stored: None) -> None:
+    rows = run(organisation, 'SELECT Customer_ID, COUNT(*) AS Quantity FROM "api-calls" GROUP BY Customer_ID')
+
+    assert rows == [("cus_a", "2", None)]
+
+
+@pytest.mark.parametrize(
+    ("sql", "message"),
+    [
+        ("SELEC customer_id FROM compute_hours", "does not parse"),
+        ("SELECT customer_id, (1 AS quantity FROM compute_hours", "does not parse"),
+        ("   ", "Write one SELECT query"),
+        ("SELECT customer_id, count(*) AS quantity FROM api-calls GROUP BY 1", "api"),
+        ("SELECT customer_id, count(*) AS quantity FROM Compute_Hours_X GROUP BY 1", "Unknown table 'compute_hours_x'"),
+    ],
+)
+def test_text_that_is_not_a_valid_query_is_refused(
+    organisation: Organisation, stored: None, sql: str, message: str
+) -> None:
+    with pytest.raises(SandboxError) as refused:
+        compile_for(organisation, sql)
+
+    assert message in refused.value.errors["sql"][0]
+
+
+# --- how a query runs ---
+
+
+def test_a_query_over_the_time_limit_is_stopped(organisation: Organisation, compute_hours: UsageEvent) -> None:
+    UsageRecord.objects.bulk_create(
+        UsageRecord(
+            usage_event=compute_hours,
+            customer_id=f"cus_{i}",
+            timestamp=IN_PERIOD,
+            data={"cpu_usage_hours": 1.0},
+            content_hash="x",
+            received_at=IN_PERIOD,
+        )
+        for i in range(300)
+    )
+    sql = """
+        SELECT a.customer_id, count(*) AS quantity
+        FROM compute_hours AS a CROSS JOIN compute_hours AS b CROSS JOIN compute_hours AS c
+        CROSS JOIN compute_hours AS d
+        GROUP BY a.customer_id
+    """
+    began = time.monotonic()
+
+    with pytest.raises(SandboxError, match="stopped after 200 ms"):
+        run(organisation, sql, timeout_ms=200)
+
+    assert time.monotonic() - began < 5
+    assert run(organisation, SUM_PER_CUSTOMER)[:1] == [("cus_0", "1", None)]  # the connection still works
+
+
+def test_more_rows_than_max_rows_is_an_error(organisation: Organisation, compute_hours: UsageEvent) -> None:
+    for i in range(4):
+        record(compute_hours, f"cus_{i}", {"cpu_usage_hours": 1.0})
+
+    assert len(run(organisation, SUM_PER_CUSTOMER, max_rows=4)) == 4
+    with pytest.raises(SandboxError, match="more than 3 rows"):
+        run(organisation, SUM_PER_CUSTOMER, max_rows=3)
+
+
+def test_the_surrounding_transaction_stays_writable_after_a_query(
+    organisation: Organisation, compute_hours: UsageEvent
+) -> None:
+    record(compute_hours, "cus_a", {"cpu_usage_hours": 1.0})
+    run(organisation, SUM_PER_CUSTOMER)
+    with pytest.raises(SandboxError):
+        run(organisation, "SELECT customer_id, no_such_field AS quantity FROM compute_hours")
+
+    record(compute_hours, "cus_a", {"cpu_usage_hours": 2.0})
+
+    assert run(organisation, SUM_PER_CUSTOMER) == [("cus_a", "3", None)]
