@@ -65,6 +65,20 @@ def filter_value_typed(text: Any, base: str | None) -> Any:
     return text
 
 
+def sql_example(usage_events: list[UsageEvent], schemas: dict[str, list[SchemaField]]) -> str:
+    """A query over the organisation's first usage event with a numeric field, to start from."""
+    for event in usage_events:
+        numeric = next((f.name for f in schemas[event.api_slug] if f.numeric), None)
+        if numeric is not None:
+            return (
+                f"SELECT customer_id, SUM({numeric}) AS quantity\n"
+                f"FROM {event.api_slug}\n"
+                "WHERE timestamp >= {{ period_start }} AND timestamp < {{ period_end }}\n"
+                "GROUP BY customer_id"
+            )
+    return "SELECT customer_id, COUNT(*) AS quantity FROM <usage event slug> GROUP BY customer_id"
+
+
 class FieldNamesField(forms.MultipleChoiceField):
     """Data field names; which ones exist depends on the chosen usage event, so the service checks them."""
 
@@ -106,6 +120,7 @@ class MetricForm(forms.Form):
             (event.api_slug, f"{event.name} ({event.api_slug})") for event in usage_events
         ]
         self.fields["name"].required = self.fields["slug"].required = name_required
+        self.fields["sql"].widget.attrs["placeholder"] = sql_example(usage_events, self.schemas)
         chosen = self["usage_event"].value() or ""
         self.fields["field"].widget.choices = [("", "—")] + [  # type: ignore[attr-defined]
             (f.name, f"{f.name} ({f.type})") for f in self.schemas.get(chosen, [])

@@ -38,6 +38,7 @@ from typing import Any, NoReturn
 import sqlglot
 from django.db import DatabaseError, connection, transaction
 from sqlglot import exp
+from sqlglot.dialects.sqlite import SQLite
 from sqlglot.errors import ErrorLevel, SqlglotError
 from sqlglot.optimizer.normalize_identifiers import normalize_identifiers
 
@@ -100,6 +101,15 @@ _CAST_TYPES = frozenset(
 )  # fmt: skip
 _QUERY_ROOTS = (exp.Select, exp.Union, exp.Intersect, exp.Except)
 _TABLE_ARGS = frozenset({"this", "alias"})
+
+
+class _SandboxSQLite(SQLite):
+    """SQLite quoting identifiers with backticks: a double-quoted name that matches no column would be
+    read as a string literal (SQLite's DQS quirk), so a misspelt column would silently be text."""
+
+    class Tokenizer(SQLite.Tokenizer):
+        IDENTIFIERS = ["`", '"', ("[", "]")]
+
 
 # Each data type as PostgreSQL and SQLite read it out of the JSON `data` column; `{v}` is the raw value.
 _PG_TYPES = {
@@ -175,7 +185,7 @@ def sql_metric_compile(*, sql: str, tables: dict[str, SandboxTable], vendor: str
 def _compile(
     *, text: str, tables: dict[str, SandboxTable], vendor: str, nonce: str, marks: dict[str, str]
 ) -> CompiledQuery:
-    root = _parse(text, marks)
+    root = _parse(text, marks, tables)
     root = normalize_identifiers(root, dialect="postgres")
     walker = _Walker(tables=tables, marks=marks, nonce=nonce)
     walker.visit(root, frozenset())
@@ -186,16 +196,17 @@ def _compile(
     table_sql: dict[str, str] = {}
     for index, (node, table) in enumerate(walker.references):
         token = f"zst{nonce}n{index}"
-        table_sql[f'"{token}"'] = _base_sql(table, vendor)
+        quote = '"' if vendor == "postgresql" else "`"
+        table_sql[f"{quote}{token}{quote}"] = _base_sql(table, vendor)
         alias = node.args.get("alias") or exp.TableAlias(this=exp.to_identifier(table.slug, quoted=True))
         node.replace(exp.Table(this=exp.to_identifier(token, quoted=True), alias=alias))
 
     wrapper = exp.select(*(exp.column(name, quoted=True) for name in columns)).from_(
         exp.Subquery(this=root, alias=exp.TableAlias(this=exp.to_identifier("zs_metric", quoted=True)))
     )
-    dialect = "postgres"
+    dialect: str | type[SQLite] = "postgres"
     if vendor == "sqlite":
-        dialect = "sqlite"
+        dialect = _SandboxSQLite
         wrapper = _post_order(wrapper, _sqlite_translate)
         if wrapper.find(exp.Interval):
             _refuse("On SQLite, INTERVAL is only supported as timestamp + INTERVAL 'N unit' (or -).")
@@ -224,11 +235,13 @@ def _compile(
     )
 
 
-def _parse(text: str, marks: dict[str, str]) -> exp.Expression:
+def _parse(text: str, marks: dict[str, str], tables: dict[str, SandboxTable]) -> exp.Expression:
     try:
         statements = [statement for statement in sqlglot.parse(text, read="postgres") if statement is not None]
     except SqlglotError as exc:
-        _refuse(f"The query does not parse: {_clean(str(exc), marks)}")
+        unquoted = [slug for slug in tables if "-" in slug and re.search(rf'(?<!["\w-]){re.escape(slug)}(?![\w"-])', text)]
+        hint = f' Quote table names that contain \'-\': "{unquoted[0]}".' if unquoted else ""
+        _refuse(f"The query does not parse: {_clean(str(exc), marks)}{hint}")
     if not statements:
         _refuse("Write one SELECT query returning customer_id and quantity.")
     if len(statements) > 1:
@@ -358,7 +371,7 @@ def _output_columns(root: exp.Expression) -> list[str]:
     for projection in root.selects:
         if isinstance(projection, exp.Star) or (isinstance(projection, exp.Column) and projection.is_star):
             _refuse("List the result columns by name (customer_id, quantity and optionally dimension), not *.")
-        name = projection.alias_or_name
+        name = projection.alias_or_name if isinstance(projection, (exp.Alias, exp.Column)) else ""
         if not name:
             _refuse(f"Name the result column {projection.sql(dialect='postgres')[:60]} with AS quantity (or customer_id, dimension).")
         names.append(name)
@@ -380,17 +393,19 @@ def _output_columns(root: exp.Expression) -> list[str]:
 
 def _base_sql(table: SandboxTable, vendor: str) -> str:
     """The subquery that stands for a usage event: its current records with their typed fields."""
-    columns = ['"id"', '"customer_id"', '"timestamp"']
-    types = _PG_TYPES if vendor == "postgresql" else _SQLITE_TYPES
+    pg = vendor == "postgresql"
+    q = '"' if pg else "`"
+    columns = [f"{q}id{q}", f"{q}customer_id{q}", f"{q}timestamp{q}"]
+    types = _PG_TYPES if pg else _SQLITE_TYPES
     for field, type_text in table.fields.items():
         # Names reach the text only after matching the schema's own field-name pattern.
         if not FIELD_NAME_RE.match(field):
             raise ValueError(f"Invalid field name {field!r} in the schema of {table.slug!r}.")
-        raw = f"(\"data\" ->> '{field}')" if vendor == "postgresql" else f"json_extract(\"data\", '$.{field}')"
-        columns.append(f'{types[type_parse(type_text).base].format(v=raw)} AS "{field}"')
+        raw = f"({q}data{q} ->> '{field}')" if pg else f"json_extract({q}data{q}, '$.{field}')"
+        columns.append(f"{types[type_parse(type_text).base].format(v=raw)} AS {q}{field}{q}")
     return (
-        f"(SELECT {', '.join(columns)} FROM \"{_RECORD_TABLE}\" WHERE \"usage_event_id\" = {int(table.usage_event_id)}"
-        ' AND NOT "voided" AND NOT "superseded")'
+        f"(SELECT {', '.join(columns)} FROM {q}{_RECORD_TABLE}{q} WHERE {q}usage_event_id{q} = "
+        f"{int(table.usage_event_id)} AND NOT {q}voided{q} AND NOT {q}superseded{q})"
     )
 
 

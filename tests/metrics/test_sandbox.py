@@ -396,7 +396,7 @@ HOSTILE = [
         "SELECT customer_id, 1 AS quantity FROM compute_hours, LATERAL (SELECT 1) AS l", "Lateral", id="lateral"
     ),
     pytest.param(
-        "SELECT customer_id, 1 AS quantity FROM compute_hours TABLESAMPLE SYSTEM (50)", "TableSample", id="tablesample"
+        "SELECT customer_id, 1 AS quantity FROM compute_hours TABLESAMPLE SYSTEM (50)", "TABLESAMPLE", id="tablesample"
     ),
 ]
 
@@ -489,7 +489,7 @@ def test_result_column_names_fold_to_lower_case_like_postgresql(organisation: Or
         ("SELEC customer_id FROM compute_hours", "does not parse"),
         ("SELECT customer_id, (1 AS quantity FROM compute_hours", "does not parse"),
         ("   ", "Write one SELECT query"),
-        ("SELECT customer_id, count(*) AS quantity FROM api-calls GROUP BY 1", "api"),
+        ("SELECT customer_id, count(*) AS quantity FROM api-calls GROUP BY 1", 'Quote table names that contain \'-\': "api-calls"'),
         ("SELECT customer_id, count(*) AS quantity FROM Compute_Hours_X GROUP BY 1", "Unknown table 'compute_hours_x'"),
     ],
 )

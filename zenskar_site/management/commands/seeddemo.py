@@ -11,6 +11,8 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandParser
 
+from metrics.models import BillableMetric
+from metrics.services import metric_create
 from usage.models import UsageEvent
 from usage.services import usage_event_create
 from zenskar_site.actors import system_actor
@@ -57,6 +59,18 @@ class Command(BaseCommand):
                 kind="event",
                 description="CPU hours used by a customer's workloads.",
                 dataschema={"data": {"cpu_usage_hours": "Float64", "region": "Nullable(String)"}},
+            )
+        if not BillableMetric.objects.filter(organisation=organisation, slug="cpu_hours").exists():
+            metric_create(
+                actor=actor,
+                body={
+                    "name": "CPU hours per day",
+                    "slug": "cpu_hours",
+                    "usage_event": "compute_hours",
+                    "aggregation": "sum",
+                    "field": "cpu_usage_hours",
+                    "granularity": "day",
+                },
             )
         self.stdout.write(
             "\n".join(
