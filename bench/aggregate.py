@@ -22,6 +22,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -185,7 +186,7 @@ def freshness(key: str) -> list[float]:
     stop = threading.Event()
     sent = [0]
 
-    def post(records: list[dict[str, object]]) -> int:
+    def post(records: list[dict[str, Any]]) -> int:
         request = urllib.request.Request(url, data=json.dumps(records).encode(), headers=headers, method="POST")
         try:
             with urllib.request.urlopen(request, timeout=10) as response:

@@ -111,9 +111,7 @@ class MetricForm(forms.Form):
     )
     granularity = forms.ChoiceField(label="Granularity", choices=Period.choices, initial=Period.DAY)
 
-    def __init__(
-        self, *args: Any, usage_events: list[UsageEvent], name_required: bool = True, **kwargs: Any
-    ) -> None:
+    def __init__(self, *args: Any, usage_events: list[UsageEvent], name_required: bool = True, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.schemas = {event.api_slug: schema_fields(event) for event in usage_events}
         self.fields["usage_event"].choices = [("", "Choose a usage event…")] + [  # type: ignore[attr-defined]
@@ -122,7 +120,7 @@ class MetricForm(forms.Form):
         self.fields["name"].required = self.fields["slug"].required = name_required
         self.fields["sql"].widget.attrs["placeholder"] = sql_example(usage_events, self.schemas)
         chosen = self["usage_event"].value() or ""
-        self.fields["field"].widget.choices = [("", "—")] + [  # type: ignore[attr-defined]
+        self.fields["field"].widget.choices = [("", "—")] + [
             (f.name, f"{f.name} ({f.type})") for f in self.schemas.get(chosen, [])
         ]
 

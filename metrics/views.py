@@ -104,9 +104,7 @@ def _active_usage_events(actor: Actor) -> list[UsageEvent]:
 
 def _form_context(form: MetricForm, window: PreviewWindowForm, usage_events: list[UsageEvent]) -> dict[str, Any]:
     schemas = {
-        slug: [
-            {"name": f.name, "type": f.type, "numeric": f.numeric, "groupable": f.groupable} for f in schema_fields
-        ]
+        slug: [{"name": f.name, "type": f.type, "numeric": f.numeric, "groupable": f.groupable} for f in schema_fields]
         for slug, schema_fields in form.schemas.items()
     }
     state = {
@@ -165,9 +163,9 @@ def metric_preview(request: HttpRequest, actor: Actor) -> JsonResponse:
     window = PreviewWindowForm(request.POST)
     errors: dict[str, list[str]] = {}
     if not form.is_valid():
-        errors.update({name: list(found) for name, found in form.errors.items()})
+        errors.update({name: [str(m) for m in found] for name, found in form.errors.items()})
     if not window.is_valid():
-        errors.update({f"preview_{name}": list(found) for name, found in window.errors.items()})
+        errors.update({f"preview_{name}": [str(m) for m in found] for name, found in window.errors.items()})
     if errors:
         return JsonResponse({"errors": errors, "filter_errors": {}}, status=400)
     try:
@@ -205,7 +203,9 @@ class EffectiveSum(Aggregate):
     ) -> tuple[str, Any]:
         return super().as_sql(compiler, connection, template="SUM(CAST(%(expressions)s AS NUMERIC))", **extra_context)
 
-    def as_sqlite(self, compiler: SQLCompiler, connection: BaseDatabaseWrapper, **extra_context: Any) -> tuple[str, Any]:
+    def as_sqlite(
+        self, compiler: SQLCompiler, connection: BaseDatabaseWrapper, **extra_context: Any
+    ) -> tuple[str, Any]:
         # SQLite has no exact numeric type: z_sum adds Python Decimals (registered by metrics.apps).
         return super().as_sql(compiler, connection, function="z_sum", **extra_context)
 
@@ -378,7 +378,11 @@ def metric_chart(*, periods: list[dt.datetime], totals: dict[dt.datetime, Decima
         y_ticks.append(ChartTick(position=round(y_of(tick), 2), label=_tick_label(tick, step)))
         tick += step
     return MetricChart(
-        bars=bars, x_ticks=x_ticks, y_ticks=y_ticks, zero=round(zero, 2), total=decimal_text(sum(known, Decimal(0))) or "0"
+        bars=bars,
+        x_ticks=x_ticks,
+        y_ticks=y_ticks,
+        zero=round(zero, 2),
+        total=decimal_text(sum(known, Decimal(0))) or "0",
     )
 
 
@@ -401,11 +405,18 @@ class ValueRow:
     dimension: str
 
 
-def _window_values(
-    metric: BillableMetric, window: Window, customer_id: str | None
-) -> QuerySet[MetricValue]:
+def _window_values(metric: BillableMetric, window: Window, customer_id: str | None) -> QuerySet[MetricValue]:
     values = metric_values_list(metric=metric).filter(period_start__gte=window.start, period_start__lt=window.end)
     return values.filter(customer_id=customer_id) if customer_id else values
+
+
+def _period_totals(values: QuerySet[MetricValue]) -> dict[dt.datetime, Decimal]:
+    totals = {}
+    for row in values.values("period_start").annotate(total=EffectiveSum()).order_by("period_start"):
+        amount = to_decimal(row["total"])
+        if amount is not None:
+            totals[row["period_start"]] = amount
+    return totals
 
 
 def _filter_summary(metric: BillableMetric) -> list[str]:
@@ -446,12 +457,7 @@ def metric_detail(request: HttpRequest, actor: Actor, slug: str) -> HttpResponse
     customer_id = filters.cleaned_data.get("customer_id") or None if valid else None
     if valid and window is not None:
         in_window = _window_values(metric, window, customer_id)
-        per_period = {
-            row["period_start"]: to_decimal(row["total"])
-            for row in in_window.values("period_start").annotate(total=EffectiveSum()).order_by("period_start")
-            if row["total"] is not None
-        }
-        chart = metric_chart(periods=window.periods, totals=per_period, granularity=metric.granularity)
+        chart = metric_chart(periods=window.periods, totals=_period_totals(in_window), granularity=metric.granularity)
         by_customer = list(
             in_window.values("customer_id", "dimension_key", "dimension")
             .annotate(total=EffectiveSum())
@@ -511,8 +517,8 @@ def metric_value_override_view(request: HttpRequest, actor: Actor, slug: str, va
     if not (back.startswith(detail_url) and url_has_allowed_host_and_scheme(back, allowed_hosts=None)):
         back = detail_url
     if not form.is_valid():
-        for name, found in form.errors.items():
-            messages.error(request, f"{name}: {' '.join(found)}")
+        for name, problems in form.errors.items():
+            messages.error(request, f"{name}: {' '.join(str(p) for p in problems)}")
         return redirect(back)
     clear = form.cleaned_data["action"] == "clear"
     try:

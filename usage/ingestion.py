@@ -49,6 +49,14 @@ class IngestContext:
     usage_event: UsageEvent
 
 
+def ingest_context_internal(*, usage_event: UsageEvent, label: str) -> IngestContext:
+    """A context for trusted internal writers (CSV import): full scope, `label` in the error log."""
+    return IngestContext(
+        api_key=ApiKey(organisation_id=usage_event.organisation_id, prefix=label[:16], scope=ApiKeyScope.FULL),
+        usage_event=usage_event,
+    )
+
+
 @dataclass
 class Candidate:
     index: int
@@ -456,13 +464,18 @@ def records_ingest(
     now: dt.datetime,
 ) -> IngestResult:
     """Validate and store one request's records; every record gets its own outcome."""
-    usage_event, api_key = context.usage_event, context.api_key
-    if backfill and api_key.scope != ApiKeyScope.FULL:
+    if backfill and context.api_key.scope != ApiKeyScope.FULL:
         raise IngestError(403, "backfill=true needs a full-scope API key.")
-    dataschema = usage_event.dataschema
-    parsed = body_parse(body=body, exact_decimals=dataschema_has_decimal(dataschema))
+    parsed = body_parse(body=body, exact_decimals=dataschema_has_decimal(context.usage_event.dataschema))
     items = parsed if isinstance(parsed, list) else [parsed]
-    validate = record_validator(dataschema)
+    return records_store(context=context, items=items, backfill=backfill, now=now)
+
+
+def records_store(*, context: IngestContext, items: list[Any], backfill: bool, now: dt.datetime) -> IngestResult:
+    """The one write path for new records (the endpoint and CSV imports): validate each item with the
+    usage event's compiled validator, then store the batch with one statement per table."""
+    usage_event, api_key = context.usage_event, context.api_key
+    validate = record_validator(usage_event.dataschema)
     aggregate = usage_event.kind == UsageEventKind.AGGREGATE
     period = usage_event.aggregate_period or ""
     latest = now + dt.timedelta(seconds=settings.INGEST_MAX_FUTURE_SECONDS)

@@ -5,11 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 import django_filters
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
 from rest_framework.generics import ListAPIView, RetrieveAPIView
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
 
+from usage.corrections import record_restore, record_update, record_void, records_void_by_filter
 from usage.models import IngestionError, UsageEvent, UsageRecord
+from usage.schema import InvalidValue, datetime_parse
 from usage.selectors import ingestion_errors_list, record_get, records_list, usage_event_get
+from zenskar_site.errors import ValidationFailed
 from zenskar_site.permissions import request_actor
 
 
@@ -37,6 +44,25 @@ class RecordFilter(django_filters.FilterSet):
 
     def filter_include_voided(self, queryset: Any, name: str, value: bool | None) -> Any:
         return queryset  # applied in get_queryset, which needs it before filtering
+
+
+class RecordEditInput(serializers.Serializer[Any]):
+    customer_id = serializers.CharField(required=False)
+    timestamp = serializers.CharField(required=False)
+    data = serializers.JSONField(  # type: ignore[assignment]
+        required=False, help_text="Merged into the record's data; null removes a field."
+    )
+    reason = serializers.CharField(required=False)
+
+
+class ReasonInput(serializers.Serializer[Any]):
+    reason = serializers.CharField(required=False)
+
+
+def body_object(request: Request) -> dict[str, Any]:
+    if not isinstance(request.data, dict):
+        raise ValidationFailed({"": ["Expected a JSON object."]})
+    return dict(request.data)
 
 
 class UsageEventScoped:
@@ -69,6 +95,68 @@ class RecordDetailApi(UsageEventScoped, RetrieveAPIView[UsageRecord]):
 
     def get_object(self) -> UsageRecord:
         return record_get(usage_event=self.usage_event(), record_id=int(self.kwargs["record_id"]))
+
+    @extend_schema(request=RecordEditInput, responses=RecordOutput)
+    def patch(self, request: Request, api_slug: str, record_id: int) -> Response:
+        body = body_object(request)
+        reason = body.pop("reason", "")
+        record = record_update(
+            actor=request_actor(request), api_slug=api_slug, record_id=record_id, changes=body, reason=reason
+        )
+        return Response(RecordOutput(record).data)
+
+    @extend_schema(
+        parameters=[OpenApiParameter("reason", str, description="Why the record is voided.")],
+        responses=RecordOutput,
+    )
+    def delete(self, request: Request, api_slug: str, record_id: int) -> Response:
+        reason = request.query_params.get("reason") or (
+            request.data.get("reason") if isinstance(request.data, dict) else ""
+        )
+        record = record_void(actor=request_actor(request), api_slug=api_slug, record_id=record_id, reason=reason)
+        return Response(RecordOutput(record).data)
+
+
+class RecordRestoreApi(APIView):
+    @extend_schema(request=ReasonInput, responses=RecordOutput)
+    def post(self, request: Request, api_slug: str, record_id: int) -> Response:
+        reason = body_object(request).get("reason", "")
+        record = record_restore(actor=request_actor(request), api_slug=api_slug, record_id=record_id, reason=reason)
+        return Response(RecordOutput(record).data)
+
+
+class VoidByFilterInput(serializers.Serializer[Any]):
+    customer_id = serializers.CharField(required=False)
+    timestamp_after = serializers.DateTimeField(required=False)
+    timestamp_before = serializers.DateTimeField(required=False)
+    all = serializers.BooleanField(required=False, help_text="Void every record when no filter is given.")
+    reason = serializers.CharField(required=False)
+
+
+class RecordVoidByFilterApi(APIView):
+    @extend_schema(request=VoidByFilterInput, responses={200: dict})
+    def post(self, request: Request, api_slug: str) -> Response:
+        body = body_object(request)
+        moments = {}
+        for name in ("timestamp_after", "timestamp_before"):
+            if body.get(name) not in (None, ""):
+                try:
+                    moments[name] = datetime_parse(body[name])
+                except InvalidValue as exc:
+                    raise ValidationFailed({name: [str(exc)]}) from None
+        customer_id = body.get("customer_id")
+        if customer_id is not None and not isinstance(customer_id, str):
+            raise ValidationFailed({"customer_id": ["Expected a string."]})
+        voided = records_void_by_filter(
+            actor=request_actor(request),
+            api_slug=api_slug,
+            customer_id=customer_id,
+            start=moments.get("timestamp_after"),
+            end=moments.get("timestamp_before"),
+            everything=body.get("all") is True,
+            reason=body.get("reason", ""),
+        )
+        return Response({"voided": voided})
 
 
 class IngestionErrorListApi(UsageEventScoped, ListAPIView[IngestionError]):

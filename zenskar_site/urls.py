@@ -17,6 +17,12 @@ api_v1 = [
     path("usage-events/", usage_api.UsageEventListApi.as_view(), name="usage-event-list"),
     path("usage-events/<str:api_slug>/", usage_api.UsageEventDetailApi.as_view(), name="usage-event-detail"),
     path("usage-events/<str:api_slug>/records/", records_api.RecordListApi.as_view(), name="record-list"),
+    path("usage-events/<str:api_slug>/records/void/", records_api.RecordVoidByFilterApi.as_view(), name="record-void"),
+    path(
+        "usage-events/<str:api_slug>/records/<int:record_id>/restore/",
+        records_api.RecordRestoreApi.as_view(),
+        name="record-restore",
+    ),
     path(
         "usage-events/<str:api_slug>/records/<int:record_id>/",
         records_api.RecordDetailApi.as_view(),
