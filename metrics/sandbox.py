@@ -48,6 +48,7 @@ from zenskar_site.errors import ValidationFailed
 
 MAX_SQL_LENGTH = 20_000
 PLACEHOLDER_NAMES = ("period_start", "period_end")
+PLACEHOLDERS_TEXT = "{{ period_start }} and {{ period_end }}"
 REQUIRED_COLUMNS = ("customer_id", "quantity")
 OPTIONAL_COLUMNS = ("dimension",)
 ALLOWED_FUNCTIONS = (
@@ -175,7 +176,7 @@ def sql_metric_compile(*, sql: str, tables: dict[str, SandboxTable], vendor: str
     text = _PLACEHOLDER_RE.sub(lambda match: ":" + marks[match.group(1)], sql)
     leftover = _BRACES_RE.search(text)
     if leftover:
-        _refuse(f"Unknown placeholder {leftover.group(0)}: the placeholders are {{{{ period_start }}}} and {{{{ period_end }}}}.")
+        _refuse(f"Unknown placeholder {leftover.group(0)}: the placeholders are {PLACEHOLDERS_TEXT}.")
     try:
         return _compile(text=text, tables=tables, vendor=vendor, nonce=nonce, marks=marks)
     except RecursionError:
@@ -201,7 +202,7 @@ def _compile(
         alias = node.args.get("alias") or exp.TableAlias(this=exp.to_identifier(table.slug, quoted=True))
         node.replace(exp.Table(this=exp.to_identifier(token, quoted=True), alias=alias))
 
-    wrapper = exp.select(*(exp.column(name, quoted=True) for name in columns)).from_(
+    wrapper: exp.Expression = exp.select(*(exp.column(name, quoted=True) for name in columns)).from_(
         exp.Subquery(this=root, alias=exp.TableAlias(this=exp.to_identifier("zs_metric", quoted=True)))
     )
     dialect: str | type[SQLite] = "postgres"
@@ -230,17 +231,17 @@ def _compile(
 
     generated = re.sub("|".join(marks.values()), bind, generated)
     sources = list(dict.fromkeys(table.slug for _, table in walker.references))
-    return CompiledQuery(
-        sql=generated, param_names=param_names, sources=sources, has_dimension="dimension" in columns
-    )
+    return CompiledQuery(sql=generated, param_names=param_names, sources=sources, has_dimension="dimension" in columns)
 
 
 def _parse(text: str, marks: dict[str, str], tables: dict[str, SandboxTable]) -> exp.Expression:
     try:
         statements = [statement for statement in sqlglot.parse(text, read="postgres") if statement is not None]
     except SqlglotError as exc:
-        unquoted = [slug for slug in tables if "-" in slug and re.search(rf'(?<!["\w-]){re.escape(slug)}(?![\w"-])', text)]
-        hint = f' Quote table names that contain \'-\': "{unquoted[0]}".' if unquoted else ""
+        unquoted = [
+            slug for slug in tables if "-" in slug and re.search(rf'(?<!["\w-]){re.escape(slug)}(?![\w"-])', text)
+        ]
+        hint = f" Quote table names that contain '-': \"{unquoted[0]}\"." if unquoted else ""
         _refuse(f"The query does not parse: {_clean(str(exc), marks)}{hint}")
     if not statements:
         _refuse("Write one SELECT query returning customer_id and quantity.")
@@ -289,7 +290,9 @@ class _Walker:
 
     def visit_with(self, with_: exp.With, ctes: frozenset[str]) -> frozenset[str]:
         if with_.args.get("recursive"):
-            _refuse("WITH RECURSIVE is not allowed: a metric reads its usage events' records, it does not generate rows.")
+            _refuse(
+                "WITH RECURSIVE is not allowed: a metric reads its usage events' records, it does not generate rows."
+            )
         self.allow(with_)
         for cte in with_.expressions:
             self.allow(cte)
@@ -307,10 +310,10 @@ class _Walker:
         if kind not in _ALLOWED_NODES:
             _refuse(f"{_describe(node)} is not allowed in a metric query. Allowed functions: {ALLOWED_FUNCTIONS}.")
         if isinstance(node, (exp.Literal, exp.Identifier)) and self.nonce in str(node.this):
-            _refuse("Write {{ period_start }} and {{ period_end }} as values, outside quotes.")
+            _refuse(f"Write {PLACEHOLDERS_TEXT} as values, outside quotes.")
         if isinstance(node, exp.Placeholder):
             if node.name not in self.marks:
-                _refuse(f"Parameters ({node.sql(dialect='postgres')}) are not allowed; use {{{{ period_start }}}} and {{{{ period_end }}}}.")
+                _refuse(f"Parameters ({node.sql(dialect='postgres')}) are not allowed; use {PLACEHOLDERS_TEXT}.")
             self.placeholders.append(node)
         elif isinstance(node, exp.Var):
             parent = node.parent
@@ -326,7 +329,10 @@ class _Walker:
                 _refuse(f"extract({unit} FROM ...) is not supported; use one of {', '.join(sorted(EXTRACT_UNITS))}.")
         elif isinstance(node, exp.DataType):
             if node.this not in _CAST_TYPES:
-                _refuse(f"Casting to {node.sql(dialect='postgres')} is not allowed; cast to a number, text, boolean, date or timestamp type.")
+                _refuse(
+                    f"Casting to {node.sql(dialect='postgres')} is not allowed; "
+                    "cast to a number, text, boolean, date or timestamp type."
+                )
         elif isinstance(node, exp.Distinct) and node.args.get("on"):
             _refuse("DISTINCT ON is not allowed (it does not run on SQLite); use row_number() OVER (...).")
 
@@ -335,7 +341,10 @@ class _Walker:
         if not isinstance(identifier, exp.Identifier):
             _refuse(f"{_describe(identifier)} is not allowed in FROM; read your usage events by their API slug.")
         if node.args.get("db") or node.args.get("catalog"):
-            _refuse(f"Schema-qualified names such as {node.sql(dialect='postgres')} are not allowed; read your usage events by their API slug.")
+            _refuse(
+                f"Schema-qualified names such as {node.sql(dialect='postgres')} are not allowed; "
+                "read your usage events by their API slug."
+            )
         extra = [key for key, value in node.args.items() if value and key not in _TABLE_ARGS]
         if extra:
             _refuse(f"{node.sql(dialect='postgres')} is not allowed: write a table as its name and an optional alias.")
@@ -344,8 +353,17 @@ class _Walker:
             return
         table = self.tables.get(name)
         if table is None:
-            known = ", ".join(f'"{slug}"' if not re.fullmatch(r"[a-z_][a-z0-9_]*", slug) else slug for slug in sorted(self.tables))
-            hint = next((f' Did you mean "{slug}"? Quote names with capitals or \'-\'.' for slug in self.tables if slug.lower() == name.lower()), "")
+            known = ", ".join(
+                f'"{slug}"' if not re.fullmatch(r"[a-z_][a-z0-9_]*", slug) else slug for slug in sorted(self.tables)
+            )
+            hint = next(
+                (
+                    f" Did you mean \"{slug}\"? Quote names with capitals or '-'."
+                    for slug in self.tables
+                    if slug.lower() == name.lower()
+                ),
+                "",
+            )
             _refuse(f"Unknown table {name!r}.{hint} The tables are your usage events: {known or 'none yet'}.")
         self.references.append((node, table))
 
@@ -373,7 +391,10 @@ def _output_columns(root: exp.Expression) -> list[str]:
             _refuse("List the result columns by name (customer_id, quantity and optionally dimension), not *.")
         name = projection.alias_or_name if isinstance(projection, (exp.Alias, exp.Column)) else ""
         if not name:
-            _refuse(f"Name the result column {projection.sql(dialect='postgres')[:60]} with AS quantity (or customer_id, dimension).")
+            _refuse(
+                f"Name the result column {projection.sql(dialect='postgres')[:60]} "
+                "with AS quantity (or customer_id, dimension)."
+            )
         names.append(name)
     allowed = (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS)
     problems = []
@@ -387,7 +408,9 @@ def _output_columns(root: exp.Expression) -> list[str]:
     if duplicated:
         problems.append(f"repeated {', '.join(duplicated)}")
     if problems:
-        _refuse(f"The query must return the columns customer_id, quantity and optionally dimension: {'; '.join(problems)}.")
+        _refuse(
+            f"The query must return the columns customer_id, quantity and optionally dimension: {'; '.join(problems)}."
+        )
     return [name for name in allowed if name in names]
 
 

@@ -1,5 +1,6 @@
 from django.contrib import admin
 
+from zenskar_site.admin_scoping import OrganisationScopedAdmin
 from zenskar_site.models import ApiKey, AuditEntry, Membership, Organisation
 
 
@@ -27,10 +28,11 @@ class ApiKeyAdmin(admin.ModelAdmin[ApiKey]):
 
 
 @admin.register(AuditEntry)
-class AuditEntryAdmin(admin.ModelAdmin[AuditEntry]):
-    list_display = ["at", "organisation", "actor", "action", "object_type", "object_id"]
+class AuditEntryAdmin(OrganisationScopedAdmin):
+    list_display = ["at", "organisation", "actor", "action", "object_type", "object_id", "reason"]
     list_filter = ["action", "object_type"]
-    search_fields = ["object_id", "actor"]
+    search_fields = ["=object_id", "actor"]
+    readonly_fields = ["at", "organisation", "actor", "action", "object_type", "object_id", "before", "after", "reason"]
 
     def has_add_permission(self, request: object) -> bool:
         return False
