@@ -186,11 +186,15 @@ def default_preview_window(now: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
     return today - dt.timedelta(days=6), today + dt.timedelta(days=1)
 
 
+def _minutes_input() -> forms.DateTimeInput:
+    return forms.DateTimeInput(attrs={"type": "datetime-local", "step": "60"}, format="%Y-%m-%dT%H:%M")
+
+
 class PreviewWindowForm(forms.Form):
     prefix = "preview"
 
-    start = UtcDateTimeField(label="From (UTC)")
-    end = UtcDateTimeField(label="To (UTC)")
+    start = UtcDateTimeField(label="From (UTC)", widget=_minutes_input())
+    end = UtcDateTimeField(label="To (UTC)", widget=_minutes_input())
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}

@@ -190,6 +190,7 @@ def _compile(
     root = normalize_identifiers(root, dialect="postgres")
     walker = _Walker(tables=tables, marks=marks, nonce=nonce)
     walker.visit(root, frozenset())
+    walker.check_columns()
     columns = _output_columns(root)
 
     for placeholder in walker.placeholders:
@@ -272,6 +273,8 @@ class _Walker:
         self.nonce = nonce
         self.references: list[tuple[exp.Table, SandboxTable]] = []
         self.placeholders: list[exp.Placeholder] = []
+        self.columns: list[exp.Column] = []
+        self.defined: set[str] = set()  # names the query gives itself: AS aliases, t(a, b) column lists
 
     def visit(self, node: exp.Expression, ctes: frozenset[str]) -> None:
         with_ = node.args.get("with_")
@@ -311,7 +314,14 @@ class _Walker:
             _refuse(f"{_describe(node)} is not allowed in a metric query. Allowed functions: {ALLOWED_FUNCTIONS}.")
         if isinstance(node, (exp.Literal, exp.Identifier)) and self.nonce in str(node.this):
             _refuse(f"Write {PLACEHOLDERS_TEXT} as values, outside quotes.")
-        if isinstance(node, exp.Placeholder):
+        if isinstance(node, exp.Column):
+            if not node.is_star:
+                self.columns.append(node)
+        elif isinstance(node, exp.Alias):
+            self.defined.add(node.alias)
+        elif isinstance(node, exp.TableAlias):
+            self.defined.update(column.name for column in node.columns)
+        elif isinstance(node, exp.Placeholder):
             if node.name not in self.marks:
                 _refuse(f"Parameters ({node.sql(dialect='postgres')}) are not allowed; use {PLACEHOLDERS_TEXT}.")
             self.placeholders.append(node)
@@ -323,6 +333,10 @@ class _Walker:
             unit = node.text("unit").lower()
             if unit not in TRUNC_UNITS:
                 _refuse(f"date_trunc('{unit}', ...) is not supported; use one of {', '.join(sorted(TRUNC_UNITS))}.")
+        elif isinstance(node, exp.Interval):
+            unit = node.text("unit").lower()
+            if not isinstance(node.this, exp.Literal) or (unit and unit.removesuffix("s") not in INTERVAL_UNITS):
+                _refuse(f"Write intervals as INTERVAL '3 days' (units: {', '.join(sorted(INTERVAL_UNITS))}).")
         elif isinstance(node, exp.Extract):
             unit = node.name.lower()
             if unit not in EXTRACT_UNITS:
@@ -367,6 +381,19 @@ class _Walker:
             _refuse(f"Unknown table {name!r}.{hint} The tables are your usage events: {known or 'none yet'}.")
         self.references.append((node, table))
 
+    def check_columns(self) -> None:
+        # Every column name must be one a usage event exposes or one the query defines: besides a
+        # clear message, this shuts PostgreSQL's attribute notation (`t.f` calling f(t)) out.
+        tables = {table.slug: table for _, table in self.references}
+        exposed = {name for table in tables.values() for name in ("id", "customer_id", "timestamp", *table.fields)}
+        for column in self.columns:
+            if column.name not in exposed and column.name not in self.defined:
+                listing = "; ".join(
+                    f"{slug}: {', '.join(('id', 'customer_id', 'timestamp', *table.fields))}"
+                    for slug, table in tables.items()
+                )
+                _refuse(f"Unknown column {column.name!r}. The columns are {listing or 'those of your usage events'}.")
+
 
 def _describe(node: exp.Expression) -> str:
     if isinstance(node, exp.Anonymous):
@@ -377,10 +404,11 @@ def _describe(node: exp.Expression) -> str:
         return "SELECT ... INTO"
     if isinstance(node, exp.Parameter):
         return f"The parameter {node.sql(dialect='postgres')}"
-    if isinstance(node, exp.Func):
-        return f"The function {node.sql(dialect='postgres').split('(')[0].strip()}()"
     snippet = node.sql(dialect="postgres")
-    return f"{type(node).__name__} ({snippet[:60]}{'...' if len(snippet) > 60 else ''})"
+    call = re.match(r"([A-Za-z_][A-Za-z0-9_]*)\s*\(", snippet)
+    if isinstance(node, exp.Func) and call:
+        return f"The function {call.group(1)}()"
+    return f"`{snippet[:60]}{'...' if len(snippet) > 60 else ''}`"
 
 
 def _output_columns(root: exp.Expression) -> list[str]:

@@ -257,7 +257,7 @@ def window_choose(
 
 # The chart: an inline SVG laid out here, drawn by the template.
 CHART_WIDTH, CHART_HEIGHT = 1000, 230
-PLOT_LEFT, PLOT_RIGHT, PLOT_TOP, PLOT_BOTTOM = 64, 984, 12, 200
+PLOT_LEFT, PLOT_RIGHT, PLOT_TOP, PLOT_BOTTOM = 64, 950, 12, 200
 X_LABELS = 10
 
 
@@ -419,6 +419,14 @@ def _period_totals(values: QuerySet[MetricValue]) -> dict[dt.datetime, Decimal]:
     return totals
 
 
+def _filter_value_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
 def _filter_summary(metric: BillableMetric) -> list[str]:
     lines = []
     for condition in metric.filters:
@@ -428,7 +436,7 @@ def _filter_summary(metric: BillableMetric) -> list[str]:
             lines.append(f"{condition.get('field')} {label}")
         else:
             value = condition.get("value")
-            shown = ", ".join(str(v) for v in value) if isinstance(value, list) else str(value)
+            shown = ", ".join(_filter_value_text(v) for v in (value if isinstance(value, list) else [value]))
             lines.append(f"{condition.get('field')} {label} {shown}")
     return lines
 

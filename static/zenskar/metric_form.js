@@ -75,11 +75,11 @@
     const fields = fieldsOf().filter(function (f) { return f.groupable; });
     groupBy.replaceChildren();
     if (!usageEvent.value) {
-      groupBy.appendChild(element("span", { class: "empty" }, "Choose a usage event first."));
+      groupBy.appendChild(element("span", { class: "help" }, "Choose a usage event first."));
       return;
     }
     if (!fields.length) {
-      groupBy.appendChild(element("span", { class: "empty" }, "No String, Int64, Bool, Date32 or UUID field to group by."));
+      groupBy.appendChild(element("span", { class: "help" }, "No String, Int64, Bool, Date32 or UUID field to group by."));
       return;
     }
     fields.forEach(function (f, index) {
@@ -107,7 +107,11 @@
 
   function fillFilterField(select, keep) {
     select.replaceChildren();
-    fieldsOf().forEach(function (f) { select.appendChild(option(f.name, f.name + " (" + f.type + ")")); });
+    fieldsOf().forEach(function (f) {
+      const node = option(f.name, f.name);
+      node.title = f.type;
+      select.appendChild(node);
+    });
     if (keep && fieldsOf().some(function (f) { return f.name === keep; })) select.value = keep;
   }
 

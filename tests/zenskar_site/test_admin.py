@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from metrics.models import MetricValue
 from metrics.services import metric_create, metric_values_refresh
-from tests.factories import organisation_admin, organisation_make, usage_event_make
+from tests.factories import organisation_admin, usage_event_make
 from usage.models import UsageRecord
 from zenskar_site.actors import system_actor
 from zenskar_site.models import AuditEntry, Membership, Organisation
