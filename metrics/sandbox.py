@@ -5,9 +5,10 @@ every node of the tree must be of an allow-listed kind: SELECT / WITH / UNION an
 operators, literals, casts to ordinary types and the functions of `ALLOWED_FUNCTIONS`. Every table
 the query names must be a CTE in scope or one of the organisation's usage events; each usage event is
 replaced by a subquery over `usage_usagerecord` restricted to that event's current records and
-exposing only `id`, `customer_id`, `timestamp` and the typed data fields. The SQL that runs is
-generated from that tree, never from the user's text, so nothing the user wrote reaches the database
-unparsed.
+exposing only `id`, `customer_id`, `timestamp` and the typed data fields, and every column name
+must be one of those or a name the query defines itself. The SQL that runs is generated from that
+tree, never from the user's text, so nothing the user wrote reaches the database unparsed. The
+period placeholders become %s parameters; only our own integers and schema field names are pasted.
 
 Decisions:
 - Window functions are allowed (row_number, rank, dense_rank, lag, lead, first_value, last_value and
@@ -325,9 +326,11 @@ class _Walker:
             if node.name not in self.marks:
                 _refuse(f"Parameters ({node.sql(dialect='postgres')}) are not allowed; use {PLACEHOLDERS_TEXT}.")
             self.placeholders.append(node)
-        elif isinstance(node, exp.Var):
+        elif isinstance(node, exp.Var):  # printed as written: only as the unit of a date function
             parent = node.parent
-            if not isinstance(parent, (exp.Extract, exp.TimestampTrunc, exp.DateTrunc, exp.Interval)):
+            is_unit = isinstance(parent, exp.Extract) and node.arg_key == "this"
+            is_unit |= isinstance(parent, (exp.TimestampTrunc, exp.DateTrunc, exp.Interval)) and node.arg_key == "unit"
+            if not is_unit:
                 _refuse(f"{node.name} is not allowed here.")
         elif isinstance(node, (exp.TimestampTrunc, exp.DateTrunc)):
             unit = node.text("unit").lower()
@@ -404,7 +407,10 @@ def _describe(node: exp.Expression) -> str:
         return "SELECT ... INTO"
     if isinstance(node, exp.Parameter):
         return f"The parameter {node.sql(dialect='postgres')}"
-    snippet = node.sql(dialect="postgres")
+    try:
+        snippet = node.sql(dialect="postgres")
+    except SqlglotError:
+        snippet = type(node).__name__
     call = re.match(r"([A-Za-z_][A-Za-z0-9_]*)\s*\(", snippet)
     if isinstance(node, exp.Func) and call:
         return f"The function {call.group(1)}()"

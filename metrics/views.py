@@ -405,6 +405,50 @@ class ValueRow:
     dimension: str
 
 
+@dataclass(frozen=True)
+class ValuesShown:
+    chart: MetricChart
+    totals: list[CustomerTotal]
+    more_totals: bool
+    rows: list[ValueRow]
+    next_cursor: str | None
+    grouped: bool
+
+
+def values_shown(
+    *, metric: BillableMetric, window: Window, customer_id: str | None, cursor: tuple[dt.datetime, int] | None
+) -> ValuesShown:
+    """The chart, the totals per customer and one page of the values table, all over one window."""
+    in_window = _window_values(metric, window, customer_id)
+    by_customer = list(
+        in_window.values("customer_id", "dimension_key", "dimension")
+        .annotate(total=EffectiveSum())
+        .order_by("customer_id", "dimension_key")[: TOTALS_SHOWN + 1]
+    )
+    page = in_window
+    if cursor is not None:
+        page = page.filter(Q(period_start__lt=cursor[0]) | Q(period_start=cursor[0], id__lt=cursor[1]))
+    # Keyset pagination, newest period first: no OFFSET and no COUNT; one extra row says a next page exists.
+    found = list(page.order_by("-period_start", "-id")[: VALUES_PER_PAGE + 1])
+    next_cursor = cursor_text(found[-2].period_start, found[-2].id) if len(found) > VALUES_PER_PAGE else None
+    return ValuesShown(
+        chart=metric_chart(periods=window.periods, totals=_period_totals(in_window), granularity=metric.granularity),
+        totals=[
+            CustomerTotal(
+                customer_id=row["customer_id"],
+                dimension=dimension_label(row["dimension"]),
+                total=decimal_text(to_decimal(row["total"])) or "—",
+            )
+            for row in by_customer[:TOTALS_SHOWN]
+        ],
+        more_totals=len(by_customer) > TOTALS_SHOWN,
+        rows=[ValueRow(value=v, dimension=dimension_label(v.dimension)) for v in found[:VALUES_PER_PAGE]],
+        next_cursor=next_cursor,
+        # A SQL metric has a dimension column only when its query returns one.
+        grouped=bool(metric.group_by) or any(row["dimension_key"] for row in by_customer),
+    )
+
+
 def _window_values(metric: BillableMetric, window: Window, customer_id: str | None) -> QuerySet[MetricValue]:
     values = metric_values_list(metric=metric).filter(period_start__gte=window.start, period_start__lt=window.end)
     return values.filter(customer_id=customer_id) if customer_id else values
@@ -457,38 +501,14 @@ def metric_detail(request: HttpRequest, actor: Actor, slug: str) -> HttpResponse
         if too_long:
             filters.add_error("end", too_long)
             valid = False
-    chart = None
-    totals: list[CustomerTotal] = []
-    more_totals = False
-    rows: list[ValueRow] = []
-    next_cursor: str | None = None
-    customer_id = filters.cleaned_data.get("customer_id") or None if valid else None
+    shown = None
     if valid and window is not None:
-        in_window = _window_values(metric, window, customer_id)
-        chart = metric_chart(periods=window.periods, totals=_period_totals(in_window), granularity=metric.granularity)
-        by_customer = list(
-            in_window.values("customer_id", "dimension_key", "dimension")
-            .annotate(total=EffectiveSum())
-            .order_by("customer_id", "dimension_key")[: TOTALS_SHOWN + 1]
+        shown = values_shown(
+            metric=metric,
+            window=window,
+            customer_id=filters.cleaned_data["customer_id"] or None,
+            cursor=filters.cleaned_data["cursor"],
         )
-        more_totals = len(by_customer) > TOTALS_SHOWN
-        totals = [
-            CustomerTotal(
-                customer_id=row["customer_id"],
-                dimension=dimension_label(row["dimension"]),
-                total=decimal_text(to_decimal(row["total"])) or "—",
-            )
-            for row in by_customer[:TOTALS_SHOWN]
-        ]
-        page = in_window
-        cursor = filters.cleaned_data["cursor"]
-        if cursor is not None:
-            page = page.filter(Q(period_start__lt=cursor[0]) | Q(period_start=cursor[0], id__lt=cursor[1]))
-        found = list(page.order_by("-period_start", "-id")[: VALUES_PER_PAGE + 1])
-        if len(found) > VALUES_PER_PAGE:
-            found = found[:VALUES_PER_PAGE]
-            next_cursor = cursor_text(found[-1].period_start, found[-1].id)
-        rows = [ValueRow(value=v, dimension=dimension_label(v.dimension)) for v in found]
     running = metric.recompute_state == RecomputeState.RUNNING
     return render(
         request,
@@ -505,13 +525,10 @@ def metric_detail(request: HttpRequest, actor: Actor, slug: str) -> HttpResponse
             "filters": filters,
             "filtered": valid and any(filters.cleaned_data[name] for name in ("customer_id", "start", "end")),
             "window": window,
-            "chart": chart,
-            "totals": totals,
-            "more_totals": more_totals,
-            "rows": rows,
+            "shown": shown,
+            "chart": shown.chart if shown else None,
+            "rows": shown.rows if shown else [],
             "paged": valid and filters.cleaned_data["cursor"] is not None,
-            "next_cursor": next_cursor,
-            "grouped": bool(metric.group_by) or metric.kind == MetricKind.SQL,
         },
     )
 

@@ -338,6 +338,9 @@ def test_the_sql_editor_previews_and_saves_a_sql_metric(
     metric = BillableMetric.objects.get(slug="cpu_sql")
     assert (metric.kind, metric.sql, metric.usage_event_id) == ("sql", sql, None)
     assert {(v.customer_id, v.value) for v in MetricValue.objects.filter(metric=metric)} == {("a", "6"), ("b", "7")}
+    detail = admin.get("/metrics/cpu_sql/").content.decode()
+    assert table_rows(detail, "totals-table") == [["a", "6"], ["b", "7"]]  # no dimension returned: no column
+    assert "FROM compute_hours" in detail
 
 
 # --- a metric's page ---

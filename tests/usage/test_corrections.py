@@ -216,3 +216,43 @@ def test_a_retry_of_the_original_record_stays_a_duplicate_after_an_edit(api: API
 
     assert retry["results"][0] == {"index": 0, "status": "duplicate", "id": record_id}
     assert UsageRecord.objects.get(id=record_id).data == {"cpu_usage_hours": 4}
+
+
+def test_dashboard_edit_void_and_restore_a_record(organisation: Organisation, metered: UsageEvent, client: Any) -> None:
+    from tests.factories import organisation_admin
+
+    client.force_login(organisation_admin(organisation))
+    record = record_of("a", 5)
+    url = f"/usage-events/compute_hours/records/{record.id}/"
+
+    page = client.get(url)
+    bad = client.post(
+        url, {"customer_id": "a", "timestamp": iso(DAY), "data": '{"cpu_usage_hours": "x"}', "reason": "r"}
+    )
+    good = client.post(
+        url, {"customer_id": "a2", "timestamp": iso(DAY), "data": '{"cpu_usage_hours": 9}', "reason": "fix"}
+    )
+    voided = client.post(url, {"action": "void", "reason": "dup"})
+    record.refresh_from_db()
+    history = client.get(url).content.decode()
+
+    assert page.status_code == 200
+    assert "Expected Float64" in bad.content.decode()
+    assert good.status_code == 302
+    assert voided.status_code == 302
+    assert (record.customer_id, record.data, record.voided) == ("a2", {"cpu_usage_hours": 9}, True)
+    assert "record.update" in history
+    assert "record.void" in history
+    metric_values_refresh(usage_event_id=metered.id)
+    assert values() == {("a", day(DAY)): "2", ("b", day(DAY)): "1"}
+
+
+def test_dashboard_void_by_filter(organisation: Organisation, metered: UsageEvent, client: Any) -> None:
+    from tests.factories import organisation_admin
+
+    client.force_login(organisation_admin(organisation))
+    response = client.post("/usage-events/compute_hours/records/void/", {"customer": "a", "reason": "double-sent"})
+    assert response.status_code == 302
+    assert UsageRecord.objects.filter(voided=True).count() == 2
+    page = client.get("/usage-events/compute_hours/?customer_id=a")
+    assert 'id="void-by-filter"' in page.content.decode()
