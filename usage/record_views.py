@@ -24,7 +24,7 @@ from zenskar_site.selectors import audit_entries_list
 class RecordEditForm(forms.Form):
     customer_id = forms.CharField(max_length=255, label="Customer ID")
     timestamp = forms.CharField(label="Timestamp", help_text="ISO 8601 with an offset, e.g. 2026-11-20T14:03:12Z.")
-    data = forms.CharField(label="Data (JSON)", widget=forms.Textarea(attrs={"rows": 6, "class": "mono"}))
+    data = forms.CharField(label="Data (JSON)", widget=forms.Textarea(attrs={"rows": 6, "class": "mono"}))  # type: ignore[assignment]
     reason = forms.CharField(label="Reason", required=False, help_text="Kept in the audit trail.")
 
     def clean_data(self) -> Any:
