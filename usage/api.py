@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -147,53 +149,79 @@ def _json(body: Any, status_code: int, headers: dict[str, str] | None = None) ->
     return response
 
 
-def _read_body(request: HttpRequest) -> bytes:
+@dataclass
+class IngestCall:
+    """What ingestion needs of an HTTP request, whichever layer parsed it (Django or the lean WSGI route)."""
+
+    api_slug: str
+    secret: str | None
+    organisation_header: str | None
+    content_type: str
+    content_length: str
+    backfill: bool
+    read: Callable[[int], bytes]
+
+
+def _read_body(call: IngestCall) -> bytes:
     limit = settings.INGEST_MAX_BODY_BYTES
-    declared = request.META.get("CONTENT_LENGTH") or ""
-    if declared.isdigit() and int(declared) > limit:
+    if call.content_length.isdigit() and int(call.content_length) > limit:
         raise IngestError(413, f"The body is over the limit of {limit} bytes.")
-    body = request.read(limit + 1)
+    body = call.read(limit + 1)
     if len(body) > limit:
         raise IngestError(413, f"The body is over the limit of {limit} bytes.")
     return body
 
 
-@csrf_exempt
-def ingest(request: HttpRequest, api_slug: str) -> HttpResponse:
-    if request.method != "POST":
-        return _json({"detail": "Use POST to send usage."}, 405, {"Allow": "POST"})
+def ingest_handle(call: IngestCall) -> tuple[int, bytes, dict[str, str]]:
+    """POST /usage/{api_slug}: status, JSON body and headers (SPEC §3)."""
     now = timezone.now()  # one clock reading for the whole request
     try:
         context = ingest_context_load(
-            secret=presented_key(request),
-            api_slug=api_slug,
-            organisation_header=request.META.get("HTTP_ORGANISATION"),
+            secret=call.secret, api_slug=call.api_slug, organisation_header=call.organisation_header
         )
         retry_after = rate_limit_retry_after(organisation_id=str(context.api_key.organisation_id), now=now.timestamp())
         if retry_after is not None:
             raise IngestError(
                 429, "Over the organisation's rate limit; retry later.", {"Retry-After": str(retry_after)}
             )
-        content_type = request.content_type or ""
+        content_type = call.content_type.split(";", 1)[0].strip().lower()
         if content_type != "application/json" and not content_type.endswith("+json"):
             raise IngestError(415, f"Send JSON with Content-Type: application/json (got {content_type or 'none'!r}).")
-        body = _read_body(request)
+        body = _read_body(call)
         api_key_mark_used(api_key=context.api_key, now=now)
-        result = records_ingest(
-            context=context,
-            body=body,
-            backfill=request.GET.get("backfill", "").lower() in {"1", "true", "yes"},
-            now=now,
-        )
+        result = records_ingest(context=context, body=body, backfill=call.backfill, now=now)
     except IngestError as exc:
-        return _json({"detail": exc.detail}, exc.status_code, exc.headers)
+        return exc.status_code, orjson.dumps({"detail": exc.detail}), exc.headers
     except (OperationalError, InterfaceError):
         # Never a 2xx for unsaved data: the transaction did not commit.
-        return _json(
-            {"detail": "The database is unavailable; nothing was stored. Retry later."}, 503, {"Retry-After": "5"}
-        )
+        detail = {"detail": "The database is unavailable; nothing was stored. Retry later."}
+        return 503, orjson.dumps(detail), {"Retry-After": "5"}
     on_ingested(result=result)
-    return _json(result.body(), result.status_code)
+    return result.status_code, orjson.dumps(result.body()), {}
+
+
+def backfill_requested(query: str) -> bool:
+    return any(part.lower() in ("backfill=true", "backfill=1", "backfill=yes") for part in query.split("&"))
+
+
+@csrf_exempt
+def ingest(request: HttpRequest, api_slug: str) -> HttpResponse:
+    if request.method != "POST":
+        return _json({"detail": "Use POST to send usage."}, 405, {"Allow": "POST"})
+    call = IngestCall(
+        api_slug=api_slug,
+        secret=presented_key(request),
+        organisation_header=request.META.get("HTTP_ORGANISATION"),
+        content_type=request.META.get("CONTENT_TYPE", ""),
+        content_length=request.META.get("CONTENT_LENGTH") or "",
+        backfill=backfill_requested(request.META.get("QUERY_STRING", "")),
+        read=request.read,
+    )
+    status_code, body, headers = ingest_handle(call)
+    response = HttpResponse(body, status=status_code, content_type="application/json")
+    for name, value in headers.items():
+        response[name] = value
+    return response
 
 
 def on_ingested(*, result: IngestResult) -> None:
