@@ -18,7 +18,16 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from usage.ingestion import IngestError, IngestResult, api_key_mark_used, ingest_context_load, records_ingest
+from usage.ingestion import (
+    IngestError,
+    IngestResult,
+    StaleContext,
+    api_key_mark_used,
+    ingest_context_cached,
+    ingest_context_forget,
+    ingest_context_load,
+    records_ingest,
+)
 from usage.models import Period, UsageEvent, UsageEventKind
 from usage.selectors import usage_event_get, usage_events_list
 from usage.services import usage_event_archive, usage_event_create, usage_event_update
@@ -176,7 +185,9 @@ def ingest_handle(call: IngestCall) -> tuple[int, bytes, dict[str, str]]:
     """POST /usage/{api_slug}: status, JSON body and headers (SPEC §3)."""
     now = timezone.now()  # one clock reading for the whole request
     try:
-        context = ingest_context_load(
+        context = ingest_context_cached(
+            secret=call.secret, api_slug=call.api_slug, organisation_header=call.organisation_header
+        ) or ingest_context_load(
             secret=call.secret, api_slug=call.api_slug, organisation_header=call.organisation_header
         )
         retry_after = rate_limit_retry_after(organisation_id=str(context.api_key.organisation_id), now=now.timestamp())
@@ -189,7 +200,14 @@ def ingest_handle(call: IngestCall) -> tuple[int, bytes, dict[str, str]]:
             raise IngestError(415, f"Send JSON with Content-Type: application/json (got {content_type or 'none'!r}).")
         body = _read_body(call)
         api_key_mark_used(api_key=context.api_key, now=now)
-        result = records_ingest(context=context, body=body, backfill=call.backfill, now=now)
+        try:
+            result = records_ingest(context=context, body=body, backfill=call.backfill, now=now)
+        except StaleContext:  # revoked, archived or redefined since cached: answer from the database's state
+            ingest_context_forget(api_key_prefix=context.api_key.prefix, api_slug=call.api_slug)
+            context = ingest_context_load(
+                secret=call.secret, api_slug=call.api_slug, organisation_header=call.organisation_header
+            )
+            result = records_ingest(context=context, body=body, backfill=call.backfill, now=now)
     except IngestError as exc:
         return exc.status_code, orjson.dumps({"detail": exc.detail}), exc.headers
     except (OperationalError, InterfaceError):

@@ -47,6 +47,49 @@ class IngestError(DomainError):
 class IngestContext:
     api_key: ApiKey
     usage_event: UsageEvent
+    # Set when the context came from this process's cache: the write statement then re-checks, in the
+    # database, that the key is still active and the definition unchanged (see _guard_sql).
+    cached: bool = False
+
+
+class StaleContext(Exception):
+    """The cached key or usage event changed since it was cached; nothing was written."""
+
+
+# (key prefix, api slug) -> context. Authentication still hashes the presented secret on every
+# request; revocation, archiving and schema changes are caught by the guard in the write statement.
+_context_cache: dict[tuple[str, str], IngestContext] = {}
+CONTEXT_CACHE_SIZE = 1024
+
+
+def ingest_context_forget(*, api_key_prefix: str, api_slug: str) -> None:
+    _context_cache.pop((api_key_prefix, api_slug), None)
+
+
+def _organisation_check(organisation_id: uuid.UUID, organisation_header: str | None) -> None:
+    if organisation_header is not None:
+        try:
+            claimed = uuid.UUID(organisation_header.strip())
+        except ValueError:
+            raise IngestError(403, "The organisation header is not a valid organisation id.") from None
+        if claimed != organisation_id:
+            raise IngestError(403, "The organisation header does not match the API key's organisation.")
+
+
+def ingest_context_cached(
+    *, secret: str | None, api_slug: str, organisation_header: str | None
+) -> IngestContext | None:
+    """The cached context for this key and slug when the secret matches it (PostgreSQL only)."""
+    if not secret or connection.vendor != "postgresql":
+        return None
+    prefix = api_key_split(secret=secret)
+    context = _context_cache.get((prefix or "", api_slug))
+    if context is None or not hmac.compare_digest(context.api_key.key_hash, api_key_hash(secret=secret)):
+        return None
+    if context.usage_event.kind != UsageEventKind.EVENT:
+        return None  # only the single-statement path carries the guard
+    _organisation_check(context.api_key.organisation_id, organisation_header)
+    return context
 
 
 def ingest_context_internal(*, usage_event: UsageEvent, label: str) -> IngestContext:
@@ -131,7 +174,7 @@ class PreparedCursor:
 
 _CONTEXT_SQL = """
 SELECT k.id, k.organisation_id, k.key_hash, k.scope, k.revoked_at, k.last_used_at,
-       e.id, e.kind, e.aggregate_period, e.dataschema, e.archived
+       e.id, e.kind, e.aggregate_period, e.dataschema, e.archived, e.updated_at
 FROM zenskar_site_apikey k
 LEFT JOIN usage_usageevent e ON e.organisation_id = k.organisation_id AND e.api_slug = %s
 WHERE k.prefix = %s
@@ -171,13 +214,7 @@ def ingest_context_load(*, secret: str | None, api_slug: str, organisation_heade
     )
     if api_key.revoked_at is not None:
         raise IngestError(401, "This API key has been revoked.")
-    if organisation_header is not None:
-        try:
-            claimed = uuid.UUID(organisation_header.strip())
-        except ValueError:
-            raise IngestError(403, "The organisation header is not a valid organisation id.") from None
-        if claimed != organisation_id:
-            raise IngestError(403, "The organisation header does not match the API key's organisation.")
+    _organisation_check(organisation_id, organisation_header)
     if row[6] is None or row[10]:
         raise IngestError(404, f"No active usage event with API slug {api_slug!r} in this organisation.")
     dataschema = row[9] if isinstance(row[9], dict) else orjson.loads(row[9])
@@ -189,8 +226,14 @@ def ingest_context_load(*, secret: str | None, api_slug: str, organisation_heade
         aggregate_period=row[8],
         dataschema=dataschema,
         archived=False,
+        updated_at=_as_datetime(row[11]) or dt.datetime.min.replace(tzinfo=dt.UTC),
     )
-    return IngestContext(api_key=api_key, usage_event=usage_event)
+    context = IngestContext(api_key=api_key, usage_event=usage_event)
+    if connection.vendor == "postgresql":
+        if len(_context_cache) >= CONTEXT_CACHE_SIZE:
+            _context_cache.clear()
+        _context_cache[(prefix, api_slug)] = IngestContext(api_key=api_key, usage_event=usage_event, cached=True)
+    return context
 
 
 # --- parsing ---
@@ -255,26 +298,38 @@ def _insert_records_postgres(
     received_at: dt.datetime,
     error_rows: list[tuple[str, bool, str]],
     api_key_prefix: str,
+    guard: tuple[int, dt.datetime] | None = None,
 ) -> list[tuple[int, str | None]]:
     """Records and error-log rows in ONE statement, so it is atomic even in autocommit (no BEGIN/COMMIT
     round trips). Returns (id, idempotency_key) of the inserted records in insertion order: ids come
     from one sequence in the order the rows were inserted."""
     records_table, errors_table = UsageRecord._meta.db_table, IngestionError._meta.db_table
     dirty_table = DirtyBucket._meta.db_table
+    # A cached context is re-checked inside the same statement: the key still active and the usage
+    # event unchanged (same updated_at, not archived). If not, nothing is written and StaleContext is raised.
+    guard_sql = (
+        f"""SELECT 1 FROM {ApiKey._meta.db_table} k JOIN {UsageEvent._meta.db_table} e ON e.id = %s
+            WHERE k.id = %s AND k.revoked_at IS NULL AND NOT e.archived AND e.updated_at = %s"""
+        if guard
+        else "SELECT 1"
+    )
+    guard_params: list[Any] = [usage_event_id, guard[0], guard[1]] if guard else []
     with hot_cursor() as cursor:
         cursor.execute(
             f"""
-            WITH errs AS (
+            WITH ok AS ({guard_sql}), errs AS (
                 INSERT INTO {errors_table}
                     (usage_event_id, received_at, payload, payload_truncated, errors, api_key_prefix)
                 SELECT %s, %s, e.payload::jsonb, e.truncated, e.errors::jsonb, %s
                 FROM unnest(%s::text[], %s::bool[], %s::text[]) AS e(payload, truncated, errors)
+                WHERE EXISTS (SELECT 1 FROM ok)
             ), ins AS (
                 INSERT INTO {records_table} (usage_event_id, customer_id, "timestamp", period_start, data,
                                              idempotency_key, content_hash, received_at, voided, superseded)
                 SELECT %s, t.customer_id, t.ts, NULL, t.data::jsonb, t.idem, t.hash, %s, false, false
                 FROM unnest(%s::text[], %s::timestamptz[], %s::text[], %s::text[], %s::text[])
                      WITH ORDINALITY AS t(customer_id, ts, data, idem, hash, ord)
+                WHERE EXISTS (SELECT 1 FROM ok)
                 ORDER BY t.ord
                 ON CONFLICT (usage_event_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
                 RETURNING id, idempotency_key, "timestamp"
@@ -282,9 +337,13 @@ def _insert_records_postgres(
                 INSERT INTO {dirty_table} (usage_event_id, hour_start)
                 SELECT DISTINCT %s, date_trunc('hour', "timestamp", 'UTC') FROM ins
             )
-            SELECT id, idempotency_key FROM ins ORDER BY id
+            SELECT 0 AS part, (SELECT count(*) FROM ok) AS id, NULL AS idempotency_key
+            UNION ALL
+            SELECT 1, id, idempotency_key FROM ins
+            ORDER BY part, id
             """,
             [
+                *guard_params,
                 usage_event_id,
                 received_at,
                 api_key_prefix,
@@ -301,7 +360,10 @@ def _insert_records_postgres(
                 usage_event_id,
             ],
         )
-        return [(int(r[0]), r[1]) for r in cursor.fetchall()]
+        rows_back = cursor.fetchall()
+    if not rows_back[0][1]:
+        raise StaleContext()
+    return [(int(r[1]), r[2]) for r in rows_back[1:]]
 
 
 def _mark_dirty(*, usage_event_id: int, moments: list[dt.datetime]) -> None:
@@ -521,6 +583,7 @@ def records_store(*, context: IngestContext, items: list[Any], backfill: bool, n
             received_at=now,
             error_rows=_error_rows(rejected_payloads),
             api_key_prefix=api_key.prefix,
+            guard=(api_key.id, usage_event.updated_at) if context.cached else None,
         )
         _resolve_inserted(usage_event_id=usage_event.id, rows=to_insert, inserted=inserted)
         for outcome in outcomes:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
@@ -104,3 +105,56 @@ class IngestionError(models.Model):
 
     def __str__(self) -> str:
         return f"error {self.pk} of {self.usage_event_id}"
+
+
+class CsvImportStatus(models.TextChoices):
+    UPLOADED = "uploaded", "Uploaded"
+    VALIDATED = "validated", "Validated"
+    IMPORTING = "importing", "Importing"
+    DONE = "done", "Done"
+    FAILED = "failed", "Failed"
+
+
+class CsvImport(models.Model):
+    """An uploaded CSV of usage, its column mapping, its validation and the progress of its import.
+
+    The file's bytes live in the row, so any web or worker machine can read them; nothing is stored in
+    the usage event's table before the import is confirmed.
+    """
+
+    organisation = models.ForeignKey(Organisation, on_delete=models.CASCADE, related_name="csv_imports")
+    usage_event = models.ForeignKey(UsageEvent, on_delete=models.CASCADE, related_name="csv_imports")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(auto_now_add=True)
+    filename = models.CharField(max_length=255)
+    content = models.BinaryField()
+    delimiter = models.CharField(max_length=1, default=",")
+    # The header row's column names, in file order.
+    columns = models.JSONField(default=list)
+    # CSV column name -> "customer_id" | "timestamp" | "idempotency_key" | "data.<field>" | "" (ignored).
+    mapping = models.JSONField(default=dict)
+    # The first few data rows (cells as text), shown next to each column while mapping.
+    sample = models.JSONField(default=list)
+    status = models.CharField(max_length=16, choices=CsvImportStatus.choices, default=CsvImportStatus.UPLOADED)
+    # Data rows in the file, and the validation's verdict on them.
+    rows_total = models.PositiveIntegerField(default=0)
+    rows_invalid = models.PositiveIntegerField(default=0)
+    rows_duplicate = models.PositiveIntegerField(default=0)
+    # The import's checkpoint: data rows already stored (committed with each batch), and their outcomes.
+    rows_done = models.PositiveIntegerField(default=0)
+    accepted = models.PositiveIntegerField(default=0)
+    duplicates = models.PositiveIntegerField(default=0)
+    rejected = models.PositiveIntegerField(default=0)
+    # The first row-numbered problems: [{"row", "column", "field", "value", "message"}].
+    errors = models.JSONField(default=list)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(status__in=CsvImportStatus.values), name="csv_import_status_valid"),
+            models.CheckConstraint(condition=Q(rows_done__lte=models.F("rows_total")), name="csv_import_done_le_total"),
+        ]
+        indexes = [models.Index(fields=["organisation", "-id"], name="csv_import_org_idx")]
+
+    def __str__(self) -> str:
+        return f"CSV import {self.pk} ({self.filename})"

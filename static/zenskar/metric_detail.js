@@ -14,6 +14,7 @@
     window.setTimeout(refresh, delay);
   }
 
+  document.body.dataset.metricPageReady = "true";
   if (!dialog) return;
   const form = document.getElementById("override-form");
   const value = document.getElementById("override-value");

@@ -280,4 +280,5 @@
   (state.filters || []).forEach(function (condition) { addFilter(condition); });
   showFilterErrors(serverFilterErrors);
   showKind();
+  form.dataset.ready = "true";
 })();

@@ -62,6 +62,15 @@ def record(customer: str, hours: float, minutes_ago: float) -> dict[str, Any]:
     }
 
 
+def form_ready(page: Page) -> None:
+    """Wait for the form's script, so typing is not lost before its listeners are attached."""
+    expect(page.locator("#metric-form[data-ready=true]")).to_have_count(1)
+
+
+def metric_page_ready(page: Page) -> None:
+    expect(page.locator("body[data-metric-page-ready=true]")).to_have_count(1)
+
+
 def totals(page: Page) -> dict[str, str]:
     rows = page.locator("#totals-table tbody tr")
     return {
@@ -97,6 +106,7 @@ def test_build_preview_save_and_watch_a_metric_follow_ingestion(
     screenshot("metric_01_list_empty")
     page.get_by_role("link", name="+ ADD BILLABLE METRIC").click()
     expect(page.get_by_role("heading", name="Add billable metric")).to_be_visible()
+    form_ready(page)
 
     # The slug follows the name as it is typed.
     page.locator("#id_name").press_sequentially("CPU hours")
@@ -143,6 +153,7 @@ def test_build_preview_save_and_watch_a_metric_follow_ingestion(
     page.get_by_role("button", name="SAVE METRIC").click()
     expect(page).to_have_url(re.compile(r"/metrics/cpu_hours/$"))
     expect(page.get_by_role("heading", name="CPU hours")).to_be_visible()
+    metric_page_ready(page)
     expect(page.locator(".message.success")).to_contain_text("saved")
     metric = BillableMetric.objects.get(organisation=org, slug="cpu_hours")
     assert metric.filters == [{"field": "cpu_usage_hours", "op": "gt", "value": 0.0}]
@@ -159,6 +170,7 @@ def test_build_preview_save_and_watch_a_metric_follow_ingestion(
         assert time.monotonic() < deadline, f"values did not update within {UPDATE_TIMEOUT_SECONDS}s: {totals(page)}"
         page.wait_for_timeout(500)
         page.reload()
+    metric_page_ready(page)
     assert totals(page) == {"cus_acme": "5", "cus_globex": "4", "cus_initech": "2"}
     assert chart_sum(page) == pytest.approx(11)
     expect(page.locator("#grand-total")).to_have_text("11")
@@ -175,6 +187,7 @@ def test_build_preview_save_and_watch_a_metric_follow_ingestion(
     screenshot("metric_07_override_dialog")
     dialog.get_by_role("button", name="Save override").click()
     expect(page.locator(".message.success")).to_contain_text("Override set for cus_globex")
+    metric_page_ready(page)
     row = page.locator("#values-table tbody tr", has_text="cus_globex")
     expect(row.locator("td.effective")).to_have_text("3")
     expect(row.locator(".badge.overridden")).to_be_visible()
@@ -218,6 +231,7 @@ def test_the_sql_editor_previews_a_query_shows_its_errors_and_saves_it(
     )
     sign_in(page, live_server)
     page.goto(live_server.url + "/metrics/new/")
+    form_ready(page)
 
     page.locator("#id_name").fill("CPU by SQL")
     page.locator("label.segment", has_text="SQL").click()

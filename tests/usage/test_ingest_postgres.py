@@ -134,3 +134,41 @@ def test_with_postgres_stopped_the_endpoint_answers_503_and_loses_nothing() -> N
     assert len(stored_keys) == len(set(stored_keys))
     assert all(status == 202 for status in retried.values()), retried
     assert set(stored_keys) == set(answered)
+
+
+def test_a_cached_key_revoked_or_event_archived_is_refused_at_once() -> None:
+    from usage.services import usage_event_archive, usage_event_update
+    from zenskar_site.actors import system_actor
+    from zenskar_site.services import api_key_revoke
+
+    organisation = organisation_make(name="Cache")
+    usage_event_make(organisation=organisation)
+    bundle = api_key_make(organisation=organisation, scope="ingest")
+    other = api_key_make(organisation=organisation, scope="ingest")
+    headers = {"x-api-key": bundle.secret, "Content-Type": "application/json"}
+    actor = system_actor(organisation=organisation)
+
+    with gunicorn_server(workers=1, threads=1) as url:
+        target = f"{url}/usage/compute_hours"
+        assert [http_post(target, _record(f"w{i}"), headers)[0] for i in range(3)] == [202, 202, 202]
+        usage_event_update(
+            actor=actor,
+            api_slug="compute_hours",
+            changes={
+                "dataschema": {
+                    "data": {"cpu_usage_hours": "Float64", "region": "Nullable(String)", "zone": "Nullable(String)"}
+                }
+            },
+        )
+        body = json.loads(_record("z1"))
+        body["data"]["zone"] = "a"
+        assert http_post(target, json.dumps(body).encode(), headers)[0] == 202  # the new field is known at once
+        api_key_revoke(actor=actor, prefix=bundle.api_key.prefix)
+        assert http_post(target, _record("after-revoke"), headers)[0] == 401
+        other_headers = {"x-api-key": other.secret, "Content-Type": "application/json"}
+        assert http_post(target, _record("o1"), other_headers)[0] == 202
+        usage_event_archive(actor=actor, api_slug="compute_hours")
+        assert http_post(target, _record("after-archive"), other_headers)[0] == 404
+
+    keys = set(UsageRecord.objects.values_list("idempotency_key", flat=True))
+    assert keys == {"w0", "w1", "w2", "z1", "o1"}
