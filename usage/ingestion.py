@@ -11,7 +11,6 @@ import datetime as dt
 import hashlib
 import hmac
 import json
-import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -145,7 +144,7 @@ def hot_cursor() -> Iterator[Any]:
     reused), instead of Django's client-side quoting of every array element. Errors are translated
     to Django's (so an outage is an OperationalError like anywhere else).
     """
-    if connection.vendor != "postgresql" or os.environ.get("HOT_PREPARED") == "0":
+    if connection.vendor != "postgresql":
         with connection.cursor() as cursor:
             yield cursor
         return
