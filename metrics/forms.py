@@ -87,10 +87,12 @@ class FieldNamesField(forms.MultipleChoiceField):
 
 
 class MetricForm(forms.Form):
-    name = forms.CharField(label="Name", max_length=200)
+    # Name and slug are checked by the service, so one round trip reports them with the definition's errors.
+    name = forms.CharField(label="Name", max_length=200, required=False)
     slug = forms.CharField(
         label="Slug",
         max_length=64,
+        required=False,
         help_text="Lowercase letters, digits, _ and -. Derived from the name; you can edit it.",
     )
     kind = forms.ChoiceField(
@@ -111,13 +113,12 @@ class MetricForm(forms.Form):
     )
     granularity = forms.ChoiceField(label="Granularity", choices=Period.choices, initial=Period.DAY)
 
-    def __init__(self, *args: Any, usage_events: list[UsageEvent], name_required: bool = True, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, usage_events: list[UsageEvent], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.schemas = {event.api_slug: schema_fields(event) for event in usage_events}
         self.fields["usage_event"].choices = [("", "Choose a usage event…")] + [  # type: ignore[attr-defined]
             (event.api_slug, f"{event.name} ({event.api_slug})") for event in usage_events
         ]
-        self.fields["name"].required = self.fields["slug"].required = name_required
         self.fields["sql"].widget.attrs["placeholder"] = sql_example(usage_events, self.schemas)
         chosen = self["usage_event"].value() or ""
         self.fields["field"].widget.choices = [("", "—")] + [

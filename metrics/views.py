@@ -159,7 +159,7 @@ def metric_new(request: HttpRequest, actor: Actor) -> HttpResponse:
 @member_view(write=True)
 def metric_preview(request: HttpRequest, actor: Actor) -> JsonResponse:
     """The values an unsaved definition gives over a window, computed from raw records; nothing is stored."""
-    form = MetricForm(request.POST, usage_events=_active_usage_events(actor), name_required=False)
+    form = MetricForm(request.POST, usage_events=_active_usage_events(actor))
     window = PreviewWindowForm(request.POST)
     errors: dict[str, list[str]] = {}
     if not form.is_valid():

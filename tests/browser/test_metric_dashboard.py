@@ -163,6 +163,16 @@ def test_build_preview_save_and_watch_a_metric_follow_ingestion(
     assert chart_sum(page) == pytest.approx(7.75)
     screenshot("metric_05_detail")
 
+    # While the history is recomputed the page shows progress and refreshes itself until it is done.
+    BillableMetric.objects.filter(id=metric.id).update(recompute_state="running", recompute_done=1, recompute_total=3)
+    page.reload()
+    expect(page.locator("#recompute-bar")).to_be_visible()
+    expect(page.locator("#recompute-progress")).to_contain_text("1 of 3 months")
+    screenshot("metric_05b_recomputing")
+    BillableMetric.objects.filter(id=metric.id).update(recompute_state="idle", recompute_done=3)
+    expect(page.locator("#recompute-progress")).to_have_count(0, timeout=6_000)
+    expect(page.locator(".badge.status-idle")).to_have_text("Up to date")
+
     # More usage arrives through the API: the page shows it after a reload (the refresh runs on ingest).
     ingest(live_server, org, secret, [record("cus_acme", 1.25, 0.5), record("cus_initech", 2, 0.5)])
     deadline = time.monotonic() + UPDATE_TIMEOUT_SECONDS

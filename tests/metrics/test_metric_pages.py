@@ -253,6 +253,18 @@ def test_bad_input_shows_the_errors_next_to_their_fields_and_stores_nothing(
     assert not AuditEntry.objects.filter(action="metric.create").exists()
 
 
+def test_a_missing_name_is_reported_together_with_the_definitions_errors(
+    admin: Client, compute_hours: UsageEvent
+) -> None:
+    response = admin.post("/metrics/new/", builder_form(name="", slug="", aggregation="avg", field=""))
+
+    html = response.content.decode()
+    assert "needs a name" in errors_for(html, "name")
+    assert "A slug is 1-64 characters" in errors_for(html, "slug")
+    assert "The avg aggregation needs a field" in errors_for(html, "field")
+    assert not BillableMetric.objects.exists()
+
+
 def test_a_taken_slug_and_a_missing_usage_event_are_reported_on_their_fields(
     admin: Client, pusher: APIClient, organisation: Organisation, django_capture_on_commit_callbacks: Any
 ) -> None:
