@@ -204,7 +204,7 @@ class MetricPreviewApi(APIView):
 
 
 class MetricUnsavedPreviewApi(APIView):
-    @extend_schema(request=MetricInput, responses={200: dict})
+    @extend_schema(request=MetricInput, responses={200: dict}, operation_id="metrics_preview_unsaved")
     def post(self, request: Request) -> Response:
         actor = request_actor(request)
         body = body_object(request)
