@@ -131,7 +131,10 @@ class MetricForm(forms.Form):
             rows = json.loads(text)
         except json.JSONDecodeError:
             raise forms.ValidationError("The filters are not valid JSON.") from None
-        if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
+        if not isinstance(rows, list) or not all(
+            isinstance(row, dict) and isinstance(row.get("field"), str) and isinstance(row.get("op"), str)
+            for row in rows
+        ):
             raise forms.ValidationError("The filters are a list of {field, op, value} objects.")
         return rows
 
@@ -234,7 +237,6 @@ class OverrideForm(forms.Form):
     action = forms.ChoiceField(choices=[("set", "Set"), ("clear", "Clear")], initial="set")
     override_value = forms.CharField(label="Override value", max_length=64, required=False)
     reason = forms.CharField(label="Reason", max_length=2000, required=False)
-    next = forms.CharField(required=False, max_length=2000)
 
 
 def cursor_text(moment: dt.datetime, value_id: int) -> str:

@@ -42,10 +42,9 @@ from zenskar_site.dashboard import member_view
 from zenskar_site.errors import NotFound, ValidationFailed
 
 # Where each error path of the metric services lands on the form; filter rows are handled apart.
-FORM_FIELDS = {
-    name: name
-    for name in ("name", "slug", "kind", "granularity", "usage_event", "aggregation", "field", "group_by", "sql")
-}
+FORM_FIELDS = frozenset(
+    {"name", "slug", "kind", "granularity", "usage_event", "aggregation", "field", "group_by", "sql"}
+)
 PREVIEW_ROWS_SHOWN = 200
 VALUES_PER_PAGE = 50
 TOTALS_SHOWN = 50
@@ -94,7 +93,7 @@ def errors_split(exc: ValidationFailed) -> SplitErrors:
         elif path.startswith("sql"):  # the sandbox may point into the query: sql, sql.line, ...
             form.setdefault("sql", []).extend(found)
         else:
-            form.setdefault(FORM_FIELDS.get(path, "__all__"), []).extend(found)
+            form.setdefault(path if path in FORM_FIELDS else "__all__", []).extend(found)
     return SplitErrors(form=form, filter_rows=rows)
 
 
@@ -366,7 +365,7 @@ def metric_chart(*, periods: list[dt.datetime], totals: dict[dt.datetime, Decima
                 y=round(min(y, zero), 2),
                 width=round(slot * 0.75, 2),
                 height=round(abs(zero - y), 2),
-                value=decimal_text(amount) or "" if amount is not None else "",
+                value=(decimal_text(amount) or "") if amount is not None else "",
                 title=_period_title(moment, granularity, amount),
             )
         )

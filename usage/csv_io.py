@@ -140,19 +140,22 @@ def _inspect(content: bytes) -> _Inspection:
     """Read the whole file once: UTF-8, well-formed CSV, a header of unique names; count the data rows."""
     delimiter = _delimiter_of(content)
     reader = csv.reader(_text_stream(content), delimiter=delimiter)
-    number, rows, sample = 1, 0, []
+    header: list[str] | None = None
+    number = rows = 0  # the row being read: a csv.Error names it
+    sample: list[list[str]] = []
     try:
-        header = next(reader, None)
-        for number, cells in enumerate(reader, start=2):  # noqa: B007 (the number names a csv.Error's row)
-            if _blank(cells):
-                continue
-            rows += 1
-            if len(sample) < SAMPLE_ROWS:
-                sample.append(cells)
+        for cells in reader:
+            number += 1
+            if number == 1:
+                header = cells
+            elif not _blank(cells):
+                rows += 1
+                if len(sample) < SAMPLE_ROWS:
+                    sample.append(cells)
     except UnicodeDecodeError:
         raise _encoding_error(content)
     except csv.Error as exc:
-        raise ValidationFailed({"file": [f"Row {number + 1 if rows or number > 1 else 1}: not valid CSV ({exc})."]})
+        raise ValidationFailed({"file": [f"Row {number + 1}: not valid CSV ({exc})."]})
     if header is None or _blank(header):
         raise ValidationFailed({"file": ["Row 1 must be a header row naming the columns; it is empty."]})
     columns = [name.strip() for name in header]
@@ -311,7 +314,7 @@ def _plan(*, columns: list[str], mapping: dict[str, str], usage_event: UsageEven
             )
         elif not field_type.nullable:
             missing[target] = f"Missing column for {name}: the field is required; map a CSV column to it."
-    return _Plan(roots=roots, data=data, column_of={t: c for t, c in used.items()}, missing=missing)
+    return _Plan(roots=roots, data=data, column_of=dict(used), missing=missing)
 
 
 # --- errors ---
@@ -415,7 +418,8 @@ def csv_import_validate(*, actor: Actor, import_id: int, mapping: dict[str, str]
     if csv_import.status not in (CsvImportStatus.UPLOADED, CsvImportStatus.VALIDATED):
         raise Conflict(f"This import is {csv_import.status}; its mapping can no longer change.")
     usage_event = csv_import.usage_event
-    mapping = {column: mapping.get(column, "") or "" for column in csv_import.columns} | {
+    # Every column gets a target ("" ignores it); a column the file lacks stays in, for _plan to refuse.
+    mapping = {column: mapping.get(column) or "" for column in csv_import.columns} | {
         column: target for column, target in mapping.items() if column not in csv_import.columns
     }
     plan = _plan(columns=csv_import.columns, mapping=mapping, usage_event=usage_event)
@@ -450,12 +454,12 @@ def _validate_rows(*, csv_import: CsvImport, plan: _Plan, now: dt.datetime) -> C
     def check_stored() -> None:
         """Keys already stored for the usage event: the same content is a duplicate, other content an error."""
         nonlocal invalid, duplicates
-        stored = dict(
-            (key, (record_id, content_hash))
+        stored = {
+            key: (record_id, content_hash)
             for key, record_id, content_hash in UsageRecord.objects.filter(
                 usage_event=usage_event, idempotency_key__in=[key for _, key, _, _ in unchecked]
             ).values_list("idempotency_key", "id", "content_hash")
-        )
+        }
         for row, key, content_hash, cell in unchecked:
             if key not in stored:
                 continue
@@ -518,9 +522,7 @@ def _validate_rows(*, csv_import: CsvImport, plan: _Plan, now: dt.datetime) -> C
             )
     if unchecked:
         check_stored()
-    return CsvPreview(
-        rows=rows, valid=rows - invalid, invalid=invalid, duplicates=duplicates, errors=errors.sorted()
-    )
+    return CsvPreview(rows=rows, valid=rows - invalid, invalid=invalid, duplicates=duplicates, errors=errors.sorted())
 
 
 def csv_import_confirm(*, actor: Actor, import_id: int, enqueue: bool = True) -> CsvImport:
@@ -530,10 +532,16 @@ def csv_import_confirm(*, actor: Actor, import_id: int, enqueue: bool = True) ->
     """
     _require_writer(actor)
     with transaction.atomic():
-        csv_import = csv_import_get(organisation=actor.organisation, import_id=import_id)
-        locked = CsvImport.objects.select_for_update().filter(id=csv_import.id).values_list("status", flat=True)
-        status = locked.first()
-        csv_import.refresh_from_db(fields=["status", "rows_total", "rows_invalid", "rows_done"])
+        csv_import = (
+            CsvImport.objects.select_for_update(of=("self",))
+            .select_related("usage_event")
+            .defer("content")
+            .filter(organisation=actor.organisation, id=import_id)
+            .first()
+        )
+        if csv_import is None:
+            raise NotFound(f"No CSV import {import_id} in this organisation.")
+        status = csv_import.status
         if status == CsvImportStatus.VALIDATED:
             if csv_import.rows_invalid:
                 raise ValidationFailed(
@@ -544,7 +552,9 @@ def csv_import_confirm(*, actor: Actor, import_id: int, enqueue: bool = True) ->
         elif status != CsvImportStatus.FAILED:
             raise Conflict(f"This import is {status}; only a validated or failed import can be started.")
         if csv_import.usage_event.archived:
-            raise ValidationFailed({"usage_event": [f"The usage event {csv_import.usage_event.api_slug!r} is archived."]})
+            raise ValidationFailed(
+                {"usage_event": [f"The usage event {csv_import.usage_event.api_slug!r} is archived."]}
+            )
         CsvImport.objects.filter(id=csv_import.id).update(status=CsvImportStatus.IMPORTING, finished_at=None)
         csv_import.status, csv_import.finished_at = CsvImportStatus.IMPORTING, None
         audit_record(
@@ -585,7 +595,7 @@ def _fail(import_id: int, message: str) -> None:
 Progress = Callable[[int, int], None]
 
 
-def csv_import_run(*, import_id: int, progress: Progress | None = None) -> CsvImport:
+def csv_import_run(*, import_id: int, progress: Progress | None = None) -> CsvImport | None:
     """Store a confirmed import's rows through the ingestion write path, 1,000 per batch.
 
     Each batch commits with the import's checkpoint (`rows_done` and the counts), under a lock on the
@@ -596,14 +606,14 @@ def csv_import_run(*, import_id: int, progress: Progress | None = None) -> CsvIm
     """
     csv_import = CsvImport.objects.select_related("usage_event").filter(id=import_id).first()
     if csv_import is None or csv_import.status != CsvImportStatus.IMPORTING:
-        return csv_import if csv_import is not None else CsvImport(id=import_id, status=CsvImportStatus.FAILED)
+        return csv_import  # gone, not confirmed, or finished by an earlier run: nothing to do
     usage_event = csv_import.usage_event
     now = timezone.now()  # one clock reading for the run: the records' received_at
+    done = csv_import.rows_done
     try:
         plan = _plan(columns=csv_import.columns, mapping=csv_import.mapping, usage_event=usage_event)
         context = ingest_context_internal(usage_event=usage_event, label=IMPORT_LABEL)
         errors = _Errors(csv_import.errors)
-        done = csv_import.rows_done
         items: list[dict[str, Any]] = []
         batch: list[tuple[int, list[str]]] = []
         for position, (row, cells) in enumerate(_data_rows(csv_import)):
@@ -629,7 +639,11 @@ def csv_import_run(*, import_id: int, progress: Progress | None = None) -> CsvIm
         )
     except Exception as exc:
         logger.exception("CSV import %s failed", import_id)
-        _fail(import_id, f"The import stopped: {type(exc).__name__}: {exc}. Retry it to continue from row {done}.")
+        _fail(
+            import_id,
+            f"The import stopped: {type(exc).__name__}: {exc}. "
+            f"Retry it to continue after the {done:,} rows already done.",
+        )
         return _reloaded(import_id)
     from metrics.dispatch import metrics_refresh_soon
 
@@ -654,10 +668,7 @@ def _store_batch(
     """Store one batch and move the checkpoint in one transaction; False when another run moved it first."""
     with transaction.atomic():
         state = (
-            CsvImport.objects.select_for_update()
-            .filter(id=csv_import.id)
-            .values_list("status", "rows_done")
-            .first()
+            CsvImport.objects.select_for_update().filter(id=csv_import.id).values_list("status", "rows_done").first()
         )
         if state != (CsvImportStatus.IMPORTING, expected_done):
             return False

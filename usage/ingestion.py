@@ -320,13 +320,13 @@ def _insert_records_postgres(
                 INSERT INTO {errors_table}
                     (usage_event_id, received_at, payload, payload_truncated, errors, api_key_prefix)
                 SELECT %s, %s, e.payload::jsonb, e.truncated, e.errors::jsonb, %s
-                FROM unnest(%s::text[], %s::bool[], %s::text[]) AS e(payload, truncated, errors)
+                FROM unnest(%b::text[], %b::bool[], %b::text[]) AS e(payload, truncated, errors)
                 WHERE EXISTS (SELECT 1 FROM ok)
             ), ins AS (
                 INSERT INTO {records_table} (usage_event_id, customer_id, "timestamp", period_start, data,
                                              idempotency_key, content_hash, received_at, voided, superseded)
                 SELECT %s, t.customer_id, t.ts, NULL, t.data::jsonb, t.idem, t.hash, %s, false, false
-                FROM unnest(%s::text[], %s::timestamptz[], %s::text[], %s::text[], %s::text[])
+                FROM unnest(%b::text[], %b::timestamptz[], %b::text[], %b::text[], %b::text[])
                      WITH ORDINALITY AS t(customer_id, ts, data, idem, hash, ord)
                 WHERE EXISTS (SELECT 1 FROM ok)
                 ORDER BY t.ord

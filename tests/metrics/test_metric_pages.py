@@ -253,6 +253,19 @@ def test_bad_input_shows_the_errors_next_to_their_fields_and_stores_nothing(
     assert not AuditEntry.objects.filter(action="metric.create").exists()
 
 
+def test_a_malformed_filter_list_is_an_error_not_a_crash(admin: Client, compute_hours: UsageEvent) -> None:
+    response = admin.post("/metrics/new/", builder_form(filters=json.dumps([{"field": ["region"], "op": "eq"}])))
+    preview = admin.post(
+        "/metrics/preview/", {**builder_form(filters="{not json"), **window(HOUR, HOUR + dt.timedelta(hours=1))}
+    )
+
+    assert response.status_code == 200
+    assert "list of {field, op, value} objects" in errors_for(response.content.decode(), "filters")
+    assert preview.status_code == 400
+    assert preview.json()["errors"]["filters"] == ["The filters are not valid JSON."]
+    assert not BillableMetric.objects.exists()
+
+
 def test_a_missing_name_is_reported_together_with_the_definitions_errors(
     admin: Client, compute_hours: UsageEvent
 ) -> None:
