@@ -38,6 +38,7 @@ from zenskar_site.errors import NotFound, ValidationFailed
 from zenskar_site.services import audit_record
 
 METRIC_SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}\Z", re.ASCII)
+RESERVED_SLUGS = frozenset({"new", "preview"})  # dashboard and API routes beside /metrics/<slug>/
 DEFINITION_FIELDS = ("kind", "usage_event", "aggregation", "field", "filters", "group_by", "sql", "granularity")
 MAX_GROUP_BY = 3
 MAX_FILTERS = 20
@@ -104,12 +105,19 @@ def _builder_validate(*, organisation_id: Any, body: dict[str, Any], errors: dic
         else None
     )
     if usage_event is None:
-        errors["usage_event"] = [f"No active usage event with API slug {slug!r} in this organisation."]
+        errors["usage_event"] = (
+            [f"No active usage event with API slug {slug!r} in this organisation."]
+            if slug
+            else ["Choose the usage event the metric reads."]
+        )
         return {}
     fields: dict[str, str] = usage_event.dataschema.get("data", {})
     aggregation = body.get("aggregation")
     field = body.get("field") or ""
-    if aggregation not in Aggregation.values:
+    if not isinstance(field, str):
+        errors["field"] = ["Expected a field name (a string)."]
+        return {}
+    if not isinstance(aggregation, str) or aggregation not in Aggregation.values:
         errors["aggregation"] = [f"Aggregation must be one of: {', '.join(Aggregation.values)}."]
     elif aggregation == Aggregation.COUNT:
         field = ""
@@ -130,10 +138,10 @@ def _builder_validate(*, organisation_id: Any, body: dict[str, Any], errors: dic
                 errors[path] = ["Expected an object {field, op, value}."]
                 continue
             name, op = condition.get("field"), condition.get("op")
-            if name not in fields:
+            if not isinstance(name, str) or name not in fields:
                 errors[f"{path}.field"] = [f"Unknown field {name!r}."]
                 continue
-            if op not in FILTER_OPS:
+            if not isinstance(op, str) or op not in FILTER_OPS:
                 errors[f"{path}.op"] = [f"Operator must be one of: {', '.join(FILTER_OPS)}."]
                 continue
             base = type_parse(fields[name]).base
@@ -159,8 +167,13 @@ def _builder_validate(*, organisation_id: Any, body: dict[str, Any], errors: dic
                 {"field": name, "op": op, "value": converted if op in ("in", "not_in") else converted[0]}
             )
     group_by = body.get("group_by") or []
-    if not isinstance(group_by, list) or len(group_by) > MAX_GROUP_BY:
-        errors["group_by"] = [f"group_by is a list of at most {MAX_GROUP_BY} fields."]
+    if (
+        not isinstance(group_by, list)
+        or len(group_by) > MAX_GROUP_BY
+        or not all(isinstance(name, str) for name in group_by)
+    ):
+        errors["group_by"] = [f"group_by is a list of at most {MAX_GROUP_BY} field names."]
+        group_by = []
     else:
         for name in group_by:
             if name not in fields:
@@ -216,6 +229,8 @@ def metric_create(*, actor: Actor, body: dict[str, Any]) -> BillableMetric:
         errors["slug"] = [
             "A slug is 1-64 characters: lowercase letters, digits, _ or -, starting with a letter or digit."
         ]
+    elif slug in RESERVED_SLUGS:
+        errors["slug"] = [f"{slug!r} is reserved; choose another slug."]
     elif BillableMetric.objects.filter(organisation=actor.organisation, slug=slug).exists():
         errors["slug"] = [f"The slug {slug!r} is already taken in this organisation."]
     try:

@@ -1,6 +1,6 @@
 from django.urls import include, path
 
-from usage import csv_views, views
+from usage import csv_views, record_views, views
 
 app_name = "usage"
 
@@ -21,4 +21,6 @@ urlpatterns = [
     path("metrics/<str:metric_slug>/export.csv", csv_views.metric_values_export, name="metric-values-export"),
     path("<str:api_slug>/export.csv", csv_views.records_export, name="records-export"),
     path("<str:api_slug>/", views.usage_event_detail, name="event-detail"),
+    path("<str:api_slug>/records/<int:record_id>/", record_views.record_edit, name="record-edit"),
+    path("<str:api_slug>/records/void/", record_views.records_void_view, name="records-void"),
 ]

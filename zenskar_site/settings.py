@@ -177,6 +177,13 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {
+        "PeriodEnum": "usage.models.Period",
+        "UsageEventKindEnum": "usage.models.UsageEventKind",
+        "MetricKindEnum": "metrics.models.MetricKind",
+        "AggregationEnum": "metrics.models.Aggregation",
+        "ApiKeyScopeEnum": "zenskar_site.models.ApiKeyScope",
+    },
 }
 
 # Celery: Redis in production mode; in embedded mode a filesystem broker under DATA_DIR, drained by

@@ -338,3 +338,26 @@ def test_metrics_of_another_organisation_are_invisible(
     assert api.get("/api/v1/metrics/").json()["results"] == []
     assert api.get("/api/v1/metrics/cpu/").status_code == 404
     assert api.get("/api/v1/metrics/cpu/values/").status_code == 404
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"field": ["cpu_usage_hours"]},
+        {"aggregation": ["sum"]},
+        {"filters": [{"field": ["x"], "op": "eq", "value": 1}]},
+        {"filters": [{"field": "region", "op": {"x": 1}, "value": 1}]},
+        {"group_by": [["region"]]},
+        {"group_by": "region"},
+        {"slug": "preview"},
+        {"slug": "new"},
+        {"usage_event": ""},
+    ],
+)
+def test_wrong_typed_definitions_get_400_not_500(
+    api: APIClient, compute_hours: UsageEvent, body: dict[str, Any]
+) -> None:
+    response = create(api, **body)
+    assert response.status_code == 400, response.content
+    assert response.json()["errors"]
+    assert not BillableMetric.objects.exists()
