@@ -6,12 +6,12 @@ import datetime as dt
 from decimal import Decimal
 from typing import Any
 
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 
 from metrics.engine import decimal_text, to_decimal
 from metrics.models import BillableMetric, MetricValue
 from zenskar_site.errors import NotFound
-from zenskar_site.models import Organisation
+from zenskar_site.models import AuditEntry, Organisation
 
 
 def metrics_list(*, organisation: Organisation, include_archived: bool = False) -> QuerySet[BillableMetric]:
@@ -30,6 +30,17 @@ def metric_get(*, organisation: Organisation, slug: str) -> BillableMetric:
 
 def metric_values_list(*, metric: BillableMetric) -> QuerySet[MetricValue]:
     return MetricValue.objects.filter(metric=metric)
+
+
+def metric_audit_entries(*, metric: BillableMetric, limit: int = 30) -> list[AuditEntry]:
+    """The metric's audit trail: changes to its definition and overrides of its values, newest first."""
+    return list(
+        AuditEntry.objects.filter(organisation_id=metric.organisation_id)
+        .filter(
+            Q(object_type="metric", object_id=metric.slug) | Q(object_type="metric_value", after__metric=metric.slug)
+        )
+        .order_by("-at", "-id")[:limit]
+    )
 
 
 def metric_total(

@@ -644,7 +644,13 @@ def metric_value_override(
             raise ValidationFailed({"override_value": [str(exc)]}) from None
     if not isinstance(reason, str) or not reason.strip():
         raise ValidationFailed({"reason": ["Say why the value is overridden (or the override cleared)."]})
-    before = {"override_value": value.override_value, "computed_value": value.computed_value}
+    before = {
+        "metric": metric_slug,
+        "customer_id": value.customer_id,
+        "period_start": value.period_start.isoformat(),
+        "override_value": value.override_value,
+        "computed_value": value.computed_value,
+    }
     value.override_value = override_value
     value.override_reason = reason.strip() if override_value is not None else ""
     value.save(update_fields=["override_value", "override_reason", "updated_at"])
@@ -654,7 +660,7 @@ def metric_value_override(
         object_type="metric_value",
         object_id=str(value.id),
         before=before,
-        after={"override_value": value.override_value, "computed_value": value.computed_value},
+        after={**before, "override_value": value.override_value},
         reason=reason.strip(),
     )
     return value

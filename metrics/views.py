@@ -33,7 +33,7 @@ from metrics.forms import (
     default_preview_window,
 )
 from metrics.models import BillableMetric, MetricKind, MetricValue, RecomputeState
-from metrics.selectors import metric_get, metric_values_list, metrics_list
+from metrics.selectors import metric_audit_entries, metric_get, metric_values_list, metrics_list
 from metrics.services import metric_create, metric_definition_validate, metric_value_override
 from usage.models import Period, UsageEvent
 from usage.selectors import usage_events_list
@@ -514,6 +514,7 @@ def metric_detail(request: HttpRequest, actor: Actor, slug: str) -> HttpResponse
         "metrics/metric_detail.html",
         {
             "metric": metric,
+            "audit": metric_audit_entries(metric=metric),
             "is_sql": metric.kind == MetricKind.SQL,
             "filter_lines": _filter_summary(metric),
             "sources": list(metric.sources.order_by("api_slug")),

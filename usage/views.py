@@ -30,6 +30,7 @@ from usage.services import usage_event_create
 from zenskar_site.actors import Actor
 from zenskar_site.dashboard import form_errors_apply, member_view
 from zenskar_site.errors import NotFound, ValidationFailed
+from zenskar_site.selectors import audit_entries_list
 
 FORM_FIELDS = {
     "name": "name",
@@ -320,6 +321,11 @@ def usage_event_detail(request: HttpRequest, actor: Actor, api_slug: str) -> Htt
             "endpoint": endpoint,
             "curl": curl_example(url=endpoint, organisation_id=str(actor.organisation.id), body=body),
             "schema_json": json.dumps(usage_event.dataschema, indent=2),
+            "audit": list(
+                audit_entries_list(organisation=actor.organisation).filter(
+                    object_type="usage_event", object_id=usage_event.api_slug
+                )[:20]
+            ),
             "filters": filters,
             "filtered": valid and any(filters.cleaned_data[name] for name in ("customer_id", "start", "end")),
             "records": records,

@@ -12,7 +12,7 @@ from zenskar_site.actors import Actor
 from zenskar_site.dashboard import form_errors_apply, member_view
 from zenskar_site.errors import DomainError, ValidationFailed
 from zenskar_site.models import ApiKeyScope
-from zenskar_site.selectors import SESSION_ORGANISATION_KEY, api_keys_list, memberships_for_user
+from zenskar_site.selectors import SESSION_ORGANISATION_KEY, api_keys_list, audit_entries_list, memberships_for_user
 from zenskar_site.services import api_key_create, api_key_revoke
 
 CREATED_SECRET_SESSION_KEY = "created_api_key_secret"
@@ -59,7 +59,12 @@ def api_keys(request: HttpRequest, actor: Actor) -> HttpResponse:
     return render(
         request,
         "zenskar_site/api_keys.html",
-        {"form": form, "keys": api_keys_list(organisation=actor.organisation), "created_secret": created_secret},
+        {
+            "form": form,
+            "keys": api_keys_list(organisation=actor.organisation),
+            "created_secret": created_secret,
+            "audit": list(audit_entries_list(organisation=actor.organisation).filter(object_type="api_key")[:20]),
+        },
     )
 
 

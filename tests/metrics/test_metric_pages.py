@@ -288,7 +288,7 @@ def test_a_taken_slug_and_a_missing_usage_event_are_reported_on_their_fields(
     html = response.content.decode()
     assert response.status_code == 200
     assert "already taken" in errors_for(html, "slug")
-    assert "No active usage event" in errors_for(html, "usage_event")
+    assert "Choose the usage event" in errors_for(html, "usage_event")
     assert BillableMetric.objects.count() == 1
 
 

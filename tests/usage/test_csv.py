@@ -322,10 +322,12 @@ def test_cells_are_converted_per_field_type_and_empty_cells_are_absent(actor: Ac
 
 
 def make_rows(count: int, *, seed: int = 7) -> list[dict[str, Any]]:
-    """Usage as a client would send it: history older than the 35-day bound, a few repeated rows
-    (a retried send) and rows without idempotency keys."""
+    """Usage as a client would send it: history older than the 35-day bound, every type of field,
+    absent values, a few repeated rows (a retried send) and rows without idempotency keys."""
     rng = random.Random(seed)
     start = (NOW - dt.timedelta(days=75)).replace(minute=0, second=0)
+    # Mostly in time order, as history usually is, with a few late rows.
+    moments = sorted(start + dt.timedelta(seconds=rng.randint(0, 70 * 86400)) for _ in range(count))
     rows: list[dict[str, Any]] = []
     for i in range(count):
         if i % 997 == 5:  # a retried row: the same key and content
@@ -340,7 +342,8 @@ def make_rows(count: int, *, seed: int = 7) -> list[dict[str, Any]]:
             data["cost"] = f"{rng.randint(0, 10**5)}.{rng.randint(0, 999):03d}"
         if rng.random() < 0.5:
             data["spot"] = rng.random() < 0.5
-        moment = start + dt.timedelta(seconds=rng.randint(0, 70 * 86400), microseconds=rng.choice([0, 250000]))
+        moment = moments[i] if rng.random() < 0.98 else start + dt.timedelta(seconds=rng.randint(0, 70 * 86400))
+        moment += dt.timedelta(microseconds=rng.choice([0, 250000]))
         row = {"customer_id": f"cus_{rng.randint(1, 150)}", "timestamp": iso(moment), "data": data}
         if i % 9:
             row["idempotency_key"] = f"job-{i}"
@@ -387,15 +390,7 @@ def create_metrics(api: APIClient, capture: Any, slug: str) -> None:
             assert response.status_code == 201, response.json()
 
 
-@pytest.mark.parametrize(
-    "count",
-    [
-        pytest.param(20_000, id="20k"),
-        pytest.param(100_000, id="100k", marks=pytest.mark.postgres),
-    ],
-)
-def test_a_csv_import_gives_the_same_records_and_metric_values_as_the_api(
-    count: int,
+def test_a_csv_of_100k_rows_gives_the_same_records_and_metric_values_as_the_api(
     actor: Actor,
     organisation: Organisation,
     api: APIClient,
@@ -405,6 +400,7 @@ def test_a_csv_import_gives_the_same_records_and_metric_values_as_the_api(
     via_csv = usage_event_make(organisation=organisation, api_slug="via_csv", name="Via CSV", data=dict(RICH_SCHEMA))
     create_metrics(api, django_capture_on_commit_callbacks, "via_api")
     create_metrics(api, django_capture_on_commit_callbacks, "via_csv")
+    count = 100_000
     rows = make_rows(count)
     timings: dict[str, float] = {}
 
