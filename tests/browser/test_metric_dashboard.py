@@ -114,7 +114,7 @@ def test_build_preview_save_and_watch_a_metric_follow_ingestion(
 
     # Preview before choosing a usage event: the error sits next to that field, nothing is saved.
     page.get_by_role("button", name="Preview").click()
-    expect(page.locator('[data-errors-for="usage_event"] .error')).to_contain_text("No active usage event")
+    expect(page.locator('[data-errors-for="usage_event"] .error')).to_contain_text("Choose the usage event")
     expect(page.locator("#preview-error")).to_be_visible()
     screenshot("metric_02_preview_error")
 
@@ -209,6 +209,11 @@ def test_build_preview_save_and_watch_a_metric_follow_ingestion(
         "3",
         "Goodwill credit, ticket 4711",
     )
+    audit = page.locator("#metric-audit")
+    expect(audit).to_contain_text("metric_value.override")
+    expect(audit).to_contain_text("Goodwill credit, ticket 4711")
+    expect(audit).to_contain_text(f"user:{ADMIN_EMAIL}")
+    page.locator("#audit").scroll_into_view_if_needed()
     screenshot("metric_08_overridden")
 
     # And clears it again, with a reason too.

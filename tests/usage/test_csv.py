@@ -662,8 +662,10 @@ def test_records_export_streams_and_round_trips_through_an_import(
     response = admin_client.get("/usage-events/jobs/export.csv")
 
     exported = streamed_rows(response)
+    schema_order = list(UsageEvent.objects.get(id=rich.id).dataschema["data"])  # jsonb keeps its own order
+    assert sorted(schema_order) == sorted(RICH_SCHEMA)
     assert exported[0] == [
-        "id", "customer_id", "timestamp", *RICH_SCHEMA, "idempotency_key", "received_at", "voided", "superseded"
+        "id", "customer_id", "timestamp", *schema_order, "idempotency_key", "received_at", "voided", "superseded"
     ]  # fmt: skip
     assert len(exported) == UsageRecord.objects.filter(usage_event=rich).count()  # header + all but the voided one
     assert str(voided.id) not in {row[0] for row in exported[1:]}
@@ -702,7 +704,8 @@ def test_records_export_filters_by_customer_and_time(
     bad = admin_client.get("/usage-events/compute_hours/export.csv", {"from": "soon"})
 
     exported = streamed_rows(response)
-    assert [(row[1], row[2], row[3]) for row in exported[1:]] == [
+    hours = exported[0].index("cpu_usage_hours")
+    assert [(row[1], row[2], row[hours]) for row in exported[1:]] == [
         ("a", iso(start + dt.timedelta(hours=1)), "1.0"),
         ("a", iso(start + dt.timedelta(hours=30)), "30.0"),
     ]
