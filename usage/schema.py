@@ -227,9 +227,13 @@ def datetime_parse(value: Any) -> dt.datetime:
             raise InvalidValue("Expected DateTime64, got a date or time that does not exist.") from None
     if _OFFSET_DATETIME_RE.match(value):
         text = value
-        fraction = re.search(r"\.(\d+)", text)
-        if fraction and len(fraction.group(1)) > 6:  # nanoseconds: keep microseconds
-            text = text.replace(fraction.group(0), "." + fraction.group(1)[:6], 1)
+        dot = text.find(".")
+        if dot != -1:  # DateTime64 may carry nanoseconds; Python keeps microseconds
+            end = dot + 1
+            while end < len(text) and text[end].isdigit():
+                end += 1
+            if end - dot - 1 > 6:
+                text = text[: dot + 7] + text[end:]
         try:
             return dt.datetime.fromisoformat(text.replace("z", "Z")).astimezone(dt.UTC)
         except (ValueError, OverflowError):
