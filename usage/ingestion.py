@@ -23,8 +23,9 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Q
 
+from metrics.engine import period_floor
 from metrics.models import DirtyBucket
-from usage.models import IngestionError, Period, UsageEvent, UsageEventKind, UsageRecord
+from usage.models import IngestionError, UsageEvent, UsageEventKind, UsageRecord
 from usage.schema import ValidRecord, dataschema_has_decimal, datetime_format, record_validator
 from zenskar_site.errors import DomainError
 from zenskar_site.models import ApiKey, ApiKeyScope
@@ -265,14 +266,8 @@ def _reject_constant(name: str) -> Any:
 # --- the write path ---
 
 
-def period_start_of(timestamp: dt.datetime, period: str) -> dt.datetime:
-    start = timestamp.astimezone(dt.UTC).replace(minute=0, second=0, microsecond=0)
-    if period == Period.HOUR:
-        return start
-    start = start.replace(hour=0)
-    if period == Period.DAY:
-        return start
-    return start.replace(day=1)
+# An aggregate record's period is found exactly as a metric's period is.
+period_start_of = period_floor
 
 
 def content_hash_of(record: ValidRecord) -> str:
