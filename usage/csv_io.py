@@ -50,6 +50,7 @@ CSV_MAX_BYTES = 50 * 1024 * 1024
 BATCH_SIZE = 1000
 ERRORS_KEPT = 50
 SAMPLE_ROWS = 3
+SAMPLE_CELL_CHARS = 200
 EXPORT_CHUNK = 2000
 VALUE_SHOWN_CHARS = 80
 ROOT_TARGETS = ("customer_id", "timestamp", "idempotency_key")
@@ -151,7 +152,7 @@ def _inspect(content: bytes) -> _Inspection:
             elif not _blank(cells):
                 rows += 1
                 if len(sample) < SAMPLE_ROWS:
-                    sample.append(cells)
+                    sample.append([cell[:SAMPLE_CELL_CHARS] for cell in cells])
     except UnicodeDecodeError:
         raise _encoding_error(content)
     except csv.Error as exc:
@@ -333,7 +334,7 @@ class _Errors:
     def add(self, *, row: int, column: str, field: str, value: str, message: str) -> None:
         self.kept.append({"row": row, "column": column, "field": field, "value": _clip(value), "message": message})
         if len(self.kept) > ERRORS_KEPT:
-            self.kept.sort(key=lambda error: error["row"])
+            self.kept.sort(key=_by_row)
             del self.kept[ERRORS_KEPT:]
 
     def add_record_errors(
@@ -347,7 +348,11 @@ class _Errors:
                 self.add(row=row, column=column, field=path, value=value, message=message)
 
     def sorted(self) -> list[dict[str, Any]]:
-        return sorted(self.kept, key=lambda error: error["row"])
+        return sorted(self.kept, key=_by_row)
+
+
+def _by_row(error: dict[str, Any]) -> int:
+    return error["row"] if error["row"] is not None else 0  # a whole-import problem comes first
 
 
 # --- selectors ---
@@ -555,7 +560,11 @@ def csv_import_confirm(*, actor: Actor, import_id: int, enqueue: bool = True) ->
             raise ValidationFailed(
                 {"usage_event": [f"The usage event {csv_import.usage_event.api_slug!r} is archived."]}
             )
-        CsvImport.objects.filter(id=csv_import.id).update(status=CsvImportStatus.IMPORTING, finished_at=None)
+        # A resumed import forgets why it stopped; the rows it rejected stay listed.
+        errors = [error for error in csv_import.errors if error.get("row") is not None]
+        CsvImport.objects.filter(id=csv_import.id).update(
+            status=CsvImportStatus.IMPORTING, finished_at=None, errors=errors
+        )
         csv_import.status, csv_import.finished_at = CsvImportStatus.IMPORTING, None
         audit_record(
             actor=actor,

@@ -518,6 +518,7 @@ def test_a_crashed_import_resumes_after_its_last_batch_and_stores_nothing_twice(
     assert again is not None
     assert (resumed.status, resumed.rows_done, resumed.accepted) == (CsvImportStatus.DONE, 2500, 2500)
     assert again.status == CsvImportStatus.DONE
+    assert resumed.errors == []  # why it stopped is forgotten once it has resumed
     assert sorted(float(r.data["cpu_usage_hours"]) for r in UsageRecord.objects.all()) == [
         float(i) for i in range(2500)
     ]
