@@ -26,7 +26,6 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
-from pathlib import PurePath
 from typing import Any
 
 import orjson
@@ -406,7 +405,7 @@ def csv_import_create(*, actor: Actor, usage_event_slug: str, filename: str, con
         organisation=actor.organisation,
         usage_event=usage_event,
         created_by=actor.user,
-        filename=PurePath(filename or "upload.csv").name[:255] or "upload.csv",
+        filename=(filename or "").replace("\\", "/").rsplit("/", 1)[-1][:255] or "upload.csv",
         content=content,
         delimiter=found.delimiter,
         columns=found.columns,
