@@ -198,7 +198,7 @@ def test_api_key_is_shown_once_and_can_be_revoked(
     assert key.name == "Ingest from billing-worker"
     assert key.scope == "ingest"
     assert secret.startswith(f"zk_{key.prefix}_")
-    row = page.locator("tbody tr", has_text=key.prefix)
+    row = page.locator("#api-keys-table tbody tr", has_text=key.prefix)
     expect(row).to_contain_text("Ingest from billing-worker")
     screenshot("09_api_key_created")
 
@@ -220,7 +220,7 @@ def test_api_key_is_shown_once_and_can_be_revoked(
     page.on("dialog", accept)
     row.get_by_role("button", name="Revoke").click()
     expect(page.locator(".message.success")).to_contain_text(f"API key {key.prefix} revoked")
-    expect(page.locator("tbody tr", has_text=key.prefix)).to_have_count(0)
+    expect(page.locator("#api-keys-table tbody tr", has_text=key.prefix)).to_have_count(0)
     expect(page.get_by_text("No active keys.")).to_be_visible()
     assert len(dialogs) == 1
     assert key.prefix in dialogs[0]

@@ -256,3 +256,18 @@ def test_dashboard_void_by_filter(organisation: Organisation, metered: UsageEven
     assert UsageRecord.objects.filter(voided=True).count() == 2
     page = client.get("/usage-events/compute_hours/?customer_id=a")
     assert 'id="void-by-filter"' in page.content.decode()
+
+
+def test_the_event_page_links_an_export_of_the_filtered_records(
+    organisation: Organisation, metered: UsageEvent, client: Any
+) -> None:
+    from tests.factories import organisation_admin
+
+    client.force_login(organisation_admin(organisation))
+    page = client.get("/usage-events/compute_hours/?customer_id=a").content.decode()
+    start = page.index('id="records-export" href="') + len('id="records-export" href="')
+    url = page[start : page.index('"', start)].replace("&amp;", "&")
+    exported = b"".join(client.get(url).streaming_content).decode()
+
+    assert url.startswith("/usage-events/compute_hours/export.csv?customer=a")
+    assert exported.count("\n") == 3  # the header and customer a's two records
