@@ -152,16 +152,23 @@ def hot_cursor() -> Iterator[Any]:
     import psycopg
 
     connection.ensure_connection()
-    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
-        yield PreparedCursor(cursor)
+    raw = connection.connection
+    prepared = settings.DB_PREPARED_STATEMENTS
+    if prepared and raw.prepare_threshold is None:
+        # Django turns server-side prepared statements off for the connection (its ORM cursors bind
+        # on the client and never prepare); the hot path's fixed statements are worth preparing.
+        raw.prepare_threshold = 5
+    with connection.wrap_database_errors, psycopg.Cursor(raw) as cursor:
+        yield PreparedCursor(cursor, prepare=prepared)
 
 
 class PreparedCursor:
-    def __init__(self, cursor: Any) -> None:
+    def __init__(self, cursor: Any, *, prepare: bool) -> None:
         self.cursor = cursor
+        self.prepare = prepare
 
     def execute(self, sql: str, params: list[Any]) -> None:
-        self.cursor.execute(sql, params, prepare=True)
+        self.cursor.execute(sql, params, prepare=self.prepare or None)
 
     def fetchone(self) -> Any:
         return self.cursor.fetchone()
@@ -308,16 +315,38 @@ def _insert_records_postgres(
         else "SELECT 1"
     )
     guard_params: list[Any] = [usage_event_id, guard[0], guard[1]] if guard else []
-    with hot_cursor() as cursor:
-        cursor.execute(
-            f"""
-            WITH ok AS ({guard_sql}), errs AS (
+    # The error log's part is left out when there is nothing to log (most requests): every
+    # data-modifying CTE costs the server time even when it inserts nothing.
+    errors_sql = (
+        f"""errs AS (
                 INSERT INTO {errors_table}
                     (usage_event_id, received_at, payload, payload_truncated, errors, api_key_prefix)
                 SELECT %s, %s, e.payload::jsonb, e.truncated, e.errors::jsonb, %s
                 FROM unnest(%b::text[], %b::bool[], %b::text[]) AS e(payload, truncated, errors)
                 WHERE EXISTS (SELECT 1 FROM ok)
-            ), ins AS (
+            ), """
+        if error_rows
+        else ""
+    )
+    errors_params: list[Any] = (
+        [
+            usage_event_id,
+            received_at,
+            api_key_prefix,
+            [e[0] for e in error_rows],
+            [e[1] for e in error_rows],
+            [e[2] for e in error_rows],
+        ]
+        if error_rows
+        else []
+    )
+    # Hours are marked from the candidates (a duplicate's hour marked too only costs a recompute),
+    # computed here rather than with date_trunc(..., 'UTC') in the server.
+    hours = sorted({c.record.timestamp.replace(minute=0, second=0, microsecond=0) for c in rows})
+    with hot_cursor() as cursor:
+        cursor.execute(
+            f"""
+            WITH ok AS ({guard_sql}), {errors_sql}ins AS (
                 INSERT INTO {records_table} (usage_event_id, customer_id, "timestamp", period_start, data,
                                              idempotency_key, content_hash, received_at, voided, superseded)
                 SELECT %s, t.customer_id, t.ts, NULL, t.data::jsonb, t.idem, t.hash, %s, false, false
@@ -329,7 +358,7 @@ def _insert_records_postgres(
                 RETURNING id, idempotency_key, "timestamp"
             ), dirty AS (
                 INSERT INTO {dirty_table} (usage_event_id, hour_start)
-                SELECT DISTINCT %s, date_trunc('hour', "timestamp", 'UTC') FROM ins
+                SELECT %s, h FROM unnest(%b::timestamptz[]) AS h WHERE EXISTS (SELECT 1 FROM ins)
             )
             SELECT 0 AS part, (SELECT count(*) FROM ok) AS id, NULL AS idempotency_key
             UNION ALL
@@ -338,12 +367,7 @@ def _insert_records_postgres(
             """,
             [
                 *guard_params,
-                usage_event_id,
-                received_at,
-                api_key_prefix,
-                [e[0] for e in error_rows],
-                [e[1] for e in error_rows],
-                [e[2] for e in error_rows],
+                *errors_params,
                 usage_event_id,
                 received_at,
                 [c.record.customer_id for c in rows],
@@ -352,6 +376,7 @@ def _insert_records_postgres(
                 [c.record.idempotency_key for c in rows],
                 [c.content_hash for c in rows],
                 usage_event_id,
+                hours,
             ],
         )
         rows_back = cursor.fetchall()

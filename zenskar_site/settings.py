@@ -244,6 +244,10 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = max(INGEST_MAX_BODY_BYTES * 2, 2621440)
 # The ingestion error log keeps this many days of rejected records.
 INGEST_ERROR_RETENTION_DAYS = env_int("INGEST_ERROR_RETENTION_DAYS", 30)
 
+# The ingestion hot path prepares its fixed statements on the server. Turn off behind a pooler in
+# transaction mode (PgBouncer), where a prepared statement may not exist on the next connection.
+DB_PREPARED_STATEMENTS = env_bool("DB_PREPARED_STATEMENTS", default=True)
+
 # API keys: last_used_at is written at most this often per key, keeping auth off the write path.
 API_KEY_TOUCH_SECONDS = env_int("API_KEY_TOUCH_SECONDS", 60)
 
