@@ -343,6 +343,35 @@ def _insert_records_postgres(
     # Hours are marked from the candidates (a duplicate's hour marked too only costs a recompute),
     # computed here rather than with date_trunc(..., 'UTC') in the server.
     hours = sorted({c.record.timestamp.replace(minute=0, second=0, microsecond=0) for c in rows})
+    if len(rows) == 1:  # the single-record request: scalars bind cheaper than one-element arrays
+        source = (
+            "(SELECT %b::text, %b::timestamptz, %b::text, %b::text, %b::text, 1) "
+            "AS t(customer_id, ts, data, idem, hash, ord)"
+        )
+        hours_source = "(SELECT %b::timestamptz) AS x(h)"
+        record = rows[0].record
+        row_params: list[Any] = [
+            record.customer_id,
+            record.timestamp,
+            orjson.dumps(record.data).decode(),
+            record.idempotency_key,
+            rows[0].content_hash,
+        ]
+        hours_param: Any = hours[0]
+    else:
+        source = (
+            "unnest(%b::text[], %b::timestamptz[], %b::text[], %b::text[], %b::text[]) "
+            "WITH ORDINALITY AS t(customer_id, ts, data, idem, hash, ord)"
+        )
+        hours_source = "unnest(%b::timestamptz[]) AS h"
+        row_params = [
+            [c.record.customer_id for c in rows],
+            [c.record.timestamp for c in rows],
+            [orjson.dumps(c.record.data).decode() for c in rows],
+            [c.record.idempotency_key for c in rows],
+            [c.content_hash for c in rows],
+        ]
+        hours_param = hours
     with hot_cursor() as cursor:
         cursor.execute(
             f"""
@@ -350,15 +379,14 @@ def _insert_records_postgres(
                 INSERT INTO {records_table} (usage_event_id, customer_id, "timestamp", period_start, data,
                                              idempotency_key, content_hash, received_at, voided, superseded)
                 SELECT %s, t.customer_id, t.ts, NULL, t.data::jsonb, t.idem, t.hash, %s, false, false
-                FROM unnest(%b::text[], %b::timestamptz[], %b::text[], %b::text[], %b::text[])
-                     WITH ORDINALITY AS t(customer_id, ts, data, idem, hash, ord)
+                FROM {source}
                 WHERE EXISTS (SELECT 1 FROM ok)
                 ORDER BY t.ord
                 ON CONFLICT (usage_event_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
                 RETURNING id, idempotency_key, "timestamp"
             ), dirty AS (
                 INSERT INTO {dirty_table} (usage_event_id, hour_start)
-                SELECT %s, h FROM unnest(%b::timestamptz[]) AS h WHERE EXISTS (SELECT 1 FROM ins)
+                SELECT %s, h FROM {hours_source} WHERE EXISTS (SELECT 1 FROM ins)
             )
             SELECT 0 AS part, (SELECT count(*) FROM ok) AS id, NULL AS idempotency_key
             UNION ALL
@@ -370,13 +398,9 @@ def _insert_records_postgres(
                 *errors_params,
                 usage_event_id,
                 received_at,
-                [c.record.customer_id for c in rows],
-                [c.record.timestamp for c in rows],
-                [orjson.dumps(c.record.data).decode() for c in rows],
-                [c.record.idempotency_key for c in rows],
-                [c.content_hash for c in rows],
+                *row_params,
                 usage_event_id,
-                hours,
+                hours_param,
             ],
         )
         rows_back = cursor.fetchall()

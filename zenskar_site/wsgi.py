@@ -3,7 +3,7 @@
 `POST /usage/{api_slug}` takes a lean route around Django's middleware stack: it carries no
 session, cookie or CSRF state, authenticates by API key, and is the one path whose cost is paid
 per record stream. It still validates the Host header, honours SECURE_SSL_REDIRECT and sends
-Django's request signals (which manage database connections). Everything else goes to Django.
+retires broken or expired database connections as Django's request signals do. Everything else goes to Django.
 """
 
 import os
