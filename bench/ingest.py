@@ -34,7 +34,7 @@ COPY_RECORDS = 200_000
 DURATION = int(os.environ.get("BENCH_SECONDS", "10"))
 CLIENT_CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "8"))
 BENCH_REDIS = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
-WORKERS = os.environ.get("WEB_CONCURRENCY", str((os.cpu_count() or 2) * 2 + 1))
+WORKERS = os.environ.get("WEB_CONCURRENCY", str((os.cpu_count() or 2) + 1))
 
 
 def admin_url() -> str:

@@ -1,14 +1,17 @@
 """gunicorn settings for production mode: `gunicorn -c zenskar_site/gunicorn.conf.py zenskar_site.wsgi`.
 
-Sync workers: each request is a short database transaction, so processes scale with cores and
-more web machines scale it further. WEB_CONCURRENCY overrides the process count.
+Sync workers by default: each request is a short database transaction, so processes scale with
+cores and more web machines scale it further. WEB_CONCURRENCY, GUNICORN_WORKER_CLASS (gthread keeps
+client connections alive) and GUNICORN_THREADS override the defaults.
 """
 
 import multiprocessing
 import os
 
 bind = os.environ.get("BIND", f"0.0.0.0:{os.environ.get('PORT', '8000')}")
-workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count() * 2 + 1))
+# One process per core plus one: each request is CPU work in Python plus a short wait on the
+# database, and more processes than that only add context switches (measured in bench/ingest.py).
+workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count() + 1))
 worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "sync")
 threads = int(os.environ.get("GUNICORN_THREADS", "1"))
 timeout = 30

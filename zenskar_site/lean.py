@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import connection
 from django.http.request import split_domain_port, validate_host
 
 from usage.api import IngestCall, backfill_requested, ingest_handle
@@ -57,8 +57,8 @@ def _respond(start_response: Callable[..., Any], status: int, body: bytes, heade
 
 def ingest_application(environ: dict[str, Any], start_response: Callable[..., Any], slug: str) -> Iterable[bytes]:
     # What Django's request_started/finished receivers do for this path: retire a broken or expired
-    # database connection (so an outage heals on the next request), without the signal dispatch.
-    close_old_connections()
+    # database connection (so an outage heals on the next request), for the one database this route uses.
+    connection.close_if_unusable_or_obsolete()
     try:
         host = environ.get("HTTP_HOST") or environ.get("SERVER_NAME", "")
         domain, _ = split_domain_port(host)
@@ -86,4 +86,4 @@ def ingest_application(environ: dict[str, Any], start_response: Callable[..., An
         logger.exception("ingestion failed")
         return _respond(start_response, 500, b'{"detail":"Internal error; retry later."}', {})
     finally:
-        close_old_connections()
+        connection.close_if_unusable_or_obsolete()
