@@ -121,7 +121,7 @@ class DirtyBucket(models.Model):
     """
 
     id = models.BigAutoField(primary_key=True)
-    usage_event = models.ForeignKey(UsageEvent, on_delete=models.CASCADE, related_name="+")
+    usage_event = models.ForeignKey(UsageEvent, on_delete=models.CASCADE, related_name="+", db_index=False)
     hour_start = models.DateTimeField()
     created_at = models.DateTimeField(db_default=Now())
 

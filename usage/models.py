@@ -52,7 +52,8 @@ class UsageRecord(models.Model):
     """One stored row of a usage event: an event, or an aggregate value for a period."""
 
     id = models.BigAutoField(primary_key=True)
-    usage_event = models.ForeignKey(UsageEvent, on_delete=models.PROTECT, related_name="records")
+    # No single-column index: the composite indexes below all start with usage_event.
+    usage_event = models.ForeignKey(UsageEvent, on_delete=models.PROTECT, related_name="records", db_index=False)
     customer_id = models.CharField(max_length=255)
     timestamp = models.DateTimeField()
     # Start of the aggregate period the timestamp falls in (aggregate usage events only).
@@ -93,7 +94,9 @@ class IngestionError(models.Model):
     """A rejected record, kept so a user can see why it was not counted."""
 
     id = models.BigAutoField(primary_key=True)
-    usage_event = models.ForeignKey(UsageEvent, on_delete=models.CASCADE, related_name="ingestion_errors")
+    usage_event = models.ForeignKey(
+        UsageEvent, on_delete=models.CASCADE, related_name="ingestion_errors", db_index=False
+    )
     received_at = models.DateTimeField(db_index=True)
     payload = models.JSONField(null=True)
     payload_truncated = models.BooleanField(default=False)
