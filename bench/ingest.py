@@ -246,12 +246,14 @@ def main() -> int:
         batch_rps, batch_codes = wrk(
             f"http://127.0.0.1:{port}/usage/{slug}", batch_body, key, connections=CLIENT_CONNECTIONS
         )
+        time.sleep(3)  # requests wrk left in flight finish before the next phase is measured
         batch_stored = stored_records() - before
         step(f"single-record endpoint: {CLIENT_CONNECTIONS * 2} connections for {DURATION}s")
         before = stored_records()
         single_rps, single_codes = wrk(
             f"http://127.0.0.1:{port}/usage/{slug}", single_body, key, connections=CLIENT_CONNECTIONS * 2
         )
+        time.sleep(3)
         single_stored = stored_records() - before
     finally:
         server.terminate()
