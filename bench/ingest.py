@@ -214,6 +214,12 @@ end
     return rate, codes
 
 
+def settle() -> None:
+    """Start each phase from the same server state: the previous phase's WAL flushed by a checkpoint."""
+    with psycopg.connect(admin_url(), autocommit=True) as conn:
+        conn.execute("CHECKPOINT")
+
+
 def stored_records() -> int:
     with psycopg.connect(bench_url()) as conn:
         return int(conn.execute("SELECT count(*) FROM usage_usagerecord").fetchone()[0])  # type: ignore[index]
@@ -228,6 +234,7 @@ def main() -> int:
         event_id = int(conn.execute("SELECT id FROM usage_usageevent WHERE api_slug = %s", [slug]).fetchone()[0])  # type: ignore[index]
 
     step(f"raw COPY limit: {COPY_RECORDS:,} records in {BATCH:,}-row transactions")
+    settle()
     copy_rate = copy_limit(event_id)
 
     # Batches carry no idempotency keys here so wrk can resend one body; keyed batches are measured
@@ -242,6 +249,7 @@ def main() -> int:
     server = gunicorn("zenskar_site.wsgi:application", port)
     try:
         step(f"batch endpoint: {CLIENT_CONNECTIONS} connections x {BATCH:,}-record batches for {DURATION}s")
+        settle()
         before = stored_records()
         batch_rps, batch_codes = wrk(
             f"http://127.0.0.1:{port}/usage/{slug}", batch_body, key, connections=CLIENT_CONNECTIONS
@@ -249,6 +257,7 @@ def main() -> int:
         time.sleep(3)  # requests wrk left in flight finish before the next phase is measured
         batch_stored = stored_records() - before
         step(f"single-record endpoint: {CLIENT_CONNECTIONS * 2} connections for {DURATION}s")
+        settle()
         before = stored_records()
         single_rps, single_codes = wrk(
             f"http://127.0.0.1:{port}/usage/{slug}", single_body, key, connections=CLIENT_CONNECTIONS * 2
