@@ -30,7 +30,7 @@ browser:
 	fi
 
 run: install
-	@mkdir -p .data
+	@mkdir -p .data/broker .data/broker-processed
 	$(PY) manage.py migrate --noinput -v0
 	@$(PY) manage.py seeddemo --port $(PORT)
 	$(PY) manage.py runembedded --port $(PORT)

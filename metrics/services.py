@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import re
 import time
 import zlib
@@ -37,6 +38,7 @@ from zenskar_site.actors import Actor
 from zenskar_site.errors import NotFound, ValidationFailed
 from zenskar_site.services import audit_record
 
+logger = logging.getLogger(__name__)
 METRIC_SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}\Z", re.ASCII)
 RESERVED_SLUGS = frozenset({"new", "preview"})  # dashboard and API routes beside /metrics/<slug>/
 DEFINITION_FIELDS = ("kind", "usage_event", "aggregation", "field", "filters", "group_by", "sql", "granularity")
@@ -216,7 +218,14 @@ def _recompute_after_commit(metric: BillableMetric) -> None:
     from metrics.tasks import metric_recompute_task
 
     metric_id, version = metric.id, metric.version
-    transaction.on_commit(lambda: metric_recompute_task.delay(metric_id, version))
+
+    def enqueue() -> None:
+        try:
+            metric_recompute_task.delay(metric_id, version)
+        except Exception:  # broker unreachable: the sweep restarts recomputes that make no progress
+            logger.warning("could not enqueue the recompute of metric %s v%s", metric_id, version, exc_info=True)
+
+    transaction.on_commit(enqueue)
 
 
 @transaction.atomic

@@ -361,3 +361,20 @@ def test_wrong_typed_definitions_get_400_not_500(
     assert response.status_code == 400, response.content
     assert response.json()["errors"]
     assert not BillableMetric.objects.exists()
+
+
+def test_a_metric_is_created_even_when_the_broker_is_unreachable(
+    api: APIClient, compute_hours: UsageEvent, monkeypatch: pytest.MonkeyPatch, django_capture_on_commit_callbacks: Any
+) -> None:
+    from metrics import tasks
+
+    def unreachable(*args: Any, **kwargs: Any) -> None:
+        raise ConnectionError("broker down")
+
+    monkeypatch.setattr(tasks.metric_recompute_task, "delay", unreachable)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = create(api)
+
+    assert response.status_code == 201
+    metric = BillableMetric.objects.get(slug="cpu")
+    assert metric.recompute_state == "running"  # the sweep restarts it once it stalls
