@@ -38,6 +38,7 @@ from metrics.services import metric_create, metric_definition_validate, metric_v
 from usage.models import Period, UsageEvent
 from usage.selectors import usage_events_list
 from zenskar_site.actors import Actor
+from zenskar_site.charts import BarChart, ChartPoint, bar_chart
 from zenskar_site.dashboard import member_view
 from zenskar_site.errors import NotFound, ValidationFailed
 
@@ -254,71 +255,8 @@ def window_choose(
     return Window(start=start, end=end, periods=periods), None
 
 
-# The chart: an inline SVG laid out here, drawn by the template.
-CHART_WIDTH, CHART_HEIGHT = 1000, 230
-PLOT_LEFT, PLOT_RIGHT, PLOT_TOP, PLOT_BOTTOM = 64, 950, 12, 200
+# The chart (zenskar_site.charts lays it out, the shared template draws it).
 X_LABELS = 10
-
-
-@dataclass(frozen=True)
-class ChartBar:
-    slot_x: float
-    slot_width: float
-    x: float
-    y: float
-    width: float
-    height: float
-    value: str
-    title: str
-
-
-@dataclass(frozen=True)
-class ChartTick:
-    position: float
-    label: str
-
-
-@dataclass(frozen=True)
-class MetricChart:
-    bars: list[ChartBar]
-    x_ticks: list[ChartTick]
-    y_ticks: list[ChartTick]
-    zero: float
-    total: str
-    width: int = CHART_WIDTH
-    height: int = CHART_HEIGHT
-    left: int = PLOT_LEFT
-    right: int = PLOT_RIGHT
-    top: int = PLOT_TOP
-    bottom: int = PLOT_BOTTOM
-
-    @property
-    def plot_height(self) -> int:
-        return self.bottom - self.top
-
-    @property
-    def y_label_x(self) -> int:
-        return self.left - 8
-
-    @property
-    def tick_end(self) -> int:
-        return self.bottom + 4
-
-    @property
-    def x_label_y(self) -> int:
-        return self.bottom + 18
-
-
-def _nice_step(span: float, ticks: int = 4) -> Decimal:
-    """The smallest 1, 2 or 5 times a power of ten that covers `span` in `ticks` steps."""
-    raw = span / ticks if span > 0 else 1.0
-    magnitude = Decimal(10) ** math.floor(math.log10(raw))
-    return next(m * magnitude for m in (Decimal(1), Decimal(2), Decimal(5), Decimal(10)) if m * magnitude >= raw)
-
-
-def _tick_label(value: Decimal, step: Decimal) -> str:
-    places = max(0, -step.normalize().as_tuple().exponent)  # type: ignore[operator]
-    return f"{value:,.{places}f}"
 
 
 def _period_label(moment: dt.datetime, granularity: str) -> str:
@@ -338,51 +276,21 @@ def _period_title(moment: dt.datetime, granularity: str, amount: Decimal | None)
     return f"{moment:%B %Y} UTC: {shown}"
 
 
-def metric_chart(*, periods: list[dt.datetime], totals: dict[dt.datetime, Decimal], granularity: str) -> MetricChart:
-    amounts = [totals.get(moment) for moment in periods]
-    known = [a for a in amounts if a is not None]
-    low, high = min([Decimal(0), *known]), max([Decimal(0), *known])
-    step = _nice_step(float(high - low))
-    top = max(step, step * math.ceil(high / step))
-    bottom = min(Decimal(0), step * math.floor(low / step))
-    plot_height = PLOT_BOTTOM - PLOT_TOP
-
-    def y_of(value: Decimal) -> float:
-        return PLOT_BOTTOM - plot_height * float((value - bottom) / (top - bottom))
-
-    zero = y_of(Decimal(0))
-    slot = (PLOT_RIGHT - PLOT_LEFT) / max(len(periods), 1)
+def metric_chart(*, periods: list[dt.datetime], totals: dict[dt.datetime, Decimal], granularity: str) -> BarChart:
     every = max(1, math.ceil(len(periods) / X_LABELS))
-    bars, x_ticks = [], []
-    for index, (moment, amount) in enumerate(zip(periods, amounts, strict=True)):
-        slot_x = PLOT_LEFT + slot * index
-        y = y_of(amount if amount is not None else Decimal(0))
-        bars.append(
-            ChartBar(
-                slot_x=round(slot_x, 2),
-                slot_width=round(slot, 2),
-                x=round(slot_x + slot * 0.125, 2),
-                y=round(min(y, zero), 2),
-                width=round(slot * 0.75, 2),
-                height=round(abs(zero - y), 2),
-                value=(decimal_text(amount) or "") if amount is not None else "",
+    points = []
+    for index, moment in enumerate(periods):
+        amount = totals.get(moment)
+        points.append(
+            ChartPoint(
+                amount=amount,
+                text=(decimal_text(amount) or "") if amount is not None else "",
                 title=_period_title(moment, granularity, amount),
+                label=_period_label(moment, granularity) if (len(periods) - 1 - index) % every == 0 else None,
             )
         )
-        if (len(periods) - 1 - index) % every == 0:
-            x_ticks.append(ChartTick(position=round(slot_x + slot / 2, 2), label=_period_label(moment, granularity)))
-    y_ticks = []
-    tick = bottom
-    while tick <= top:
-        y_ticks.append(ChartTick(position=round(y_of(tick), 2), label=_tick_label(tick, step)))
-        tick += step
-    return MetricChart(
-        bars=bars,
-        x_ticks=x_ticks,
-        y_ticks=y_ticks,
-        zero=round(zero, 2),
-        total=decimal_text(sum(known, Decimal(0))) or "0",
-    )
+    known = [amount for amount in (totals.get(moment) for moment in periods) if amount is not None]
+    return bar_chart(points=points, total=decimal_text(sum(known, Decimal(0))) or "0")
 
 
 def dimension_label(dimension: Any) -> str:
@@ -406,7 +314,7 @@ class ValueRow:
 
 @dataclass(frozen=True)
 class ValuesShown:
-    chart: MetricChart
+    chart: BarChart
     totals: list[CustomerTotal]
     more_totals: bool
     rows: list[ValueRow]

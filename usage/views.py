@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import math
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from django import forms
@@ -28,6 +28,7 @@ from usage.selectors import (
 )
 from usage.services import usage_event_create
 from zenskar_site.actors import Actor
+from zenskar_site.charts import BarChart, ChartPoint, bar_chart
 from zenskar_site.dashboard import form_errors_apply, member_view
 from zenskar_site.errors import NotFound, ValidationFailed
 from zenskar_site.selectors import audit_entries_list
@@ -171,66 +172,7 @@ def error_row(error: IngestionError) -> ErrorRow:
     return ErrorRow(error=error, reasons=reasons, payload=text, preview=_clip(text, PAYLOAD_PREVIEW_CHARS))
 
 
-# --- the volume chart: an inline SVG laid out here, drawn by the template ---
-
-CHART_WIDTH, CHART_HEIGHT = 1000, 220
-PLOT_LEFT, PLOT_RIGHT, PLOT_TOP, PLOT_BOTTOM = 52, 980, 12, 192
-
-
-@dataclass(frozen=True)
-class ChartBar:
-    slot_x: float
-    slot_width: float
-    x: float
-    y: float
-    width: float
-    height: float
-    count: int
-    title: str
-
-
-@dataclass(frozen=True)
-class ChartTick:
-    position: float
-    label: str
-
-
-@dataclass(frozen=True)
-class VolumeChart:
-    bucket: str
-    bars: list[ChartBar]
-    x_ticks: list[ChartTick]
-    y_ticks: list[ChartTick]
-    total: int
-    width: int = CHART_WIDTH
-    height: int = CHART_HEIGHT
-    left: int = PLOT_LEFT
-    right: int = PLOT_RIGHT
-    top: int = PLOT_TOP
-    bottom: int = PLOT_BOTTOM
-
-    @property
-    def plot_height(self) -> int:
-        return self.bottom - self.top
-
-    @property
-    def y_label_x(self) -> int:
-        return self.left - 8
-
-    @property
-    def tick_end(self) -> int:
-        return self.bottom + 4
-
-    @property
-    def x_label_y(self) -> int:
-        return self.bottom + 18
-
-
-def _nice_step(largest: int, ticks: int = 4) -> int:
-    """The smallest 1, 2 or 5 times a power of ten that reaches `largest` in `ticks` steps."""
-    raw = max(largest / ticks, 1)
-    magnitude = 10 ** math.floor(math.log10(raw))
-    return next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw)
+# --- the volume chart (zenskar_site.charts lays it out, the shared template draws it) ---
 
 
 def _bucket_title(moment: dt.datetime, bucket: str, count: int) -> str:
@@ -249,36 +191,17 @@ def _bucket_label(moment: dt.datetime, bucket: str, index: int, count: int) -> s
     return f"{moment:%b} {moment.day}" if (count - 1 - index) % 5 == 0 else None
 
 
-def volume_chart(*, buckets: list[tuple[dt.datetime, int]], bucket: str) -> VolumeChart:
-    largest = max((n for _, n in buckets), default=0)
-    step = _nice_step(largest)
-    top = max(step, step * math.ceil(largest / step))
-    plot_height = PLOT_BOTTOM - PLOT_TOP
-    slot = (PLOT_RIGHT - PLOT_LEFT) / max(len(buckets), 1)
-    bars, x_ticks = [], []
-    for index, (moment, n) in enumerate(buckets):
-        slot_x = PLOT_LEFT + slot * index
-        height = plot_height * n / top
-        bars.append(
-            ChartBar(
-                slot_x=round(slot_x, 2),
-                slot_width=round(slot, 2),
-                x=round(slot_x + slot * 0.125, 2),
-                y=round(PLOT_BOTTOM - height, 2),
-                width=round(slot * 0.75, 2),
-                height=round(height, 2),
-                count=n,
-                title=_bucket_title(moment, bucket, n),
-            )
+def volume_chart(*, buckets: list[tuple[dt.datetime, int]], bucket: str) -> BarChart:
+    points = [
+        ChartPoint(
+            amount=Decimal(n),
+            text=str(n),
+            title=_bucket_title(moment, bucket, n),
+            label=_bucket_label(moment, bucket, index, len(buckets)),
         )
-        label = _bucket_label(moment, bucket, index, len(buckets))
-        if label is not None:
-            x_ticks.append(ChartTick(position=round(slot_x + slot / 2, 2), label=label))
-    y_ticks = [
-        ChartTick(position=round(PLOT_BOTTOM - plot_height * value / top, 2), label=f"{value:,}")
-        for value in range(0, top + 1, step)
+        for index, (moment, n) in enumerate(buckets)
     ]
-    return VolumeChart(bucket=bucket, bars=bars, x_ticks=x_ticks, y_ticks=y_ticks, total=sum(n for _, n in buckets))
+    return bar_chart(points=points, total=sum(n for _, n in buckets), bucket=bucket, integers=True)
 
 
 @member_view()
