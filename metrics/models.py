@@ -121,7 +121,11 @@ class DirtyBucket(models.Model):
     """
 
     id = models.BigAutoField(primary_key=True)
-    usage_event = models.ForeignKey(UsageEvent, on_delete=models.CASCADE, related_name="+", db_index=False)
+    # No foreign-key constraint, for the reason given on UsageRecord.usage_event: ingestion writes a
+    # mark with every request.
+    usage_event = models.ForeignKey(
+        UsageEvent, on_delete=models.CASCADE, related_name="+", db_index=False, db_constraint=False
+    )
     hour_start = models.DateTimeField()
     created_at = models.DateTimeField(db_default=Now())
 

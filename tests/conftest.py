@@ -24,7 +24,7 @@ def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
 
 @pytest.fixture(autouse=True)
 def _sqlite_audit_rows_removed_before_flush(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Let a transactional test's teardown flush empty the append-only audit table on SQLite.
+    """Let a transactional test's teardown flush empty the trigger-guarded tables on SQLite.
 
     Migration 0002 guards the audit table with BEFORE DELETE triggers. PostgreSQL's flush uses TRUNCATE,
     which row triggers ignore; SQLite's flush uses DELETE, which they abort. Before that flush (this
@@ -49,6 +49,9 @@ def _sqlite_audit_rows_removed_before_flush(request: pytest.FixtureRequest) -> I
         cursor.execute(f"DELETE FROM {migration.TABLE}")
         for statement in migration.SQLITE_UP:
             cursor.execute(statement)
+        # usage/migrations/0005 refuses to delete a usage event that still has records; the flush
+        # deletes tables in no set order, so the records go first.
+        cursor.execute("DELETE FROM usage_usagerecord")
 
 
 @pytest.fixture

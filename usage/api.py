@@ -207,7 +207,14 @@ def ingest_handle(call: IngestCall) -> tuple[int, bytes, dict[str, str]]:
             context = ingest_context_load(
                 secret=call.secret, api_slug=call.api_slug, organisation_header=call.organisation_header
             )
-            result = records_ingest(context=context, body=body, backfill=call.backfill, now=now)
+            try:
+                result = records_ingest(context=context, body=body, backfill=call.backfill, now=now)
+            except StaleContext:  # changed again between the reload and the write: nothing was written
+                raise IngestError(
+                    503,
+                    "The usage event changed while this request was written; nothing was stored. Retry.",
+                    {"Retry-After": "1"},
+                ) from None
     except IngestError as exc:
         return exc.status_code, orjson.dumps({"detail": exc.detail}), exc.headers
     except (OperationalError, InterfaceError):

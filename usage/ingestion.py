@@ -28,6 +28,7 @@ from metrics.models import DirtyBucket
 from usage.models import IngestionError, UsageEvent, UsageEventKind, UsageRecord
 from usage.schema import ValidRecord, dataschema_has_decimal, datetime_format, record_validator
 from zenskar_site.errors import DomainError
+from zenskar_site.hotsql import Param, hot_rows
 from zenskar_site.models import ApiKey, ApiKeyScope
 from zenskar_site.services import api_key_hash, api_key_split, api_key_touch
 
@@ -306,15 +307,16 @@ def _insert_records_postgres(
     from one sequence in the order the rows were inserted."""
     records_table, errors_table = UsageRecord._meta.db_table, IngestionError._meta.db_table
     dirty_table = DirtyBucket._meta.db_table
-    # A cached context is re-checked inside the same statement: the key still active and the usage
+    # The usage event must exist when its records are written (no foreign-key constraint, see
+    # usage/migrations/0005). A cached context is re-checked too: the key still active and the usage
     # event unchanged (same updated_at, not archived). If not, nothing is written and StaleContext is raised.
     guard_sql = (
         f"""SELECT 1 FROM {ApiKey._meta.db_table} k JOIN {UsageEvent._meta.db_table} e ON e.id = %s
             WHERE k.id = %s AND k.revoked_at IS NULL AND NOT e.archived AND e.updated_at = %s"""
         if guard
-        else "SELECT 1"
+        else f"SELECT 1 FROM {UsageEvent._meta.db_table} e WHERE e.id = %s"
     )
-    guard_params: list[Any] = [usage_event_id, guard[0], guard[1]] if guard else []
+    guard_params: list[Any] = [usage_event_id, guard[0], guard[1]] if guard else [usage_event_id]
     # The error log's part is left out when there is nothing to log (most requests): every
     # data-modifying CTE costs the server time even when it inserts nothing.
     errors_sql = (
@@ -343,35 +345,22 @@ def _insert_records_postgres(
     # Hours are marked from the candidates (a duplicate's hour marked too only costs a recompute),
     # computed here rather than with date_trunc(..., 'UTC') in the server.
     hours = sorted({c.record.timestamp.replace(minute=0, second=0, microsecond=0) for c in rows})
-    if len(rows) == 1:  # the single-record request: scalars bind cheaper than one-element arrays
-        source = (
-            "(SELECT %b::text, %b::timestamptz, %b::text, %b::text, %b::text, 1) "
-            "AS t(customer_id, ts, data, idem, hash, ord)"
+    if len(rows) == 1 and not error_rows:
+        return _insert_one_postgres(
+            usage_event_id=usage_event_id, row=rows[0], hour=hours[0], received_at=received_at, guard=guard
         )
-        hours_source = "(SELECT %b::timestamptz) AS x(h)"
-        record = rows[0].record
-        row_params: list[Any] = [
-            record.customer_id,
-            record.timestamp,
-            orjson.dumps(record.data).decode(),
-            record.idempotency_key,
-            rows[0].content_hash,
-        ]
-        hours_param: Any = hours[0]
-    else:
-        source = (
-            "unnest(%b::text[], %b::timestamptz[], %b::text[], %b::text[], %b::text[]) "
-            "WITH ORDINALITY AS t(customer_id, ts, data, idem, hash, ord)"
-        )
-        hours_source = "unnest(%b::timestamptz[]) AS h"
-        row_params = [
-            [c.record.customer_id for c in rows],
-            [c.record.timestamp for c in rows],
-            [orjson.dumps(c.record.data).decode() for c in rows],
-            [c.record.idempotency_key for c in rows],
-            [c.content_hash for c in rows],
-        ]
-        hours_param = hours
+    source = (
+        "unnest(%b::text[], %b::timestamptz[], %b::text[], %b::text[], %b::text[]) "
+        "WITH ORDINALITY AS t(customer_id, ts, data, idem, hash, ord)"
+    )
+    hours_source = "unnest(%b::timestamptz[]) AS h"
+    row_params = [
+        [c.record.customer_id for c in rows],
+        [c.record.timestamp for c in rows],
+        [orjson.dumps(c.record.data).decode() for c in rows],
+        [c.record.idempotency_key for c in rows],
+        [c.content_hash for c in rows],
+    ]
     with hot_cursor() as cursor:
         cursor.execute(
             f"""
@@ -400,13 +389,69 @@ def _insert_records_postgres(
                 received_at,
                 *row_params,
                 usage_event_id,
-                hours_param,
+                hours,
             ],
         )
         rows_back = cursor.fetchall()
     if not rows_back[0][1]:
         raise StaleContext()
     return [(int(r[1]), r[2]) for r in rows_back[1:]]
+
+
+def _insert_one_sql(*, guarded: bool) -> str:
+    records_table, dirty_table = UsageRecord._meta.db_table, DirtyBucket._meta.db_table
+    event_table, key_table = UsageEvent._meta.db_table, ApiKey._meta.db_table
+    # The usage event must exist when the record is written (the records table has no foreign-key
+    # constraint, see usage/migrations/0005); a cached context also re-checks the key and definition.
+    guard = (
+        f"""SELECT 1 FROM {key_table} k JOIN {event_table} e ON e.id = $1::bigint
+            WHERE k.id = $9::bigint AND k.revoked_at IS NULL AND NOT e.archived AND e.updated_at = $10::timestamptz"""
+        if guarded
+        else f"SELECT 1 FROM {event_table} e WHERE e.id = $1::bigint"
+    )
+    return f"""
+        WITH ok AS ({guard}), ins AS (
+            INSERT INTO {records_table} (usage_event_id, customer_id, "timestamp", period_start, data,
+                                         idempotency_key, content_hash, received_at, voided, superseded)
+            SELECT $1::bigint, $2::text, $3::timestamptz, NULL, $4::jsonb, $5::text, $6::text, $7::timestamptz,
+                   false, false
+            WHERE EXISTS (SELECT 1 FROM ok)
+            ON CONFLICT (usage_event_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+            RETURNING id
+        ), dirty AS (
+            INSERT INTO {dirty_table} (usage_event_id, hour_start)
+            SELECT $1::bigint, $8::timestamptz WHERE EXISTS (SELECT 1 FROM ins)
+        )
+        SELECT (SELECT count(*) FROM ok), (SELECT id FROM ins)
+    """
+
+
+def _insert_one_postgres(
+    *,
+    usage_event_id: int,
+    row: Candidate,
+    hour: dt.datetime,
+    received_at: dt.datetime,
+    guard: tuple[int, dt.datetime] | None,
+) -> list[tuple[int, str | None]]:
+    """The single-record request (most of the traffic): one prepared statement through libpq."""
+    record = row.record
+    params: list[Param] = [
+        usage_event_id,
+        record.customer_id,
+        record.timestamp,
+        orjson.dumps(record.data).decode(),
+        record.idempotency_key,
+        row.content_hash,
+        received_at,
+        hour,
+    ]
+    if guard:
+        params += [guard[0], guard[1]]
+    ((ok, record_id),) = hot_rows(_insert_one_sql(guarded=guard is not None), params)
+    if ok == "0":
+        raise StaleContext()
+    return [] if record_id is None else [(int(record_id), record.idempotency_key)]
 
 
 def _mark_dirty(*, usage_event_id: int, moments: list[dt.datetime]) -> None:

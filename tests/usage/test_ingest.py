@@ -7,11 +7,12 @@ import json
 from typing import Any
 
 import pytest
-from django.db import connection
+from django.db import IntegrityError, connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from tests.conftest import IS_POSTGRES
 from tests.factories import ApiKeyBundle, api_key_make, usage_event_make
 from usage.models import IngestionError, UsageEvent, UsageRecord
 from zenskar_site.models import Organisation
@@ -518,3 +519,36 @@ def test_query_count_does_not_grow_with_batch_size(ingest: APIClient) -> None:
 
     assert small == large
     assert large <= 8
+
+
+# --- the records' reference to their usage event (no foreign-key constraint; see usage/migrations/0005) ---
+
+
+def test_a_usage_event_with_records_cannot_be_deleted_even_by_raw_sql(
+    ingest: APIClient, compute_hours: UsageEvent
+) -> None:
+    assert post(ingest, rec()).status_code == 202
+    with pytest.raises(IntegrityError, match="archive it instead"), transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("DELETE FROM usage_usageevent WHERE id = %s", [compute_hours.id])
+    assert UsageEvent.objects.filter(id=compute_hours.id).exists()
+    assert UsageRecord.objects.filter(usage_event=compute_hours).count() == 1
+
+
+def test_a_usage_event_without_records_can_still_be_deleted(compute_hours: UsageEvent) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM usage_usageevent WHERE id = %s", [compute_hours.id])
+    assert not UsageEvent.objects.filter(id=compute_hours.id).exists()
+
+
+@pytest.mark.skipif(IS_POSTGRES, reason="SQLite's trigger; PostgreSQL checks in the ingestion statement")
+def test_on_sqlite_a_record_for_a_missing_usage_event_is_refused(compute_hours: UsageEvent) -> None:
+    with pytest.raises(IntegrityError, match="does not exist"), transaction.atomic():
+        UsageRecord.objects.create(
+            usage_event_id=compute_hours.id + 1000,
+            customer_id="cus_1",
+            timestamp=timezone.now(),
+            data={},
+            content_hash="0" * 64,
+            received_at=timezone.now(),
+        )
+    assert not UsageRecord.objects.exists()

@@ -9,6 +9,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.db import connection
@@ -172,3 +173,23 @@ def test_a_cached_key_revoked_or_event_archived_is_refused_at_once() -> None:
 
     keys = set(UsageRecord.objects.values_list("idempotency_key", flat=True))
     assert keys == {"w0", "w1", "w2", "z1", "o1"}
+
+
+def test_the_prepared_ingestion_statement_survives_being_deallocated(client_for: Any) -> None:
+    """psycopg runs DEALLOCATE ALL after a rollback on a connection; the next request prepares again."""
+    organisation = organisation_make(name="Deallocated")
+    usage_event_make(organisation=organisation)
+    client = client_for(api_key_make(organisation=organisation, scope="ingest").secret)
+
+    def send(key: str) -> int:
+        return client.post("/usage/compute_hours", data=_record(key), content_type="application/json").status_code
+
+    assert connection.get_autocommit()  # a transactional test: the endpoint's prepared path is taken
+    assert send("before") == 202
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_prepared_statements WHERE name LIKE 'zk_%%'")
+        assert cursor.fetchone()[0] == 1
+        cursor.execute("DEALLOCATE ALL")
+    assert send("after") == 202
+    assert send("after") == 202  # a retry of the same record is still a duplicate, not a second row
+    assert sorted(UsageRecord.objects.values_list("idempotency_key", flat=True)) == ["after", "before"]
