@@ -190,7 +190,7 @@ def ingest_handle(call: IngestCall) -> tuple[int, bytes, dict[str, str]]:
         ) or ingest_context_load(
             secret=call.secret, api_slug=call.api_slug, organisation_header=call.organisation_header
         )
-        retry_after = rate_limit_retry_after(organisation_id=str(context.api_key.organisation_id), now=now.timestamp())
+        retry_after = rate_limit_retry_after(organisation_id=context.api_key.organisation_id, now=now.timestamp())
         if retry_after is not None:
             raise IngestError(
                 429, "Over the organisation's rate limit; retry later.", {"Retry-After": str(retry_after)}

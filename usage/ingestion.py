@@ -8,6 +8,7 @@ answer is sent only after the transaction commits: a 2xx means the accepted reco
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import hmac
 import json
@@ -398,6 +399,7 @@ def _insert_records_postgres(
     return [(int(r[1]), r[2]) for r in rows_back[1:]]
 
 
+@functools.cache
 def _insert_one_sql(*, guarded: bool) -> str:
     records_table, dirty_table = UsageRecord._meta.db_table, DirtyBucket._meta.db_table
     event_table, key_table = UsageEvent._meta.db_table, ApiKey._meta.db_table

@@ -131,8 +131,12 @@ def dataschema_change_problems(old: dict[str, Any], new: dict[str, Any]) -> list
     return problems
 
 
+_DECIMAL_TYPES = frozenset({"Decimal", "Nullable(Decimal)"})
+
+
 def dataschema_has_decimal(dataschema: dict[str, Any]) -> bool:
-    return any(type_parse(t).base == "Decimal" for t in dataschema.get("data", {}).values())
+    # The stored schema's types are validated, so their exact spelling is known (and this runs per request).
+    return any(type(t) is str and t in _DECIMAL_TYPES for t in dataschema.get("data", {}).values())
 
 
 # --- value converters: each returns the stored JSON value or raises _Invalid with a message ---

@@ -24,6 +24,8 @@ Param = str | int | bool | dt.datetime | None
 # psycopg connection -> names of the statements prepared on it. Keyed weakly: a connection that
 # Django closes (and replaces) takes its prepared statements with it, on the server too.
 _prepared: weakref.WeakKeyDictionary[Any, set[bytes]] = weakref.WeakKeyDictionary()
+# statement text -> (its name, its bytes)
+_statements: dict[str, tuple[bytes, bytes]] = {}
 
 
 def _text(value: Param) -> bytes | None:
@@ -70,11 +72,15 @@ def _exec_prepared(raw: Any, sql: str, values: list[bytes | None]) -> Any:
     from psycopg import pq
 
     pgconn = raw.pgconn
-    name = b"zk_" + hashlib.blake2b(sql.encode(), digest_size=10).hexdigest().encode()
+    statement = _statements.get(sql)
+    if statement is None:
+        text = sql.encode()
+        statement = _statements[sql] = (b"zk_" + hashlib.blake2b(text, digest_size=10).hexdigest().encode(), text)
+    name, text = statement
     names = _prepared.setdefault(raw, set())
     for _ in range(2):
         if name not in names:
-            result = pgconn.prepare(name, sql.encode())
+            result = pgconn.prepare(name, text)
             if result.status != pq.ExecStatus.COMMAND_OK:
                 raise _error(raw, result)
             names.add(name)

@@ -24,7 +24,7 @@ _local_counts: dict[str, int] = {}
 _local_lock = threading.Lock()
 
 
-def rate_limit_retry_after(*, organisation_id: str, now: float, limit: int | None = None) -> int | None:
+def rate_limit_retry_after(*, organisation_id: object, now: float, limit: int | None = None) -> int | None:
     """Count one request; the seconds to wait when the organisation is over its limit, else None."""
     limit = settings.INGEST_RATE_LIMIT if limit is None else limit
     if limit <= 0:
