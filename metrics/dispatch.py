@@ -21,8 +21,11 @@ def metrics_refresh_soon(*, usage_event_id: int) -> None:
     broker is unreachable the dirty rows stay and the beat sweep picks them up.
     """
     now = time.monotonic()
+    debounce = settings.METRICS_REFRESH_DEBOUNCE_SECONDS
+    if now - _last_enqueued.get(usage_event_id, -1e9) < debounce:
+        return  # the common case, answered without the lock; the check below decides races
     with _lock:
-        if now - _last_enqueued.get(usage_event_id, -1e9) < settings.METRICS_REFRESH_DEBOUNCE_SECONDS:
+        if now - _last_enqueued.get(usage_event_id, -1e9) < debounce:
             return
         _last_enqueued[usage_event_id] = now
 

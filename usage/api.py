@@ -18,6 +18,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from metrics.dispatch import metrics_refresh_soon
 from usage.ingestion import (
     IngestError,
     IngestResult,
@@ -252,6 +253,4 @@ def ingest(request: HttpRequest, api_slug: str) -> HttpResponse:
 def on_ingested(*, result: IngestResult) -> None:
     """After commit: ask the metric engine to refresh the usage event's metrics now."""
     if result.accepted:
-        from metrics.dispatch import metrics_refresh_soon
-
         metrics_refresh_soon(usage_event_id=result.usage_event_id)

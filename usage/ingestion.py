@@ -82,7 +82,7 @@ def ingest_context_cached(
     *, secret: str | None, api_slug: str, organisation_header: str | None
 ) -> IngestContext | None:
     """The cached context for this key and slug when the secret matches it (PostgreSQL only)."""
-    if not secret or connection.vendor != "postgresql":
+    if not secret or not _on_postgres():
         return None
     prefix = api_key_split(secret=secret)
     context = _context_cache.get((prefix or "", api_slug))
@@ -137,6 +137,12 @@ class IngestResult:
 
 
 # --- database access on the hot path ---
+
+
+@functools.cache
+def _on_postgres() -> bool:
+    """The database vendor, asked once per process (it never changes; the connection proxy costs a lookup)."""
+    return connection.vendor == "postgresql"
 
 
 @contextmanager
@@ -411,20 +417,21 @@ def _insert_one_sql(*, guarded: bool) -> str:
         if guarded
         else f"SELECT 1 FROM {event_table} e WHERE e.id = $1::bigint"
     )
+    # Leaner than the batch statement (no separate guard CTE, no counts): one row back means stored;
+    # none means the guard failed or the idempotency key is taken, told apart by the caller.
     return f"""
-        WITH ok AS ({guard}), ins AS (
+        WITH ins AS (
             INSERT INTO {records_table} (usage_event_id, customer_id, "timestamp", period_start, data,
                                          idempotency_key, content_hash, received_at, voided, superseded)
             SELECT $1::bigint, $2::text, $3::timestamptz, NULL, $4::jsonb, $5::text, $6::text, $7::timestamptz,
                    false, false
-            WHERE EXISTS (SELECT 1 FROM ok)
+            WHERE EXISTS ({guard})
             ON CONFLICT (usage_event_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
             RETURNING id
         ), dirty AS (
-            INSERT INTO {dirty_table} (usage_event_id, hour_start)
-            SELECT $1::bigint, $8::timestamptz WHERE EXISTS (SELECT 1 FROM ins)
+            INSERT INTO {dirty_table} (usage_event_id, hour_start) SELECT $1::bigint, $8::timestamptz FROM ins
         )
-        SELECT (SELECT count(*) FROM ok), (SELECT id FROM ins)
+        SELECT id FROM ins
     """
 
 
@@ -450,10 +457,14 @@ def _insert_one_postgres(
     ]
     if guard:
         params += [guard[0], guard[1]]
-    ((ok, record_id),) = hot_rows(_insert_one_sql(guarded=guard is not None), params)
-    if ok == "0":
+    stored = hot_rows(_insert_one_sql(guarded=guard is not None), params)
+    if stored:
+        return [(int(stored[0][0] or 0), record.idempotency_key)]
+    if guard is not None or record.idempotency_key is None:
+        # Nothing written, and the statement cannot say whether the cached context is stale or the key
+        # taken: the caller answers from the database's state (a fresh context, this path without a guard).
         raise StaleContext()
-    return [] if record_id is None else [(int(record_id), record.idempotency_key)]
+    return []  # the key is taken: the caller finds the record that holds it
 
 
 def _mark_dirty(*, usage_event_id: int, moments: list[dt.datetime]) -> None:
@@ -666,7 +677,7 @@ def records_store(*, context: IngestContext, items: list[Any], backfill: bool, n
         outcomes.append(candidate)
 
     rejected_payloads = [(items[i], o) for i, o in enumerate(outcomes) if isinstance(o, dict)]
-    if connection.vendor == "postgresql" and not aggregate:
+    if _on_postgres() and not aggregate:
         inserted = _insert_records_postgres(
             usage_event_id=usage_event.id,
             rows=to_insert,

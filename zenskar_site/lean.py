@@ -7,7 +7,9 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from django.conf import settings
-from django.db import connection
+from django.core.signals import setting_changed
+from django.db import DEFAULT_DB_ALIAS, connections
+from django.dispatch import receiver
 from django.http.request import split_domain_port, validate_host
 
 from usage.api import IngestCall, backfill_requested, ingest_handle
@@ -35,6 +37,27 @@ def _allowed_hosts() -> list[str]:
     return hosts
 
 
+# Host header -> whether ALLOWED_HOSTS admits it: the same few hosts arrive on every request.
+_host_answers: dict[str, bool] = {}
+HOST_ANSWERS_MAX = 256  # a client may send any Host header; the cache stays small
+
+
+def _host_allowed(host: str) -> bool:
+    allowed = _host_answers.get(host)
+    if allowed is None:
+        domain, _ = split_domain_port(host)
+        allowed = bool(domain) and validate_host(domain, _allowed_hosts())
+        if len(_host_answers) < HOST_ANSWERS_MAX:
+            _host_answers[host] = allowed
+    return allowed
+
+
+@receiver(setting_changed)
+def _host_answers_forget(*, setting: str, **kwargs: Any) -> None:
+    if setting in {"ALLOWED_HOSTS", "DEBUG"}:
+        _host_answers.clear()
+
+
 def _is_secure(environ: dict[str, Any]) -> bool:
     header, value = settings.SECURE_PROXY_SSL_HEADER or (None, None)
     if header and environ.get(header) is not None:
@@ -58,11 +81,10 @@ def _respond(start_response: Callable[..., Any], status: int, body: bytes, heade
 def ingest_application(environ: dict[str, Any], start_response: Callable[..., Any], slug: str) -> Iterable[bytes]:
     # What Django's request_started/finished receivers do for this path: retire a broken or expired
     # database connection (so an outage heals on the next request), for the one database this route uses.
-    connection.close_if_unusable_or_obsolete()
+    database = connections[DEFAULT_DB_ALIAS]
+    database.close_if_unusable_or_obsolete()
     try:
-        host = environ.get("HTTP_HOST") or environ.get("SERVER_NAME", "")
-        domain, _ = split_domain_port(host)
-        if not domain or not validate_host(domain, _allowed_hosts()):
+        if not _host_allowed(environ.get("HTTP_HOST") or environ.get("SERVER_NAME", "")):
             return _respond(start_response, 400, b'{"detail":"Invalid Host header."}', {})
         if settings.SECURE_SSL_REDIRECT and not _is_secure(environ):
             return _respond(start_response, 403, b'{"detail":"Send usage over HTTPS."}', {})
@@ -86,4 +108,4 @@ def ingest_application(environ: dict[str, Any], start_response: Callable[..., An
         logger.exception("ingestion failed")
         return _respond(start_response, 500, b'{"detail":"Internal error; retry later."}', {})
     finally:
-        connection.close_if_unusable_or_obsolete()
+        database.close_if_unusable_or_obsolete()
