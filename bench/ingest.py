@@ -274,25 +274,21 @@ def main() -> int:
             )
             settle()
             before = stored_records()
-            single_rates, bare_rates, single_codes = [], [], Counter[int]()
+            single_rates: list[float] = []
+            bare_rates: list[float] = []
+            single_codes = Counter[int]()
+            turns = (
+                (f"http://127.0.0.1:{port}/usage/{slug}", single_rates),
+                (f"http://127.0.0.1:{port + 1}/", bare_rates),
+            )
             for _ in range(SLICES):
-                rate, codes = wrk(
-                    f"http://127.0.0.1:{port}/usage/{slug}",
-                    single_body,
-                    key,
-                    connections=CLIENT_CONNECTIONS * 2,
-                    seconds=DURATION / SLICES,
-                )
-                single_rates.append(rate)
-                single_codes.update(codes)
-                rate, _ = wrk(
-                    f"http://127.0.0.1:{port + 1}/",
-                    single_body,
-                    key,
-                    connections=CLIENT_CONNECTIONS * 2,
-                    seconds=DURATION / SLICES,
-                )
-                bare_rates.append(rate)
+                for url, rates in turns:
+                    rate, codes = wrk(
+                        url, single_body, key, connections=CLIENT_CONNECTIONS * 2, seconds=DURATION / SLICES
+                    )
+                    rates.append(rate)
+                    if rates is single_rates:
+                        single_codes.update(codes)
             time.sleep(3)
             single_stored = stored_records() - before
         finally:

@@ -11,10 +11,10 @@ that lock cost about a quarter of the throughput. The reference is kept by other
   does not exist.
 """
 
-from typing import Any
-
 import django.db.models.deletion
 from django.db import migrations, models
+
+from zenskar_site.migration_sql import vendor_sql
 
 POSTGRES_UP = """
 CREATE OR REPLACE FUNCTION usage_event_keep_records() RETURNS trigger AS $$
@@ -44,24 +44,6 @@ SQLITE_UP = [
 SQLITE_DOWN = ["DROP TRIGGER IF EXISTS usage_event_keep_records;", "DROP TRIGGER IF EXISTS usage_record_needs_event;"]
 
 
-def forwards(apps: Any, schema_editor: Any) -> None:
-    vendor = schema_editor.connection.vendor
-    if vendor == "postgresql":
-        schema_editor.execute(POSTGRES_UP, params=None)
-    elif vendor == "sqlite":
-        for statement in SQLITE_UP:
-            schema_editor.execute(statement)
-
-
-def backwards(apps: Any, schema_editor: Any) -> None:
-    vendor = schema_editor.connection.vendor
-    if vendor == "postgresql":
-        schema_editor.execute(POSTGRES_DOWN)
-    elif vendor == "sqlite":
-        for statement in SQLITE_DOWN:
-            schema_editor.execute(statement)
-
-
 class Migration(migrations.Migration):
     dependencies = [
         ("usage", "0004_drop_redundant_fk_indexes"),
@@ -79,5 +61,7 @@ class Migration(migrations.Migration):
                 to="usage.usageevent",
             ),
         ),
-        migrations.RunPython(forwards, backwards),
+        migrations.RunPython(
+            vendor_sql(postgres=POSTGRES_UP, sqlite=SQLITE_UP), vendor_sql(postgres=POSTGRES_DOWN, sqlite=SQLITE_DOWN)
+        ),
     ]

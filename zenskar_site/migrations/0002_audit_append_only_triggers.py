@@ -1,8 +1,8 @@
 """The audit trail is append-only in the database too: UPDATE and DELETE raise."""
 
-from typing import Any
-
 from django.db import migrations
+
+from zenskar_site.migration_sql import vendor_sql
 
 TABLE = "zenskar_site_auditentry"
 
@@ -24,25 +24,11 @@ SQLITE_UP = [
 SQLITE_DOWN = ["DROP TRIGGER IF EXISTS audit_no_update;", "DROP TRIGGER IF EXISTS audit_no_delete;"]
 
 
-def forwards(apps: Any, schema_editor: Any) -> None:
-    vendor = schema_editor.connection.vendor
-    if vendor == "postgresql":
-        schema_editor.execute(POSTGRES_UP)
-    elif vendor == "sqlite":
-        for statement in SQLITE_UP:
-            schema_editor.execute(statement)
-
-
-def backwards(apps: Any, schema_editor: Any) -> None:
-    vendor = schema_editor.connection.vendor
-    if vendor == "postgresql":
-        schema_editor.execute(POSTGRES_DOWN)
-    elif vendor == "sqlite":
-        for statement in SQLITE_DOWN:
-            schema_editor.execute(statement)
-
-
 class Migration(migrations.Migration):
     dependencies = [("zenskar_site", "0001_initial")]
 
-    operations = [migrations.RunPython(forwards, backwards)]
+    operations = [
+        migrations.RunPython(
+            vendor_sql(postgres=POSTGRES_UP, sqlite=SQLITE_UP), vendor_sql(postgres=POSTGRES_DOWN, sqlite=SQLITE_DOWN)
+        )
+    ]
