@@ -31,7 +31,7 @@ from typing import Any
 import orjson
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F, QuerySet
+from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
 from metrics.models import BillableMetric, MetricValue
@@ -562,7 +562,7 @@ def csv_import_confirm(*, actor: Actor, import_id: int, enqueue: bool = True) ->
         # A resumed import forgets why it stopped; the rows it rejected stay listed.
         errors = [error for error in csv_import.errors if error.get("row") is not None]
         CsvImport.objects.filter(id=csv_import.id).update(
-            status=CsvImportStatus.IMPORTING, finished_at=None, errors=errors
+            status=CsvImportStatus.IMPORTING, finished_at=None, errors=errors, progress_at=timezone.now()
         )
         csv_import.status, csv_import.finished_at = CsvImportStatus.IMPORTING, None
         audit_record(
@@ -693,8 +693,25 @@ def _store_batch(
             duplicates=F("duplicates") + result.duplicates,
             rejected=F("rejected") + result.rejected,
             errors=errors.sorted(),
+            progress_at=timezone.now(),
         )
     return True
+
+
+def csv_imports_stalled_claim(*, older_than_seconds: float, limit: int = 100) -> list[int]:
+    """Ids of imports that stopped moving while importing (their task was lost), each claimed once.
+
+    The claim moves `progress_at` with a conditional UPDATE, so two sweeps never both take one import,
+    and a claimed import that still does not move is claimed again after another interval.
+    """
+    now = timezone.now()
+    cutoff = now - dt.timedelta(seconds=older_than_seconds)
+    stalled = Q(status=CsvImportStatus.IMPORTING) & (Q(progress_at__lt=cutoff) | Q(progress_at__isnull=True))
+    claimed = []
+    for import_id in CsvImport.objects.filter(stalled).order_by("id").values_list("id", flat=True)[:limit]:
+        if CsvImport.objects.filter(stalled, id=import_id).update(progress_at=now):
+            claimed.append(import_id)
+    return claimed
 
 
 # --- export ---

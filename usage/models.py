@@ -158,6 +158,9 @@ class CsvImport(models.Model):
     # The first row-numbered problems: [{"row", "column", "field", "value", "message"}].
     errors = models.JSONField(default=list)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # When the import last moved (confirmed, or a batch stored): an import that stops moving lost its
+    # task, and the sweep (usage.tasks.csv_imports_resume_task) enqueues it again.
+    progress_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [

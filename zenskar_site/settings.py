@@ -221,7 +221,11 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
         "task": "metrics.tasks.metrics_sweep_task",
         "schedule": float(os.environ.get("METRICS_SWEEP_SECONDS", "2")),
     },
+    # Enqueues again the CSV imports whose task was lost.
+    "csv-imports-resume": {"task": "usage.tasks.csv_imports_resume_task", "schedule": 60.0},
 }
+# A CSV import that has stored no batch for this long while importing lost its task; the sweep resumes it.
+CSV_IMPORT_STALL_SECONDS = float(os.environ.get("CSV_IMPORT_STALL_SECONDS", "600"))
 
 # The metric engine: a refresh is enqueued at most this often per usage event and web process;
 # the sweep covers the rest.

@@ -26,12 +26,13 @@ from rest_framework.test import APIClient
 from metrics.models import DirtyBucket, MetricValue
 from metrics.services import metric_values_refresh
 from tests.factories import ApiKeyBundle, organisation_admin, organisation_make, usage_event_make
-from usage import csv_io
+from usage import csv_io, tasks
 from usage.csv_io import (
     csv_import_confirm,
     csv_import_create,
     csv_import_run,
     csv_import_validate,
+    csv_imports_stalled_claim,
 )
 from usage.models import CsvImport, CsvImportStatus, IngestionError, UsageEvent, UsageRecord
 from zenskar_site.actors import Actor, system_actor
@@ -522,6 +523,38 @@ def test_a_crashed_import_resumes_after_its_last_batch_and_stores_nothing_twice(
     assert sorted(float(r.data["cpu_usage_hours"]) for r in UsageRecord.objects.all()) == [
         float(i) for i in range(2500)
     ]
+
+
+def test_an_import_whose_task_was_lost_is_resumed_by_the_sweep_once(actor: Actor, compute_hours: UsageEvent) -> None:
+    rows = [["cus", iso(NOW - dt.timedelta(minutes=i % 500)), str(i)] for i in range(1500)]
+    csv_import, _ = imported(actor, compute_hours, csv_bytes(["customer_id", "timestamp", "cpu_usage_hours"], rows))
+    csv_import_confirm(actor=actor, import_id=csv_import.id, enqueue=False)  # the task is never run: lost
+    busy, _ = imported(actor, compute_hours, csv_bytes(["customer_id", "timestamp", "cpu_usage_hours"], rows[:10]))
+    csv_import_confirm(actor=actor, import_id=busy.id, enqueue=False)
+    CsvImport.objects.filter(id=csv_import.id).update(progress_at=timezone.now() - dt.timedelta(minutes=30))
+
+    claimed = tasks.csv_imports_resume_task()
+    again = tasks.csv_imports_resume_task()
+
+    assert claimed == [csv_import.id]  # the import confirmed a moment ago is not taken for lost
+    assert again == []  # finished now; nothing left to claim
+    finished = CsvImport.objects.get(id=csv_import.id)
+    assert (finished.status, finished.rows_done, finished.accepted) == (CsvImportStatus.DONE, 1500, 1500)
+    assert UsageRecord.objects.count() == 1500
+    assert CsvImport.objects.get(id=busy.id).status == CsvImportStatus.IMPORTING
+
+
+def test_a_stalled_import_is_claimed_by_one_sweep_only(actor: Actor, compute_hours: UsageEvent) -> None:
+    rows = [["cus", iso(NOW), "1"]]
+    csv_import, _ = imported(actor, compute_hours, csv_bytes(["customer_id", "timestamp", "cpu_usage_hours"], rows))
+    csv_import_confirm(actor=actor, import_id=csv_import.id, enqueue=False)
+    CsvImport.objects.filter(id=csv_import.id).update(progress_at=timezone.now() - dt.timedelta(minutes=30))
+
+    first = csv_imports_stalled_claim(older_than_seconds=600)
+    second = csv_imports_stalled_claim(older_than_seconds=600)
+
+    assert (first, second) == ([csv_import.id], [])
+    assert UsageRecord.objects.count() == 0  # claiming stores nothing; the enqueued task does
 
 
 def test_a_rerun_from_scratch_finds_keyed_rows_as_duplicates(actor: Actor, compute_hours: UsageEvent) -> None:
