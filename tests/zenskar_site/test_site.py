@@ -73,3 +73,53 @@ def test_interactive_docs_load_everything_from_this_server(db: None) -> None:
         url = html[html.rindex('"', 0, start) + 1 : html.index('"', start)]
         assert url.startswith("/static/"), url
         assert APIClient().get(url).status_code == 200
+
+
+def test_runembedded_stopped_with_sigterm_stops_its_worker_too(tmp_path: Path) -> None:
+    """`make run`'s process, stopped by a process manager or `kill`, leaves no orphaned Celery worker."""
+    import signal
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"DATABASE_URL", "REDIS_URL", "SECRET_KEY", "ALLOWED_HOSTS", "DEBUG", "CELERY_EAGER"}
+    }
+    env = {**clean, "DATA_DIR": str(tmp_path)}
+    assert manage("migrate", "-v0", env=env).returncode == 0
+    server = subprocess.Popen(
+        [sys.executable, "manage.py", "runembedded", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/login/", timeout=2)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "runembedded did not start"
+                time.sleep(0.3)
+        children = subprocess.run(
+            ["pgrep", "-P", str(server.pid)], capture_output=True, text=True, check=False
+        ).stdout.split()
+        assert children, "no worker process was started"
+
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+
+        deadline = time.monotonic() + 15
+        while any(Path(f"/proc/{pid}").exists() for pid in children) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(Path(f"/proc/{pid}").exists() for pid in children), "the worker outlived runembedded"
+    finally:
+        if server.poll() is None:
+            server.kill()

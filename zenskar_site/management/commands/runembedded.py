@@ -39,6 +39,9 @@ class Command(BaseCommand):
                 str(settings.DATA_DIR / "celerybeat-schedule"),
             ],
         )
+        # A SIGTERM (a process manager, `kill`) must stop the worker too, not leave it orphaned: turn it
+        # into SystemExit so the `finally` below runs, as it does for Ctrl-C.
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
         try:
             call_command("runserver", f"{options['host']}:{options['port']}", use_reloader=False)
         finally:
