@@ -153,7 +153,7 @@ def hot_cursor() -> Iterator[Any]:
     reused), instead of Django's client-side quoting of every array element. Errors are translated
     to Django's (so an outage is an OperationalError like anywhere else).
     """
-    if connection.vendor != "postgresql":
+    if not _on_postgres():
         with connection.cursor() as cursor:
             yield cursor
         return
@@ -244,7 +244,7 @@ def ingest_context_load(*, secret: str | None, api_slug: str, organisation_heade
         updated_at=_as_datetime(row[11]) or dt.datetime.min.replace(tzinfo=dt.UTC),
     )
     context = IngestContext(api_key=api_key, usage_event=usage_event)
-    if connection.vendor == "postgresql":
+    if _on_postgres():
         if len(_context_cache) >= CONTEXT_CACHE_SIZE:
             _context_cache.clear()
         _context_cache[(prefix, api_slug)] = IngestContext(api_key=api_key, usage_event=usage_event, cached=True)
@@ -314,15 +314,7 @@ def _insert_records_postgres(
     from one sequence in the order the rows were inserted."""
     records_table, errors_table = UsageRecord._meta.db_table, IngestionError._meta.db_table
     dirty_table = DirtyBucket._meta.db_table
-    # The usage event must exist when its records are written (no foreign-key constraint, see
-    # usage/migrations/0005). A cached context is re-checked too: the key still active and the usage
-    # event unchanged (same updated_at, not archived). If not, nothing is written and StaleContext is raised.
-    guard_sql = (
-        f"""SELECT 1 FROM {ApiKey._meta.db_table} k JOIN {UsageEvent._meta.db_table} e ON e.id = %s
-            WHERE k.id = %s AND k.revoked_at IS NULL AND NOT e.archived AND e.updated_at = %s"""
-        if guard
-        else f"SELECT 1 FROM {UsageEvent._meta.db_table} e WHERE e.id = %s"
-    )
+    guard_sql = _guard_sql(cached=guard is not None, event="%s", key="%s", updated_at="%s")
     guard_params: list[Any] = [usage_event_id, guard[0], guard[1]] if guard else [usage_event_id]
     # The error log's part is left out when there is nothing to log (most requests): every
     # data-modifying CTE costs the server time even when it inserts nothing.
@@ -405,18 +397,22 @@ def _insert_records_postgres(
     return [(int(r[1]), r[2]) for r in rows_back[1:]]
 
 
+def _guard_sql(*, cached: bool, event: str, key: str, updated_at: str) -> str:
+    """The query a write statement requires a row from (its placeholders given): the usage event exists
+    (records have no foreign-key constraint, see usage/migrations/0005) and, for a cached context, the
+    key is still active and the usage event unchanged (same updated_at, not archived). If it finds no
+    row, nothing is written and StaleContext is raised."""
+    events = UsageEvent._meta.db_table
+    if not cached:
+        return f"SELECT 1 FROM {events} e WHERE e.id = {event}"
+    return f"""SELECT 1 FROM {ApiKey._meta.db_table} k JOIN {events} e ON e.id = {event}
+        WHERE k.id = {key} AND k.revoked_at IS NULL AND NOT e.archived AND e.updated_at = {updated_at}"""
+
+
 @functools.cache
 def _insert_one_sql(*, guarded: bool) -> str:
     records_table, dirty_table = UsageRecord._meta.db_table, DirtyBucket._meta.db_table
-    event_table, key_table = UsageEvent._meta.db_table, ApiKey._meta.db_table
-    # The usage event must exist when the record is written (the records table has no foreign-key
-    # constraint, see usage/migrations/0005); a cached context also re-checks the key and definition.
-    guard = (
-        f"""SELECT 1 FROM {key_table} k JOIN {event_table} e ON e.id = $1::bigint
-            WHERE k.id = $9::bigint AND k.revoked_at IS NULL AND NOT e.archived AND e.updated_at = $10::timestamptz"""
-        if guarded
-        else f"SELECT 1 FROM {event_table} e WHERE e.id = $1::bigint"
-    )
+    guard = _guard_sql(cached=guarded, event="$1::bigint", key="$9::bigint", updated_at="$10::timestamptz")
     # Leaner than the batch statement (no separate guard CTE, no counts): one row back means stored;
     # none means the guard failed or the idempotency key is taken, told apart by the caller.
     return f"""

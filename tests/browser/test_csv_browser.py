@@ -6,14 +6,13 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 from unittest import mock
 
 import pytest
 from playwright.sync_api import Page, expect
 
+from tests.browser.pages import PASSWORD, Screenshot, sign_in
 from tests.factories import organisation_make, usage_event_make
 from usage.csv_io import csv_import_run
 from usage.models import CsvImport, CsvImportStatus, UsageRecord
@@ -22,22 +21,11 @@ from zenskar_site.models import Organisation
 pytestmark = pytest.mark.browser
 
 ADMIN_EMAIL = "ada@example.com"
-PASSWORD = "correct-horse-battery"
-
-Screenshot = Callable[[str], Path]
 
 
 @pytest.fixture
 def org(transactional_db: None) -> Organisation:
     return organisation_make(name="CSV Org", admin_email=ADMIN_EMAIL, password=PASSWORD)
-
-
-def sign_in(page: Page, live_server: Any) -> None:
-    page.goto(live_server.url + "/login/")
-    page.locator("#id_username").fill(ADMIN_EMAIL)
-    page.locator("#id_password").fill(PASSWORD)
-    page.locator("form button[type=submit]").click()
-    expect(page.get_by_role("button", name="Sign out")).to_be_visible()
 
 
 def csv_file(name: str, header: list[str], rows: list[list[str]]) -> dict[str, Any]:
@@ -57,7 +45,7 @@ def test_upload_map_preview_confirm_and_progress(
     def when(i: int) -> str:
         return (start + dt.timedelta(minutes=20 * i)).isoformat().replace("+00:00", "Z")
 
-    sign_in(page, live_server)
+    sign_in(page, live_server, email=ADMIN_EMAIL)
     page.locator(".sidebar").get_by_role("link", name="Usage data").click()
     expect(page.get_by_role("heading", name="Usage data")).to_be_visible()
     expect(page.locator("#imports-empty")).to_be_visible()

@@ -6,35 +6,23 @@ import datetime as dt
 import json
 import urllib.error
 import urllib.request
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 from playwright.sync_api import Page, expect
 
+from tests.browser.pages import PASSWORD, Screenshot, sign_in
 from tests.factories import api_key_make, organisation_make, usage_event_make
 from zenskar_site.models import Organisation
 
 pytestmark = pytest.mark.browser
 
 ADMIN_EMAIL = "grace@example.com"
-PASSWORD = "correct-horse-battery"
-
-Screenshot = Callable[[str], Path]
 
 
 @pytest.fixture
 def org(transactional_db: None) -> Organisation:
     return organisation_make(name="Browser Org", admin_email=ADMIN_EMAIL, password=PASSWORD)
-
-
-def sign_in(page: Page, live_server: Any) -> None:
-    page.goto(live_server.url + "/login/")
-    page.locator("#id_username").fill(ADMIN_EMAIL)
-    page.locator("#id_password").fill(PASSWORD)
-    page.locator("form button[type=submit]").click()
-    expect(page.get_by_role("button", name="Sign out")).to_be_visible()
 
 
 def ingest(url: str, secret: str, records: list[dict[str, Any]]) -> tuple[int, dict[str, Any]]:
@@ -80,7 +68,7 @@ def test_records_chart_and_error_log_show_what_was_sent(
     status, body = ingest(f"{live_server.url}/usage/compute_hours", secret, [bad])
     assert (status, body["rejected"]) == (422, 1)
 
-    sign_in(page, live_server)
+    sign_in(page, live_server, email=ADMIN_EMAIL)
     page.goto(live_server.url + "/usage-events/compute_hours/")
     expect(page.get_by_role("heading", name="Compute hours")).to_be_visible()
 

@@ -8,37 +8,25 @@ import json
 import re
 import time
 import urllib.request
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 from playwright.sync_api import Page, expect
 
 from metrics.models import BillableMetric, MetricValue
+from tests.browser.pages import PASSWORD, Screenshot, sign_in
 from tests.factories import api_key_make, organisation_make, usage_event_make
 from zenskar_site.models import Organisation
 
 pytestmark = pytest.mark.browser
 
 ADMIN_EMAIL = "mary@example.com"
-PASSWORD = "correct-horse-battery"
 UPDATE_TIMEOUT_SECONDS = 10
-
-Screenshot = Callable[[str], Path]
 
 
 @pytest.fixture
 def org(transactional_db: None) -> Organisation:
     return organisation_make(name="Browser Org", admin_email=ADMIN_EMAIL, password=PASSWORD)
-
-
-def sign_in(page: Page, live_server: Any) -> None:
-    page.goto(live_server.url + "/login/")
-    page.locator("#id_username").fill(ADMIN_EMAIL)
-    page.locator("#id_password").fill(PASSWORD)
-    page.locator("form button[type=submit]").click()
-    expect(page.get_by_role("button", name="Sign out")).to_be_visible()
 
 
 def ingest(live_server: Any, org: Organisation, secret: str, records: list[dict[str, Any]]) -> None:
@@ -97,7 +85,7 @@ def test_build_preview_save_and_watch_a_metric_follow_ingestion(
         secret,
         [record("cus_acme", 1.5, 3), record("cus_acme", 2.25, 2), record("cus_globex", 4, 1)],
     )
-    sign_in(page, live_server)
+    sign_in(page, live_server, email=ADMIN_EMAIL)
 
     page.locator("nav.sidebar").get_by_role("link", name="Billable metrics").click()
     expect(page.get_by_role("heading", name="Billable metrics", exact=True)).to_be_visible()
@@ -244,7 +232,7 @@ def test_the_sql_editor_previews_a_query_shows_its_errors_and_saves_it(
     ingest(
         live_server, org, secret, [record("cus_acme", 1.5, 3), record("cus_acme", 2.5, 2), record("cus_globex", 4, 1)]
     )
-    sign_in(page, live_server)
+    sign_in(page, live_server, email=ADMIN_EMAIL)
     page.goto(live_server.url + "/metrics/new/")
     form_ready(page)
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import re
 import shlex
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 from playwright.sync_api import Page, expect
 
+from tests.browser.pages import PASSWORD, Screenshot, sign_in
 from tests.factories import organisation_make
 from usage.models import UsageEvent
 from zenskar_site.models import ApiKey, Organisation
@@ -19,25 +18,11 @@ from zenskar_site.models import ApiKey, Organisation
 pytestmark = pytest.mark.browser
 
 ADMIN_EMAIL = "ada@example.com"
-PASSWORD = "correct-horse-battery"
-
-Screenshot = Callable[[str], Path]
 
 
 @pytest.fixture
 def org(transactional_db: None) -> Organisation:
     return organisation_make(name="Browser Org", admin_email=ADMIN_EMAIL, password=PASSWORD)
-
-
-def sign_in(page: Page, live_server: Any, screenshot: Screenshot | None = None) -> None:
-    page.goto(live_server.url + "/login/")
-    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
-    page.locator("#id_username").fill(ADMIN_EMAIL)
-    page.locator("#id_password").fill(PASSWORD)
-    if screenshot:
-        screenshot("01_login")
-    page.locator("form button[type=submit]").click()
-    expect(page.get_by_role("button", name="Sign out")).to_be_visible()
 
 
 def open_add_usage_event(page: Page) -> None:
@@ -76,7 +61,7 @@ def row_for_field(page: Page, name: str) -> Any:
 def test_add_usage_event_with_three_fields(
     page: Page, live_server: Any, org: Organisation, screenshot: Screenshot
 ) -> None:
-    sign_in(page, live_server, screenshot)
+    sign_in(page, live_server, email=ADMIN_EMAIL, screenshot=screenshot)
     screenshot("02_usage_events_empty")
     open_add_usage_event(page)
     screenshot("03_add_usage_event_empty_form")
@@ -142,7 +127,7 @@ def test_add_usage_event_with_three_fields(
 def test_add_usage_event_shows_errors_next_to_their_fields(
     page: Page, live_server: Any, org: Organisation, screenshot: Screenshot
 ) -> None:
-    sign_in(page, live_server)
+    sign_in(page, live_server, email=ADMIN_EMAIL)
     open_add_usage_event(page)
 
     # A bad slug: the error sits next to the slug field, the rows survive the round trip.
@@ -181,7 +166,7 @@ def test_add_usage_event_shows_errors_next_to_their_fields(
 def test_api_key_is_shown_once_and_can_be_revoked(
     page: Page, live_server: Any, org: Organisation, screenshot: Screenshot
 ) -> None:
-    sign_in(page, live_server)
+    sign_in(page, live_server, email=ADMIN_EMAIL)
     page.locator("nav.sidebar").get_by_role("link", name="API keys").click()
     expect(page).to_have_url(re.compile(r"/settings/api-keys/$"))
     expect(page.get_by_text("No active keys.")).to_be_visible()
