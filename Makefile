@@ -39,6 +39,7 @@ lint: install-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 
 test-sqlite: install-dev
 	@echo "=== pytest on SQLite (embedded mode) ==="

@@ -50,8 +50,8 @@ def main() -> int:
 
     from bench import aggregate
     from usage.services import usage_event_create
-    from zenskar_site.actors import system_actor
-    from zenskar_site.services import organisation_create
+    from zenskar_site.accounts.actors import system_actor
+    from zenskar_site.accounts.services import organisation_create
 
     organisation, user = organisation_create(name="Bench", admin_email="bench@example.com", password="bench-pass")
     usage_event = usage_event_create(

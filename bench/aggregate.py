@@ -74,8 +74,8 @@ def setup() -> tuple[str, int]:
     step("migrating the benchmark database")
     manage("migrate", "-v0")
     key = shell(
-        "from zenskar_site.services import organisation_create, api_key_create\n"
-        "from zenskar_site.actors import system_actor\n"
+        "from zenskar_site.accounts.services import organisation_create, api_key_create\n"
+        "from zenskar_site.accounts.actors import system_actor\n"
         "from usage.services import usage_event_create\n"
         "org, _ = organisation_create(name='Bench', admin_email='bench@example.com', password='bench-password')\n"
         "actor = system_actor(organisation=org)\n"
@@ -138,8 +138,8 @@ def hand_written_group_by(event_id: int) -> float:
 def engine_recompute() -> tuple[float, int]:
     out = shell(
         "import time, json\n"
-        "from zenskar_site.actors import system_actor\n"
-        "from zenskar_site.models import Organisation\n"
+        "from zenskar_site.accounts.actors import system_actor\n"
+        "from zenskar_site.accounts.models import Organisation\n"
         "from metrics.models import BillableMetric, MetricValue\n"
         "from metrics.services import metric_create, metric_recompute\n"
         "from django.db import transaction\n"

@@ -77,8 +77,8 @@ def setup() -> tuple[str, str]:
     step("migrating the benchmark database")
     subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env(), check=True)
     script = (
-        "from zenskar_site.services import organisation_create, api_key_create\n"
-        "from zenskar_site.actors import system_actor\n"
+        "from zenskar_site.accounts.services import organisation_create, api_key_create\n"
+        "from zenskar_site.accounts.actors import system_actor\n"
         "from usage.services import usage_event_create\n"
         "org, _ = organisation_create(name='Bench', admin_email='bench@example.com', password='bench-password')\n"
         "actor = system_actor(organisation=org)\n"

@@ -8,8 +8,8 @@ from django.http import HttpRequest
 
 from metrics.models import BillableMetric, MetricValue
 from metrics.services import metric_value_override
-from zenskar_site.admin_scoping import CappedCountPaginator, OrganisationScopedAdmin, admin_actor
-from zenskar_site.errors import DomainError
+from zenskar_site.accounts.admin_scoping import CappedCountPaginator, OrganisationScopedAdmin, admin_actor
+from zenskar_site.lib.errors import DomainError
 
 
 @admin.register(BillableMetric)

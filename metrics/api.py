@@ -13,7 +13,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from metrics.engine import ComputedValue, period_next, periods_between
+from metrics.engine import ComputedValue
 from metrics.models import BillableMetric, MetricValue
 from metrics.selectors import metric_get, metric_total, metric_values_list, metrics_list
 from metrics.services import (
@@ -26,9 +26,10 @@ from metrics.services import (
     metric_value_override,
 )
 from usage.schema import InvalidValue, datetime_parse
-from zenskar_site.errors import ValidationFailed
-from zenskar_site.pagination import CursorPagination
-from zenskar_site.permissions import request_actor
+from zenskar_site.accounts.permissions import request_actor
+from zenskar_site.lib.errors import ValidationFailed
+from zenskar_site.lib.pagination import CursorPagination
+from zenskar_site.lib.periods import period_next, periods_between
 
 
 class MetricOutput(serializers.ModelSerializer[BillableMetric]):

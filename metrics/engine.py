@@ -8,7 +8,6 @@ are registered on each connection (see `sqlite_functions_register`).
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal, localcontext
 from typing import Any
@@ -55,32 +54,6 @@ def average(total: Any, count: Any) -> Decimal | None:
     with localcontext() as context:
         context.prec = 60
         return to_decimal(total) / Decimal(int(count))  # type: ignore[operator]
-
-
-def period_floor(moment: dt.datetime, granularity: str) -> dt.datetime:
-    start = moment.astimezone(dt.UTC).replace(minute=0, second=0, microsecond=0)
-    if granularity == Period.HOUR:
-        return start
-    start = start.replace(hour=0)
-    if granularity == Period.DAY:
-        return start
-    return start.replace(day=1)
-
-
-def period_next(start: dt.datetime, granularity: str) -> dt.datetime:
-    if granularity == Period.HOUR:
-        return start + dt.timedelta(hours=1)
-    if granularity == Period.DAY:
-        return start + dt.timedelta(days=1)
-    return (start.replace(day=28) + dt.timedelta(days=4)).replace(day=1)
-
-
-def periods_between(start: dt.datetime, end: dt.datetime, granularity: str) -> list[dt.datetime]:
-    periods, current = [], period_floor(start, granularity)
-    while current < end:
-        periods.append(current)
-        current = period_next(current, granularity)
-    return periods
 
 
 @dataclass(frozen=True)
@@ -324,15 +297,3 @@ def sqlite_functions_register(raw_connection: Any) -> None:
     raw_connection.create_aggregate("z_min", 1, _Min)
     raw_connection.create_aggregate("z_max", 1, _Max)
     raw_connection.create_aggregate("z_latest", 3, _Latest)
-
-
-def merge_ranges(periods: Iterable[dt.datetime], granularity: str) -> list[tuple[dt.datetime, dt.datetime]]:
-    """Consecutive periods joined into [start, end) ranges, so each range is one query."""
-    ranges: list[tuple[dt.datetime, dt.datetime]] = []
-    for start in sorted(set(periods)):
-        end = period_next(start, granularity)
-        if ranges and ranges[-1][1] == start:
-            ranges[-1] = (ranges[-1][0], end)
-        else:
-            ranges.append((start, end))
-    return ranges

@@ -15,7 +15,7 @@ from metrics.engine import GROUPABLE_TYPES
 from metrics.models import Aggregation, MetricKind
 from usage.models import Period, UsageEvent
 from usage.schema import NUMERIC_TYPES, type_parse
-from usage.views import UtcDateTimeField
+from zenskar_site.lib.forms import UtcDateTimeField
 
 INTEGER_RE = re.compile(r"^[+-]?\d+\Z", re.ASCII)
 CURSOR_RE = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)~(\d{1,19})\Z", re.ASCII)

@@ -4,10 +4,9 @@ from decimal import Decimal
 
 from django.db import models
 from django.db.models import Q
-from django.db.models.functions import Now
 
 from usage.models import Period, UsageEvent
-from zenskar_site.models import Organisation
+from zenskar_site.accounts.models import Organisation
 
 
 class MetricKind(models.TextChoices):
@@ -110,24 +109,3 @@ class MetricValue(models.Model):
     @property
     def value_decimal(self) -> Decimal | None:
         return Decimal(self.value) if self.value is not None else None
-
-
-class DirtyBucket(models.Model):
-    """An hour of a usage event whose records changed; the engine recomputes the metric periods over it.
-
-    Append-only from the writers' side (no unique constraint, so concurrent ingestion never contends
-    on one row); the engine deletes exactly the rows it processed, in the transaction that stores
-    the recomputed values, so a crash leaves them for the next run.
-    """
-
-    id = models.BigAutoField(primary_key=True)
-    # No foreign-key constraint, for the reason given on UsageRecord.usage_event: ingestion writes a
-    # mark with every request.
-    usage_event = models.ForeignKey(
-        UsageEvent, on_delete=models.CASCADE, related_name="+", db_index=False, db_constraint=False
-    )
-    hour_start = models.DateTimeField()
-    created_at = models.DateTimeField(db_default=Now())
-
-    class Meta:
-        indexes = [models.Index(fields=["usage_event", "id"], name="dirty_bucket_event_idx")]

@@ -45,7 +45,7 @@ from sqlglot.optimizer.normalize_identifiers import normalize_identifiers
 
 from usage.models import UsageRecord
 from usage.schema import FIELD_NAME_RE, type_parse
-from zenskar_site.errors import ValidationFailed
+from zenskar_site.lib.errors import ValidationFailed
 
 MAX_SQL_LENGTH = 20_000
 PLACEHOLDER_NAMES = ("period_start", "period_end")

@@ -10,8 +10,8 @@ from django.db.models import Q, QuerySet
 
 from metrics.engine import decimal_text, to_decimal
 from metrics.models import BillableMetric, MetricValue
-from zenskar_site.errors import NotFound
-from zenskar_site.models import AuditEntry, Organisation
+from zenskar_site.accounts.models import AuditEntry, Organisation
+from zenskar_site.lib.errors import NotFound
 
 
 def metrics_list(*, organisation: Organisation, include_archived: bool = False) -> QuerySet[BillableMetric]:

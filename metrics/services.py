@@ -25,18 +25,15 @@ from metrics.engine import (
     builder_compute,
     decimal_text,
     dimension_key_of,
-    merge_ranges,
-    period_floor,
-    period_next,
-    periods_between,
     to_decimal,
 )
-from metrics.models import Aggregation, BillableMetric, DirtyBucket, MetricKind, MetricValue, RecomputeState
-from usage.models import Period, UsageEvent, UsageRecord
+from metrics.models import Aggregation, BillableMetric, MetricKind, MetricValue, RecomputeState
+from usage.models import DirtyBucket, Period, UsageEvent, UsageRecord
 from usage.schema import CONVERTERS, InvalidValue, type_parse
-from zenskar_site.actors import Actor
-from zenskar_site.errors import NotFound, ValidationFailed
-from zenskar_site.services import audit_record
+from zenskar_site.accounts.actors import Actor
+from zenskar_site.accounts.services import audit_record
+from zenskar_site.lib.errors import NotFound, ValidationFailed
+from zenskar_site.lib.periods import merge_ranges, period_floor, period_next, periods_between
 
 logger = logging.getLogger(__name__)
 METRIC_SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}\Z", re.ASCII)

@@ -22,7 +22,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from metrics.api import preview_body, render_times
-from metrics.engine import FILTER_OPS, NUMERIC_AGGREGATIONS, decimal_text, period_floor, period_next, to_decimal
+from metrics.engine import FILTER_OPS, NUMERIC_AGGREGATIONS, decimal_text, to_decimal
 from metrics.forms import (
     FILTER_OP_LABELS,
     MetricForm,
@@ -37,10 +37,11 @@ from metrics.selectors import metric_audit_entries, metric_get, metric_values_li
 from metrics.services import metric_create, metric_definition_validate, metric_value_override
 from usage.models import Period, UsageEvent
 from usage.selectors import usage_events_list
-from zenskar_site.actors import Actor
-from zenskar_site.charts import BarChart, ChartPoint, bar_chart
-from zenskar_site.dashboard import member_view
-from zenskar_site.errors import NotFound, ValidationFailed
+from zenskar_site.accounts.actors import Actor
+from zenskar_site.accounts.dashboard import member_view
+from zenskar_site.lib.charts import BarChart, ChartPoint, bar_chart
+from zenskar_site.lib.errors import NotFound, ValidationFailed
+from zenskar_site.lib.periods import period_floor, period_next
 
 # Where each error path of the metric services lands on the form; filter rows are handled apart.
 FORM_FIELDS = frozenset(
@@ -255,7 +256,7 @@ def window_choose(
     return Window(start=start, end=end, periods=periods), None
 
 
-# The chart (zenskar_site.charts lays it out, the shared template draws it).
+# The chart (zenskar_site.lib.charts lays it out, the shared template draws it).
 X_LABELS = 10
 
 

@@ -10,7 +10,7 @@ from django.db import connection
 from rest_framework.test import APIClient
 
 from tests.factories import ApiKeyBundle, api_key_make, organisation_make, usage_event_make
-from zenskar_site.models import Organisation
+from zenskar_site.accounts.models import Organisation
 
 IS_POSTGRES = bool(os.environ.get("DATABASE_URL"))
 
@@ -42,7 +42,7 @@ def _sqlite_audit_rows_removed_before_flush(request: pytest.FixtureRequest) -> I
         return
     request.getfixturevalue("transactional_db")
     yield
-    migration = importlib.import_module("zenskar_site.migrations.0002_audit_append_only_triggers")
+    migration = importlib.import_module("zenskar_site.accounts.migrations.0002_audit_append_only_triggers")
     with connection.cursor() as cursor:
         for statement in migration.SQLITE_DOWN:
             cursor.execute(statement)

@@ -10,9 +10,9 @@ from django.contrib.auth.models import User
 
 from usage.models import UsageEvent
 from usage.services import usage_event_create
-from zenskar_site.actors import system_actor
-from zenskar_site.models import ApiKey, Organisation
-from zenskar_site.services import api_key_create, organisation_create
+from zenskar_site.accounts.actors import system_actor
+from zenskar_site.accounts.models import ApiKey, Organisation
+from zenskar_site.accounts.services import api_key_create, organisation_create
 
 _sequence = itertools.count(1)
 

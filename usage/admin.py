@@ -11,8 +11,13 @@ from django.http import HttpRequest
 from usage.corrections import record_restore, record_update, record_void
 from usage.models import IngestionError, UsageEvent, UsageRecord
 from usage.schema import datetime_format, record_validator
-from zenskar_site.admin_scoping import CappedCountPaginator, OrganisationScopedAdmin, admin_actor, organisation_ids
-from zenskar_site.errors import DomainError, ValidationFailed
+from zenskar_site.accounts.admin_scoping import (
+    CappedCountPaginator,
+    OrganisationScopedAdmin,
+    admin_actor,
+    organisation_ids,
+)
+from zenskar_site.lib.errors import DomainError, ValidationFailed
 
 
 @admin.register(UsageEvent)

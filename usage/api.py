@@ -18,7 +18,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from metrics.dispatch import metrics_refresh_soon
+from usage.dirty import records_changed_announce
 from usage.ingestion import (
     IngestError,
     IngestResult,
@@ -32,11 +32,11 @@ from usage.ingestion import (
 from usage.models import Period, UsageEvent, UsageEventKind
 from usage.selectors import usage_event_get, usage_events_list
 from usage.services import usage_event_archive, usage_event_create, usage_event_update
-from zenskar_site.authentication import presented_key
-from zenskar_site.errors import ValidationFailed
-from zenskar_site.pagination import CursorPagination
-from zenskar_site.permissions import request_actor
-from zenskar_site.ratelimit import rate_limit_retry_after
+from zenskar_site.accounts.authentication import presented_key
+from zenskar_site.accounts.permissions import request_actor
+from zenskar_site.lib.errors import ValidationFailed
+from zenskar_site.lib.pagination import CursorPagination
+from zenskar_site.lib.ratelimit import rate_limit_retry_after
 
 
 class DataSchemaField(serializers.JSONField):
@@ -251,6 +251,6 @@ def ingest(request: HttpRequest, api_slug: str) -> HttpResponse:
 
 
 def on_ingested(*, result: IngestResult) -> None:
-    """After commit: ask the metric engine to refresh the usage event's metrics now."""
+    """Tell the metrics (which defer their refresh to after commit) that the usage event changed."""
     if result.accepted:
-        metrics_refresh_soon(usage_event_id=result.usage_event_id)
+        records_changed_announce(usage_event_id=result.usage_event_id)

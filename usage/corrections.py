@@ -16,15 +16,14 @@ from django.db import transaction
 from django.db.models import Max, QuerySet
 from django.utils import timezone
 
-from metrics.dispatch import metrics_refresh_soon
-from metrics.models import DirtyBucket
+from usage.dirty import hours_mark_dirty, records_changed_announce
 from usage.ingestion import period_start_of
 from usage.models import UsageEvent, UsageEventKind, UsageRecord
 from usage.schema import datetime_format, record_validator
-from zenskar_site.actors import Actor
-from zenskar_site.errors import NotFound, ValidationFailed
-from zenskar_site.models import AuditEntry
-from zenskar_site.services import audit_record
+from zenskar_site.accounts.actors import Actor
+from zenskar_site.accounts.models import AuditEntry
+from zenskar_site.accounts.services import audit_record
+from zenskar_site.lib.errors import NotFound, ValidationFailed
 
 EDITABLE = ("customer_id", "timestamp", "data")
 VOID_AUDIT_BATCH = 2000
@@ -60,10 +59,9 @@ def _require_reason(reason: Any) -> str:
     return (reason or "").strip()
 
 
-def _mark_dirty(usage_event: UsageEvent, moments: Iterable[dt.datetime]) -> None:
-    hours = {m.astimezone(dt.UTC).replace(minute=0, second=0, microsecond=0) for m in moments}
-    DirtyBucket.objects.bulk_create(DirtyBucket(usage_event_id=usage_event.id, hour_start=h) for h in hours)
-    metrics_refresh_soon(usage_event_id=usage_event.id)
+def _changed(usage_event: UsageEvent, moments: Iterable[dt.datetime]) -> None:
+    hours_mark_dirty(usage_event_id=usage_event.id, moments=moments)
+    records_changed_announce(usage_event_id=usage_event.id)
 
 
 def _aggregate_reset(usage_event: UsageEvent, pairs: set[tuple[str, dt.datetime]]) -> list[dt.datetime]:
@@ -134,7 +132,7 @@ def record_update(
             after=after,
             reason=_require_reason(reason),
         )
-        _mark_dirty(usage_event, moments)
+        _changed(usage_event, moments)
     return record
 
 
@@ -159,7 +157,7 @@ def _set_voided(*, actor: Actor, api_slug: str, record_id: int, voided: bool, re
         after=record_snapshot(record),
         reason=_require_reason(reason),
     )
-    _mark_dirty(usage_event, moments)
+    _changed(usage_event, moments)
     return record
 
 
@@ -242,5 +240,5 @@ def records_void_by_filter(
             )
         )
     AuditEntry.objects.bulk_create(entries, batch_size=VOID_AUDIT_BATCH)
-    _mark_dirty(usage_event, moments)
+    _changed(usage_event, moments)
     return len(ids)

@@ -35,13 +35,14 @@ from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
 from metrics.models import BillableMetric, MetricValue
+from usage.dirty import records_changed_announce
 from usage.ingestion import content_hash_of, ingest_context_internal, records_store
 from usage.models import CsvImport, CsvImportStatus, UsageEvent, UsageRecord
 from usage.schema import datetime_format, record_validator, type_parse
-from zenskar_site.actors import Actor
-from zenskar_site.errors import Conflict, Forbidden, NotFound, ValidationFailed
-from zenskar_site.models import Organisation
-from zenskar_site.services import audit_record
+from zenskar_site.accounts.actors import Actor
+from zenskar_site.accounts.models import Organisation
+from zenskar_site.accounts.services import audit_record
+from zenskar_site.lib.errors import Conflict, Forbidden, NotFound, ValidationFailed
 
 logger = logging.getLogger(__name__)
 
@@ -653,9 +654,7 @@ def csv_import_run(*, import_id: int, progress: Progress | None = None) -> CsvIm
             f"Retry it to continue after the {done:,} rows already done.",
         )
         return _reloaded(import_id)
-    from metrics.dispatch import metrics_refresh_soon
-
-    metrics_refresh_soon(usage_event_id=usage_event.id)
+    records_changed_announce(usage_event_id=usage_event.id)
     return _reloaded(import_id)
 
 

@@ -32,10 +32,10 @@ from usage.csv_io import (
 from usage.models import CsvImport, CsvImportStatus
 from usage.schema import datetime_format
 from usage.selectors import usage_event_get, usage_events_list
-from usage.views import UtcDateTimeField
-from zenskar_site.actors import Actor
-from zenskar_site.dashboard import member_view
-from zenskar_site.errors import Conflict, DomainError, NotFound, ValidationFailed
+from zenskar_site.accounts.actors import Actor
+from zenskar_site.accounts.dashboard import member_view
+from zenskar_site.lib.errors import Conflict, DomainError, NotFound, ValidationFailed
+from zenskar_site.lib.forms import UtcDateTimeField
 
 RECENT_IMPORTS = 20
 STREAM_CHUNK_CHARS = 64 * 1024

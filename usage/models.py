@@ -3,8 +3,9 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from django.db.models.functions import Now
 
-from zenskar_site.models import Organisation
+from zenskar_site.accounts.models import Organisation
 
 
 class UsageEventKind(models.TextChoices):
@@ -171,3 +172,26 @@ class CsvImport(models.Model):
 
     def __str__(self) -> str:
         return f"CSV import {self.pk} ({self.filename})"
+
+
+class DirtyBucket(models.Model):
+    """An hour of a usage event whose records changed; the engine recomputes the metric periods over it.
+
+    Append-only from the writers' side (no unique constraint, so concurrent ingestion never contends
+    on one row); the engine deletes exactly the rows it processed, in the transaction that stores
+    the recomputed values, so a crash leaves them for the next run.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    # No foreign-key constraint, for the reason given on UsageRecord.usage_event: ingestion writes a
+    # mark with every request.
+    usage_event = models.ForeignKey(
+        UsageEvent, on_delete=models.CASCADE, related_name="+", db_index=False, db_constraint=False
+    )
+    hour_start = models.DateTimeField()
+    created_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        # Created by the metrics app, which reads these marks; ingestion and corrections write them.
+        db_table = "metrics_dirtybucket"
+        indexes = [models.Index(fields=["usage_event", "id"], name="dirty_bucket_event_idx")]

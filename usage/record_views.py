@@ -15,10 +15,10 @@ from django.urls import reverse
 from usage.corrections import record_restore, record_update, record_void, records_void_by_filter
 from usage.schema import InvalidValue, datetime_format, datetime_parse
 from usage.selectors import record_get, usage_event_get
-from zenskar_site.actors import Actor
-from zenskar_site.dashboard import member_view
-from zenskar_site.errors import DomainError, NotFound, ValidationFailed
-from zenskar_site.selectors import audit_entries_list
+from zenskar_site.accounts.actors import Actor
+from zenskar_site.accounts.dashboard import member_view
+from zenskar_site.accounts.selectors import audit_entries_list
+from zenskar_site.lib.errors import DomainError, NotFound, ValidationFailed
 
 
 class RecordEditForm(forms.Form):

@@ -16,8 +16,8 @@ from usage.corrections import record_restore, record_update, record_void, record
 from usage.models import IngestionError, UsageEvent, UsageRecord
 from usage.schema import InvalidValue, datetime_parse
 from usage.selectors import ingestion_errors_list, record_get, records_list, usage_event_get
-from zenskar_site.errors import ValidationFailed
-from zenskar_site.permissions import request_actor
+from zenskar_site.accounts.permissions import request_actor
+from zenskar_site.lib.errors import ValidationFailed
 
 
 class RecordOutput(serializers.ModelSerializer[UsageRecord]):

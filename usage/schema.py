@@ -16,7 +16,7 @@ from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 from typing import Any
 
-from zenskar_site.errors import ValidationFailed
+from zenskar_site.lib.errors import ValidationFailed
 
 BASE_TYPES = ("Int64", "Float64", "Decimal", "Bool", "Date32", "DateTime64", "String", "UUID")
 NUMERIC_TYPES = frozenset({"Int64", "Float64", "Decimal"})

@@ -8,8 +8,8 @@ from django.db.models import Count, QuerySet
 from django.db.models.functions import TruncDay, TruncHour
 
 from usage.models import IngestionError, UsageEvent, UsageRecord
-from zenskar_site.errors import NotFound
-from zenskar_site.models import Organisation
+from zenskar_site.accounts.models import Organisation
+from zenskar_site.lib.errors import NotFound
 
 
 def usage_events_list(*, organisation: Organisation, include_archived: bool = False) -> QuerySet[UsageEvent]:

@@ -10,9 +10,9 @@ from django.db import IntegrityError, transaction
 
 from usage.models import IngestionError, Period, UsageEvent, UsageEventKind
 from usage.schema import dataschema_change_problems, dataschema_normalize
-from zenskar_site.actors import Actor
-from zenskar_site.errors import Conflict, NotFound, ValidationFailed
-from zenskar_site.services import audit_record
+from zenskar_site.accounts.actors import Actor
+from zenskar_site.accounts.services import audit_record
+from zenskar_site.lib.errors import Conflict, NotFound, ValidationFailed
 
 API_SLUG_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z", re.ASCII)
 

@@ -27,11 +27,12 @@ from usage.selectors import (
     usage_events_list,
 )
 from usage.services import usage_event_create
-from zenskar_site.actors import Actor
-from zenskar_site.charts import BarChart, ChartPoint, bar_chart
-from zenskar_site.dashboard import form_errors_apply, member_view
-from zenskar_site.errors import NotFound, ValidationFailed
-from zenskar_site.selectors import audit_entries_list
+from zenskar_site.accounts.actors import Actor
+from zenskar_site.accounts.dashboard import form_errors_apply, member_view
+from zenskar_site.accounts.selectors import audit_entries_list
+from zenskar_site.lib.charts import BarChart, ChartPoint, bar_chart
+from zenskar_site.lib.errors import NotFound, ValidationFailed
+from zenskar_site.lib.forms import UtcDateTimeField
 
 FORM_FIELDS = {
     "name": "name",
@@ -102,16 +103,6 @@ PAYLOAD_PREVIEW_CHARS = 160
 BIGINT_MAX = 2**63 - 1
 
 
-class UtcDateTimeField(forms.DateTimeField):
-    """A `datetime-local` input: the browser sends no zone, the page says UTC, so it is read as UTC."""
-
-    widget = forms.DateTimeInput(attrs={"type": "datetime-local", "step": "1"}, format="%Y-%m-%dT%H:%M:%S")
-
-    def to_python(self, value: Any) -> dt.datetime | None:
-        with timezone.override(dt.UTC):
-            return super().to_python(value)
-
-
 class RecordFilterForm(forms.Form):
     customer_id = forms.CharField(label="Customer ID", max_length=255, required=False)
     start = UtcDateTimeField(label="From (UTC)", required=False)
@@ -172,7 +163,7 @@ def error_row(error: IngestionError) -> ErrorRow:
     return ErrorRow(error=error, reasons=reasons, payload=text, preview=_clip(text, PAYLOAD_PREVIEW_CHARS))
 
 
-# --- the volume chart (zenskar_site.charts lays it out, the shared template draws it) ---
+# --- the volume chart (zenskar_site.lib.charts lays it out, the shared template draws it) ---
 
 
 def _bucket_title(moment: dt.datetime, bucket: str, count: int) -> str:

@@ -1,9 +1,9 @@
 from django.apps import AppConfig
 
 
-class ZenskarSiteConfig(AppConfig):
-    name = "zenskar_site"
-    verbose_name = "Organisations and access"
+class ProjectConfig(AppConfig):
+    """The project package itself: the commands that span every app (runembedded, seeddemo)."""
 
-    def ready(self) -> None:
-        from zenskar_site import openapi  # noqa: F401  (registers the OpenAPI auth extension)
+    name = "zenskar_site"
+    label = "project"
+    verbose_name = "Project"

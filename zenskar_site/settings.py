@@ -66,6 +66,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "zenskar_site",
+    "zenskar_site.accounts",
     "usage",
     "metrics",
 ]
@@ -94,7 +95,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
-                "zenskar_site.context_processors.organisation",
+                "zenskar_site.accounts.context_processors.organisation",
             ],
         },
     },
@@ -156,15 +157,15 @@ if not DEBUG:
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "zenskar_site.authentication.ApiKeyAuthentication",
+        "zenskar_site.accounts.authentication.ApiKeyAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["zenskar_site.permissions.ManagementAccess"],
+    "DEFAULT_PERMISSION_CLASSES": ["zenskar_site.accounts.permissions.ManagementAccess"],
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
-    "DEFAULT_PAGINATION_CLASS": "zenskar_site.pagination.CursorPagination",
+    "DEFAULT_PAGINATION_CLASS": "zenskar_site.lib.pagination.CursorPagination",
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "EXCEPTION_HANDLER": "zenskar_site.exceptions.exception_handler",
+    "EXCEPTION_HANDLER": "zenskar_site.lib.exceptions.exception_handler",
     "UNAUTHENTICATED_USER": None,
 }
 
@@ -182,7 +183,7 @@ SPECTACULAR_SETTINGS = {
         "UsageEventKindEnum": "usage.models.UsageEventKind",
         "MetricKindEnum": "metrics.models.MetricKind",
         "AggregationEnum": "metrics.models.Aggregation",
-        "ApiKeyScopeEnum": "zenskar_site.models.ApiKeyScope",
+        "ApiKeyScopeEnum": "zenskar_site.accounts.models.ApiKeyScope",
     },
 }
 

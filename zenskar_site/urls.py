@@ -7,7 +7,7 @@ from rest_framework.permissions import AllowAny
 from metrics import api as metrics_api
 from usage import api as usage_api
 from usage import records_api
-from zenskar_site import api, views
+from zenskar_site.accounts import api, views
 
 api_v1 = [
     path("organisation/", api.OrganisationApi.as_view(), name="organisation"),

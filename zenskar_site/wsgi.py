@@ -14,7 +14,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "zenskar_site.settings")
 
 django_application = get_wsgi_application()
 
-from zenskar_site.lean import ingest_application  # noqa: E402  (after Django is set up)
+from usage.ingestion.wsgi import ingest_application  # noqa: E402  (after Django is set up)
 
 
 def application(environ, start_response):  # type: ignore[no-untyped-def]

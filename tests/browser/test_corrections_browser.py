@@ -17,8 +17,8 @@ from metrics.models import MetricValue
 from metrics.services import metric_create
 from tests.factories import organisation_make, usage_event_make
 from usage.models import UsageRecord
-from zenskar_site.actors import system_actor
-from zenskar_site.models import AuditEntry
+from zenskar_site.accounts.actors import system_actor
+from zenskar_site.accounts.models import AuditEntry
 
 pytestmark = pytest.mark.browser
 EMAIL, PASSWORD = "ops@example.com", "correct-horse-battery"

@@ -16,7 +16,7 @@ from tests.browser.pages import PASSWORD, Screenshot, sign_in
 from tests.factories import organisation_make, usage_event_make
 from usage.csv_io import csv_import_run
 from usage.models import CsvImport, CsvImportStatus, UsageRecord
-from zenskar_site.models import Organisation
+from zenskar_site.accounts.models import Organisation
 
 pytestmark = pytest.mark.browser
 

@@ -16,7 +16,7 @@ from playwright.sync_api import Page, expect
 from metrics.models import BillableMetric, MetricValue
 from tests.browser.pages import PASSWORD, Screenshot, sign_in
 from tests.factories import api_key_make, organisation_make, usage_event_make
-from zenskar_site.models import Organisation
+from zenskar_site.accounts.models import Organisation
 
 pytestmark = pytest.mark.browser
 

@@ -13,7 +13,7 @@ from playwright.sync_api import Page, expect
 from tests.browser.pages import PASSWORD, Screenshot, sign_in
 from tests.factories import organisation_make
 from usage.models import UsageEvent
-from zenskar_site.models import ApiKey, Organisation
+from zenskar_site.accounts.models import ApiKey, Organisation
 
 pytestmark = pytest.mark.browser
 

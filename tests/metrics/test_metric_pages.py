@@ -19,8 +19,8 @@ from metrics.models import BillableMetric, MetricValue
 from metrics.services import metric_create
 from tests.factories import ApiKeyBundle, organisation_admin, usage_event_make
 from usage.models import UsageEvent
-from zenskar_site.actors import system_actor
-from zenskar_site.models import AuditEntry, Membership, Organisation
+from zenskar_site.accounts.actors import system_actor
+from zenskar_site.accounts.models import AuditEntry, Membership, Organisation
 
 HOUR = (timezone.now() - dt.timedelta(hours=3)).replace(minute=0, second=0, microsecond=0)
 SANDBOX_MISSING = importlib.util.find_spec("metrics.sandbox") is None

@@ -12,11 +12,11 @@ from django.core.management import call_command
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from metrics.models import BillableMetric, DirtyBucket, MetricValue
+from metrics.models import BillableMetric, MetricValue
 from metrics.services import metric_values_refresh
 from tests.factories import ApiKeyBundle, api_key_make, usage_event_make
-from usage.models import UsageEvent, UsageRecord
-from zenskar_site.models import AuditEntry, Organisation
+from usage.models import DirtyBucket, UsageEvent, UsageRecord
+from zenskar_site.accounts.models import AuditEntry, Organisation
 
 HOUR = (timezone.now() - dt.timedelta(hours=2)).replace(minute=0, second=0, microsecond=0)
 

@@ -19,7 +19,7 @@ from metrics.sandbox import (
 )
 from tests.factories import organisation_make, usage_event_make
 from usage.models import UsageEvent, UsageRecord
-from zenskar_site.models import Organisation
+from zenskar_site.accounts.models import Organisation
 
 START = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 END = dt.datetime(2026, 2, 1, tzinfo=dt.UTC)

@@ -18,12 +18,12 @@ from django.test import Client
 from django.utils import timezone
 
 from metrics import tasks
-from metrics.models import BillableMetric, DirtyBucket, MetricValue
+from metrics.models import BillableMetric, MetricValue
 from metrics.services import metric_create
 from tests.factories import api_key_make, organisation_make, usage_event_make
 from tests.processes import celery_worker
-from usage.models import UsageRecord
-from zenskar_site.actors import system_actor
+from usage.models import DirtyBucket, UsageRecord
+from zenskar_site.accounts.actors import system_actor
 from zenskar_site.celery import app
 
 pytestmark = [pytest.mark.celery_worker, pytest.mark.django_db(transaction=True)]

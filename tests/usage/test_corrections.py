@@ -14,7 +14,7 @@ from metrics.models import MetricValue
 from metrics.services import metric_values_refresh
 from tests.factories import ApiKeyBundle, usage_event_make
 from usage.models import UsageEvent, UsageRecord
-from zenskar_site.models import AuditEntry, Organisation
+from zenskar_site.accounts.models import AuditEntry, Organisation
 
 DAY = (timezone.now() - dt.timedelta(days=3)).replace(hour=10, minute=0, second=0, microsecond=0)
 

@@ -23,7 +23,7 @@ from django.test import Client
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from metrics.models import DirtyBucket, MetricValue
+from metrics.models import MetricValue
 from metrics.services import metric_values_refresh
 from tests.factories import ApiKeyBundle, organisation_admin, organisation_make, usage_event_make
 from usage import csv_io, tasks
@@ -34,10 +34,10 @@ from usage.csv_io import (
     csv_import_validate,
     csv_imports_stalled_claim,
 )
-from usage.models import CsvImport, CsvImportStatus, IngestionError, UsageEvent, UsageRecord
-from zenskar_site.actors import Actor, system_actor
-from zenskar_site.errors import Conflict, ValidationFailed
-from zenskar_site.models import AuditEntry, Membership, Organisation
+from usage.models import CsvImport, CsvImportStatus, DirtyBucket, IngestionError, UsageEvent, UsageRecord
+from zenskar_site.accounts.actors import Actor, system_actor
+from zenskar_site.accounts.models import AuditEntry, Membership, Organisation
+from zenskar_site.lib.errors import Conflict, ValidationFailed
 
 NOW = timezone.now().replace(microsecond=0)
 RICH_SCHEMA = {

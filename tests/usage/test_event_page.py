@@ -18,7 +18,7 @@ from django.utils import timezone
 from tests.factories import ApiKeyBundle, organisation_admin, organisation_make, usage_event_make
 from usage.models import UsageEvent, UsageRecord
 from usage.selectors import records_volume
-from zenskar_site.models import Organisation
+from zenskar_site.accounts.models import Organisation
 
 PAGE = "/usage-events/compute_hours/"
 

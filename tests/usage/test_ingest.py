@@ -15,7 +15,7 @@ from rest_framework.test import APIClient
 from tests.conftest import IS_POSTGRES
 from tests.factories import ApiKeyBundle, api_key_make, usage_event_make
 from usage.models import IngestionError, UsageEvent, UsageRecord
-from zenskar_site.models import Organisation
+from zenskar_site.accounts.models import Organisation
 
 
 def iso(moment: dt.datetime) -> str:
@@ -92,8 +92,8 @@ def test_missing_unknown_and_revoked_keys_are_401(
     client_for: Any, compute_hours: UsageEvent, organisation: Organisation
 ) -> None:
     revoked = api_key_make(organisation=organisation)
-    from zenskar_site.actors import system_actor
-    from zenskar_site.services import api_key_revoke
+    from zenskar_site.accounts.actors import system_actor
+    from zenskar_site.accounts.services import api_key_revoke
 
     api_key_revoke(actor=system_actor(organisation=organisation), prefix=revoked.api_key.prefix)
     for secret in (None, "garbage", "zk_abcdefghijkl_xxxx", revoked.secret):

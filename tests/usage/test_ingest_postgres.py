@@ -139,8 +139,8 @@ def test_with_postgres_stopped_the_endpoint_answers_503_and_loses_nothing() -> N
 
 def test_a_cached_key_revoked_or_event_archived_is_refused_at_once() -> None:
     from usage.services import usage_event_archive, usage_event_update
-    from zenskar_site.actors import system_actor
-    from zenskar_site.services import api_key_revoke
+    from zenskar_site.accounts.actors import system_actor
+    from zenskar_site.accounts.services import api_key_revoke
 
     organisation = organisation_make(name="Cache")
     usage_event_make(organisation=organisation)

@@ -27,7 +27,7 @@ from usage.schema import (
     datetime_parse,
     record_validator,
 )
-from zenskar_site.errors import ValidationFailed
+from zenskar_site.lib.errors import ValidationFailed
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 FEW = settings(max_examples=60, deadline=None)

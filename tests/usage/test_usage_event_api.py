@@ -10,7 +10,7 @@ from rest_framework.test import APIClient
 from tests.factories import api_key_make, usage_event_make
 from usage.models import UsageEvent
 from usage.schema import BASE_TYPES
-from zenskar_site.models import AuditEntry, Organisation
+from zenskar_site.accounts.models import AuditEntry, Organisation
 
 URL = "/api/v1/usage-events/"
 

@@ -14,8 +14,8 @@ from metrics.models import MetricValue
 from metrics.services import metric_create, metric_values_refresh
 from tests.factories import organisation_admin, usage_event_make
 from usage.models import UsageRecord
-from zenskar_site.actors import system_actor
-from zenskar_site.models import AuditEntry, Membership, Organisation
+from zenskar_site.accounts.actors import system_actor
+from zenskar_site.accounts.models import AuditEntry, Membership, Organisation
 
 MOMENT = (timezone.now() - dt.timedelta(days=2)).replace(hour=9, minute=0, second=0, microsecond=0)
 

@@ -11,7 +11,7 @@ from django.db import connection
 from rest_framework.test import APIClient
 
 from tests.factories import ApiKeyBundle, api_key_make
-from zenskar_site.models import ApiKey, AuditEntry, Membership, Organisation
+from zenskar_site.accounts.models import ApiKey, AuditEntry, Membership, Organisation
 
 
 def test_key_created_through_the_api_is_shown_once_and_works(api: APIClient, client_for: Any) -> None:

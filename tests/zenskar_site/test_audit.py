@@ -5,7 +5,7 @@ from django.db import DatabaseError, connection, transaction
 from rest_framework.test import APIClient
 
 from tests.factories import ApiKeyBundle
-from zenskar_site.models import AuditEntry
+from zenskar_site.accounts.models import AuditEntry
 
 
 def test_changes_made_with_an_api_key_are_audited_with_that_key(api: APIClient, full_key: ApiKeyBundle) -> None:

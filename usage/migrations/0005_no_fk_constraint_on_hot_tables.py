@@ -14,7 +14,7 @@ that lock cost about a quarter of the throughput. The reference is kept by other
 import django.db.models.deletion
 from django.db import migrations, models
 
-from zenskar_site.migration_sql import vendor_sql
+from zenskar_site.lib.migration_sql import vendor_sql
 
 POSTGRES_UP = """
 CREATE OR REPLACE FUNCTION usage_event_keep_records() RETURNS trigger AS $$

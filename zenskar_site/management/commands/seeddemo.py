@@ -15,9 +15,9 @@ from metrics.models import BillableMetric
 from metrics.services import metric_create
 from usage.models import UsageEvent
 from usage.services import usage_event_create
-from zenskar_site.actors import system_actor
-from zenskar_site.models import ApiKey, Organisation
-from zenskar_site.services import api_key_create, api_key_hash, organisation_create
+from zenskar_site.accounts.actors import system_actor
+from zenskar_site.accounts.models import ApiKey, Organisation
+from zenskar_site.accounts.services import api_key_create, api_key_hash, organisation_create
 
 DEMO_ORG = "Demo Company"
 DEMO_EMAIL = "admin@example.com"

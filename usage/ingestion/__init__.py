@@ -24,14 +24,14 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Q
 
-from metrics.engine import period_floor
-from metrics.models import DirtyBucket
-from usage.models import IngestionError, UsageEvent, UsageEventKind, UsageRecord
+from usage.dirty import dirty_hours, hours_mark_dirty
+from usage.models import DirtyBucket, IngestionError, UsageEvent, UsageEventKind, UsageRecord
 from usage.schema import ValidRecord, dataschema_has_decimal, datetime_format, record_validator
-from zenskar_site.errors import DomainError
-from zenskar_site.hotsql import Param, hot_rows
-from zenskar_site.models import ApiKey, ApiKeyScope
-from zenskar_site.services import api_key_hash, api_key_split, api_key_touch
+from zenskar_site.accounts.models import ApiKey, ApiKeyScope
+from zenskar_site.accounts.services import api_key_hash, api_key_split, api_key_touch
+from zenskar_site.lib.errors import DomainError
+from zenskar_site.lib.hotsql import Param, hot_rows
+from zenskar_site.lib.periods import period_floor
 
 ERROR_PAYLOAD_MAX_CHARS = 4096
 
@@ -343,7 +343,7 @@ def _insert_records_postgres(
     )
     # Hours are marked from the candidates (a duplicate's hour marked too only costs a recompute),
     # computed here rather than with date_trunc(..., 'UTC') in the server.
-    hours = sorted({c.record.timestamp.replace(minute=0, second=0, microsecond=0) for c in rows})
+    hours = dirty_hours(c.record.timestamp for c in rows)
     if len(rows) == 1 and not error_rows:
         return _insert_one_postgres(
             usage_event_id=usage_event_id, row=rows[0], hour=hours[0], received_at=received_at, guard=guard
@@ -461,13 +461,6 @@ def _insert_one_postgres(
         # taken: the caller answers from the database's state (a fresh context, this path without a guard).
         raise StaleContext()
     return []  # the key is taken: the caller finds the record that holds it
-
-
-def _mark_dirty(*, usage_event_id: int, moments: list[dt.datetime]) -> None:
-    """Tell the metric engine which hours changed, in the transaction that changed them."""
-    hours = {m.astimezone(dt.UTC).replace(minute=0, second=0, microsecond=0) for m in moments}
-    if hours:
-        DirtyBucket.objects.bulk_create(DirtyBucket(usage_event_id=usage_event_id, hour_start=h) for h in hours)
 
 
 def _insert_records(
@@ -699,7 +692,7 @@ def records_store(*, context: IngestContext, items: list[Any], backfill: bool, n
         changed = [c.record.timestamp for c in to_insert if c.status == "accepted"]
         if aggregate:
             changed += _supersede(usage_event_id=usage_event.id, rows=to_insert)
-        _mark_dirty(usage_event_id=usage_event.id, moments=changed)
+        hours_mark_dirty(usage_event_id=usage_event.id, moments=changed)
         for outcome in outcomes:
             if isinstance(outcome, Candidate) and outcome.same_as is not None:
                 _follow_first(outcome)

@@ -14,8 +14,8 @@ from django.db import connection
 from django.http import HttpRequest
 from django.utils.functional import cached_property
 
-from zenskar_site.actors import Actor
-from zenskar_site.models import Membership, Organisation, Role
+from zenskar_site.accounts.actors import Actor
+from zenskar_site.accounts.models import Membership, Organisation, Role
 
 
 def organisation_ids(request: HttpRequest, *, admin_only: bool = False) -> list[Any]:

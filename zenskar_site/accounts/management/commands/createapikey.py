@@ -2,10 +2,10 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from zenskar_site.actors import system_actor
-from zenskar_site.errors import ValidationFailed
-from zenskar_site.models import ApiKeyScope, Organisation
-from zenskar_site.services import api_key_create
+from zenskar_site.accounts.actors import system_actor
+from zenskar_site.accounts.models import ApiKeyScope, Organisation
+from zenskar_site.accounts.services import api_key_create
+from zenskar_site.lib.errors import ValidationFailed
 
 
 class Command(BaseCommand):

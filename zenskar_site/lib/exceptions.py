@@ -12,7 +12,7 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from zenskar_site.errors import DomainError
+from zenskar_site.lib.errors import DomainError
 
 logger = logging.getLogger(__name__)
 

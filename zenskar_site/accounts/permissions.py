@@ -6,9 +6,9 @@ from rest_framework.exceptions import NotAuthenticated, PermissionDenied
 from rest_framework.permissions import SAFE_METHODS, BasePermission
 from rest_framework.request import Request
 
-from zenskar_site.actors import Actor
-from zenskar_site.models import ApiKey, ApiKeyScope, Role
-from zenskar_site.selectors import actor_for_session
+from zenskar_site.accounts.actors import Actor
+from zenskar_site.accounts.models import ApiKey, ApiKeyScope, Role
+from zenskar_site.accounts.selectors import actor_for_session
 
 
 def request_actor(request: Request) -> Actor:

@@ -4,7 +4,7 @@ from typing import Any
 
 from django.http import HttpRequest
 
-from zenskar_site.selectors import actor_for_session, memberships_for_user
+from zenskar_site.accounts.selectors import actor_for_session, memberships_for_user
 
 
 def organisation(request: HttpRequest) -> dict[str, Any]:

@@ -8,12 +8,17 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
-from zenskar_site.actors import Actor
-from zenskar_site.dashboard import form_errors_apply, member_view
-from zenskar_site.errors import DomainError, ValidationFailed
-from zenskar_site.models import ApiKeyScope
-from zenskar_site.selectors import SESSION_ORGANISATION_KEY, api_keys_list, audit_entries_list, memberships_for_user
-from zenskar_site.services import api_key_create, api_key_revoke
+from zenskar_site.accounts.actors import Actor
+from zenskar_site.accounts.dashboard import form_errors_apply, member_view
+from zenskar_site.accounts.models import ApiKeyScope
+from zenskar_site.accounts.selectors import (
+    SESSION_ORGANISATION_KEY,
+    api_keys_list,
+    audit_entries_list,
+    memberships_for_user,
+)
+from zenskar_site.accounts.services import api_key_create, api_key_revoke
+from zenskar_site.lib.errors import DomainError, ValidationFailed
 
 CREATED_SECRET_SESSION_KEY = "created_api_key_secret"
 

@@ -12,8 +12,8 @@ from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.request import Request
 
-from zenskar_site.models import ApiKey
-from zenskar_site.services import api_key_hash, api_key_split, api_key_touch
+from zenskar_site.accounts.models import ApiKey
+from zenskar_site.accounts.services import api_key_hash, api_key_split, api_key_touch
 
 
 class ApiKeyPrincipal:

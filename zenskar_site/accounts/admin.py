@@ -1,7 +1,7 @@
 from django.contrib import admin
 
-from zenskar_site.admin_scoping import OrganisationScopedAdmin
-from zenskar_site.models import ApiKey, AuditEntry, Membership, Organisation
+from zenskar_site.accounts.admin_scoping import OrganisationScopedAdmin
+from zenskar_site.accounts.models import ApiKey, AuditEntry, Membership, Organisation
 
 
 class MembershipInline(admin.TabularInline[Membership, Organisation]):

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from django.contrib.auth.models import User
 
-from zenskar_site.models import ApiKey, ApiKeyScope, Organisation, Role
+from zenskar_site.accounts.models import ApiKey, ApiKeyScope, Organisation, Role
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,9 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 
-from zenskar_site.actors import Actor
-from zenskar_site.errors import ValidationFailed
-from zenskar_site.selectors import actor_for_session
+from zenskar_site.accounts.actors import Actor
+from zenskar_site.accounts.selectors import actor_for_session
+from zenskar_site.lib.errors import ValidationFailed
 
 View = Callable[..., HttpResponse]
 

@@ -2,8 +2,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from zenskar_site.errors import ValidationFailed
-from zenskar_site.services import organisation_create
+from zenskar_site.accounts.services import organisation_create
+from zenskar_site.lib.errors import ValidationFailed
 
 
 class Command(BaseCommand):

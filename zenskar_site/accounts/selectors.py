@@ -6,8 +6,8 @@ from typing import Any
 
 from django.db.models import QuerySet
 
-from zenskar_site.actors import Actor
-from zenskar_site.models import ApiKey, AuditEntry, Membership, Organisation
+from zenskar_site.accounts.actors import Actor
+from zenskar_site.accounts.models import ApiKey, AuditEntry, Membership, Organisation
 
 SESSION_ORGANISATION_KEY = "organisation_id"
 

@@ -2,7 +2,7 @@
 
 from django.db import migrations
 
-from zenskar_site.migration_sql import vendor_sql
+from zenskar_site.lib.migration_sql import vendor_sql
 
 TABLE = "zenskar_site_auditentry"
 

@@ -12,12 +12,12 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from zenskar_site.errors import ValidationFailed
-from zenskar_site.models import ApiKey, ApiKeyScope, AuditEntry, Organisation
-from zenskar_site.pagination import CursorPagination
-from zenskar_site.permissions import request_actor
-from zenskar_site.selectors import api_keys_list, audit_entries_list
-from zenskar_site.services import api_key_create, api_key_revoke
+from zenskar_site.accounts.models import ApiKey, ApiKeyScope, AuditEntry, Organisation
+from zenskar_site.accounts.permissions import request_actor
+from zenskar_site.accounts.selectors import api_keys_list, audit_entries_list
+from zenskar_site.accounts.services import api_key_create, api_key_revoke
+from zenskar_site.lib.errors import ValidationFailed
+from zenskar_site.lib.pagination import CursorPagination
 
 
 class OrganisationOutput(serializers.ModelSerializer[Organisation]):

@@ -12,9 +12,9 @@ from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from zenskar_site.actors import Actor
-from zenskar_site.errors import NotFound, ValidationFailed
-from zenskar_site.models import ApiKey, ApiKeyScope, AuditEntry, Membership, Organisation, Role
+from zenskar_site.accounts.actors import Actor
+from zenskar_site.accounts.models import ApiKey, ApiKeyScope, AuditEntry, Membership, Organisation, Role
+from zenskar_site.lib.errors import NotFound, ValidationFailed
 
 KEY_PREFIX_ALPHABET = string.ascii_lowercase + string.digits
 KEY_PREFIX_LENGTH = 12

@@ -1,0 +1,36 @@
+"""Which hours of a usage event changed, and the signal that tells the layers above.
+
+Every writer of records (ingestion, corrections, CSV imports) marks the UTC hours it changed, in the
+transaction that changed them, and then announces the change. The metrics app listens (it is above
+usage, so usage never imports it) and refreshes the metrics over those hours.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+
+from django.dispatch import Signal
+
+from usage.models import DirtyBucket
+from zenskar_site.lib.periods import hour_floor
+
+# Sent with `usage_event_id` when records of that usage event changed (marks already written in the
+# current transaction, if any). Receivers must not do slow work inline: defer it to after commit.
+records_changed = Signal()
+
+
+def dirty_hours(moments: Iterable[dt.datetime]) -> list[dt.datetime]:
+    """The distinct UTC hours that hold `moments`, in order: what one change marks."""
+    return sorted({hour_floor(moment) for moment in moments})
+
+
+def hours_mark_dirty(*, usage_event_id: int, moments: Iterable[dt.datetime]) -> None:
+    """Mark the hours of `moments` as changed, in the caller's transaction; announce once the writer is done."""
+    hours = dirty_hours(moments)
+    if hours:
+        DirtyBucket.objects.bulk_create(DirtyBucket(usage_event_id=usage_event_id, hour_start=h) for h in hours)
+
+
+def records_changed_announce(*, usage_event_id: int) -> None:
+    records_changed.send(sender=DirtyBucket, usage_event_id=usage_event_id)
