@@ -7,7 +7,8 @@ import threading
 import time
 
 from django.conf import settings
-from django.db import transaction
+
+from zenskar_site.lib.enqueue import enqueue_on_commit
 
 logger = logging.getLogger(__name__)
 _last_enqueued: dict[int, float] = {}
@@ -29,13 +30,8 @@ def metrics_refresh_soon(*, usage_event_id: int) -> None:
             return
         _last_enqueued[usage_event_id] = now
 
-    def enqueue() -> None:
-        from metrics.tasks import metrics_refresh_task
+    from metrics.tasks import metrics_refresh_task
 
-        try:
-            # The countdown gathers the next moments' records into the same refresh.
-            metrics_refresh_task.apply_async((usage_event_id,), countdown=settings.METRICS_REFRESH_DEBOUNCE_SECONDS)
-        except Exception:  # the sweep covers what could not be enqueued
-            logger.warning("could not enqueue a metrics refresh for usage event %s", usage_event_id, exc_info=True)
-
-    transaction.on_commit(enqueue)
+    # The countdown gathers the next moments' records into the same refresh; the sweep covers what
+    # could not be enqueued.
+    enqueue_on_commit(metrics_refresh_task, (usage_event_id,), countdown=debounce)

@@ -32,6 +32,7 @@ from usage.models import DirtyBucket, Period, UsageEvent, UsageRecord
 from usage.schema import CONVERTERS, InvalidValue, type_parse
 from zenskar_site.accounts.actors import Actor
 from zenskar_site.accounts.services import audit_record
+from zenskar_site.lib.enqueue import enqueue_on_commit
 from zenskar_site.lib.errors import NotFound, ValidationFailed
 from zenskar_site.lib.periods import merge_ranges, period_floor, period_next, periods_between
 
@@ -214,15 +215,8 @@ def metric_snapshot(metric: BillableMetric) -> dict[str, Any]:
 def _recompute_after_commit(metric: BillableMetric) -> None:
     from metrics.tasks import metric_recompute_task
 
-    metric_id, version = metric.id, metric.version
-
-    def enqueue() -> None:
-        try:
-            metric_recompute_task.delay(metric_id, version)
-        except Exception:  # broker unreachable: the sweep restarts recomputes that make no progress
-            logger.warning("could not enqueue the recompute of metric %s v%s", metric_id, version, exc_info=True)
-
-    transaction.on_commit(enqueue)
+    # If the broker is unreachable, the sweep restarts recomputes that make no progress.
+    enqueue_on_commit(metric_recompute_task, (metric.id, metric.version))
 
 
 @transaction.atomic

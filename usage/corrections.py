@@ -11,15 +11,15 @@ import datetime as dt
 from collections.abc import Iterable
 from typing import Any
 
-from django.conf import settings
 from django.db import transaction
-from django.db.models import Max, QuerySet
+from django.db.models import Max
 from django.utils import timezone
 
 from usage.dirty import hours_mark_dirty, records_changed_announce
 from usage.ingestion import period_start_of
 from usage.models import UsageEvent, UsageEventKind, UsageRecord
-from usage.schema import datetime_format, record_validator
+from usage.schema import datetime_format, record_validator, timestamp_bounds_problems
+from usage.selectors import records_list
 from zenskar_site.accounts.actors import Actor
 from zenskar_site.accounts.models import AuditEntry
 from zenskar_site.accounts.services import audit_record
@@ -105,10 +105,9 @@ def record_update(
     valid, errors = record_validator(usage_event.dataschema)(candidate)
     if valid is None:
         raise ValidationFailed(errors)
-    if valid.timestamp > timezone.now() + dt.timedelta(seconds=settings.INGEST_MAX_FUTURE_SECONDS):
-        raise ValidationFailed(
-            {"timestamp": [f"More than {settings.INGEST_MAX_FUTURE_SECONDS} seconds in the future."]}
-        )
+    out_of_bounds = timestamp_bounds_problems(valid.timestamp, now=timezone.now(), backfill=True)
+    if out_of_bounds:
+        raise ValidationFailed(out_of_bounds)
     before = record_snapshot(record)
     old_moment, old_pair = record.timestamp, (record.customer_id, record.period_start)
     record.customer_id, record.timestamp, record.data = valid.customer_id, valid.timestamp, valid.data
@@ -172,23 +171,6 @@ def record_restore(*, actor: Actor, api_slug: str, record_id: int, reason: Any =
     return _set_voided(actor=actor, api_slug=api_slug, record_id=record_id, voided=False, reason=reason)
 
 
-def records_matching(
-    *,
-    usage_event: UsageEvent,
-    customer_id: str | None = None,
-    start: dt.datetime | None = None,
-    end: dt.datetime | None = None,
-) -> QuerySet[UsageRecord]:
-    records = UsageRecord.objects.filter(usage_event=usage_event)
-    if customer_id:
-        records = records.filter(customer_id=customer_id)
-    if start is not None:
-        records = records.filter(timestamp__gte=start)
-    if end is not None:
-        records = records.filter(timestamp__lt=end)
-    return records
-
-
 @transaction.atomic
 def records_void_by_filter(
     *,
@@ -209,9 +191,9 @@ def records_void_by_filter(
     if start is not None and end is not None and end <= start:
         raise ValidationFailed({"timestamp_before": ["timestamp_before must be after timestamp_after."]})
     reason = _require_reason(reason)
-    matching = records_matching(usage_event=usage_event, customer_id=customer_id, start=start, end=end).filter(
-        voided=False
-    )
+    matching = records_list(
+        usage_event=usage_event, customer_id=customer_id, start=start, end=end, include_voided=True
+    ).filter(voided=False)
     ids_and_moments = list(matching.select_for_update().values_list("id", "timestamp", "customer_id", "period_start"))
     if not ids_and_moments:
         return 0

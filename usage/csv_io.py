@@ -29,7 +29,6 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
-from django.conf import settings
 from django.db import transaction
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
@@ -38,10 +37,12 @@ from metrics.models import BillableMetric, MetricValue
 from usage.dirty import records_changed_announce
 from usage.ingestion import content_hash_of, ingest_context_internal, records_store
 from usage.models import CsvImport, CsvImportStatus, UsageEvent, UsageRecord
-from usage.schema import datetime_format, record_validator, type_parse
+from usage.schema import datetime_format, record_validator, timestamp_bounds_problems, type_parse
+from usage.selectors import records_list
 from zenskar_site.accounts.actors import Actor
 from zenskar_site.accounts.models import Organisation
 from zenskar_site.accounts.services import audit_record
+from zenskar_site.lib.enqueue import enqueue_on_commit
 from zenskar_site.lib.errors import Conflict, Forbidden, NotFound, ValidationFailed
 
 logger = logging.getLogger(__name__)
@@ -448,7 +449,6 @@ def _validate_rows(*, csv_import: CsvImport, plan: _Plan, now: dt.datetime) -> C
     usage_event = csv_import.usage_event
     columns = csv_import.columns
     validate = record_validator(usage_event.dataschema)
-    latest = now + dt.timedelta(seconds=settings.INGEST_MAX_FUTURE_SECONDS)
     errors = _Errors()
     for path, message in plan.missing.items():
         errors.add(row=1, column="", field=path, value="", message=message)
@@ -498,8 +498,8 @@ def _validate_rows(*, csv_import: CsvImport, plan: _Plan, now: dt.datetime) -> C
         record, problems = validate(plan.item(cells))
         if plan.missing:  # already reported once, on the header row
             problems = {path: found for path, found in problems.items() if path not in plan.missing}
-        if record is not None and record.timestamp > latest:
-            problems = {"timestamp": [f"More than {settings.INGEST_MAX_FUTURE_SECONDS} seconds in the future."]}
+        if record is not None:  # an import is a backfill: any age, but not the future
+            problems = timestamp_bounds_problems(record.timestamp, now=now, backfill=True) or problems
         if problems or plan.missing or record is None:
             invalid += 1
             errors.add_record_errors(row=row, cells=cells, plan=plan, columns=columns, errors=problems)
@@ -579,18 +579,17 @@ def csv_import_confirm(*, actor: Actor, import_id: int, enqueue: bool = True) ->
             },
         )
         if enqueue:
-            transaction.on_commit(lambda: _enqueue(csv_import.id))
+            _enqueue(csv_import.id)
     return csv_import
 
 
 def _enqueue(import_id: int) -> None:
     from usage.tasks import csv_import_task
 
-    try:
-        csv_import_task.delay(import_id)
-    except Exception as exc:  # the broker is down: say so, and let the user retry
-        logger.warning("could not enqueue CSV import %s", import_id, exc_info=True)
+    def failed(exc: Exception) -> None:  # the broker is down: say so, and let the user retry
         _fail(import_id, f"The import could not be started ({type(exc).__name__}); retry it.")
+
+    enqueue_on_commit(csv_import_task, (import_id,), on_failure=failed)
 
 
 def _fail(import_id: int, message: str) -> None:
@@ -743,15 +742,9 @@ def records_csv_rows(
     """A usage event's records as CSV rows, header first, oldest id first; `start` inclusive, `end` exclusive."""
     fields = list(usage_event.dataschema.get("data", {}))
     yield ["id", "customer_id", "timestamp", *fields, "idempotency_key", "received_at", "voided", "superseded"]
-    records: QuerySet[UsageRecord] = UsageRecord.objects.filter(usage_event=usage_event)
-    if not include_voided:
-        records = records.filter(voided=False)
-    if customer_id:
-        records = records.filter(customer_id=customer_id)
-    if start is not None:
-        records = records.filter(timestamp__gte=start)
-    if end is not None:
-        records = records.filter(timestamp__lt=end)
+    records = records_list(
+        usage_event=usage_event, customer_id=customer_id, start=start, end=end, include_voided=include_voided
+    )
     rows = records.order_by("id").values_list(
         "id", "customer_id", "timestamp", "data", "idempotency_key", "received_at", "voided", "superseded"
     )

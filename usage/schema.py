@@ -16,6 +16,8 @@ from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 from typing import Any
 
+from django.conf import settings
+
 from zenskar_site.lib.errors import ValidationFailed
 
 BASE_TYPES = ("Int64", "Float64", "Decimal", "Bool", "Date32", "DateTime64", "String", "UUID")
@@ -245,6 +247,20 @@ def datetime_parse(value: Any) -> dt.datetime:
     raise InvalidValue(
         "Expected DateTime64: ISO 8601 with an offset (2026-11-20T14:03:12Z) or 'YYYY-MM-DD HH:MM:SS' in UTC."
     )
+
+
+def timestamp_bounds_problems(timestamp: dt.datetime, *, now: dt.datetime, backfill: bool) -> dict[str, list[str]]:
+    """A record's timestamp against the bounds of SPEC §3 (ingestion, CSV imports and edits alike).
+
+    Never more than INGEST_MAX_FUTURE_SECONDS ahead of `now`; never older than INGEST_MAX_AGE_SECONDS
+    unless `backfill` (a full-scope key's `?backfill=true`, a CSV import, an edit).
+    """
+    if timestamp > now + dt.timedelta(seconds=settings.INGEST_MAX_FUTURE_SECONDS):
+        return {"timestamp": [f"More than {settings.INGEST_MAX_FUTURE_SECONDS} seconds in the future."]}
+    if not backfill and timestamp < now - dt.timedelta(seconds=settings.INGEST_MAX_AGE_SECONDS):
+        days = settings.INGEST_MAX_AGE_SECONDS / 86400
+        return {"timestamp": [f"Older than {days:g} days; a full-scope key may send ?backfill=true to load history."]}
+    return {}
 
 
 def datetime_format(value: dt.datetime) -> str:

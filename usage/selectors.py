@@ -31,10 +31,27 @@ def usage_event_get(*, organisation: Organisation, api_slug: str, active_only: b
     return usage_event
 
 
-def records_list(*, usage_event: UsageEvent, include_voided: bool = False) -> QuerySet[UsageRecord]:
+def records_list(
+    *,
+    usage_event: UsageEvent,
+    customer_id: str | None = None,
+    start: dt.datetime | None = None,
+    end: dt.datetime | None = None,
+    include_voided: bool = False,
+) -> QuerySet[UsageRecord]:
+    """The usage event's records, filtered: one customer (when given), timestamps in [start, end).
+
+    The one record filter of the API, the dashboard, void by filter and the CSV export.
+    """
     records = UsageRecord.objects.filter(usage_event=usage_event)
     if not include_voided:
         records = records.filter(voided=False)
+    if customer_id:
+        records = records.filter(customer_id=customer_id)
+    if start is not None:
+        records = records.filter(timestamp__gte=start)
+    if end is not None:
+        records = records.filter(timestamp__lt=end)
     return records
 
 
@@ -71,13 +88,7 @@ def records_page(
     Voided and superseded records are included (the page shows them with a badge). `start` is
     inclusive, `end` exclusive, both on the record's own timestamp.
     """
-    records = UsageRecord.objects.filter(usage_event=usage_event)
-    if customer_id:
-        records = records.filter(customer_id=customer_id)
-    if start is not None:
-        records = records.filter(timestamp__gte=start)
-    if end is not None:
-        records = records.filter(timestamp__lt=end)
+    records = records_list(usage_event=usage_event, customer_id=customer_id, start=start, end=end, include_voided=True)
     if before_id is not None:
         records = records.filter(id__lt=before_id)
     rows = list(records.order_by("-id")[: limit + 1])

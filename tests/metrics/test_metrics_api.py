@@ -371,7 +371,7 @@ def test_a_metric_is_created_even_when_the_broker_is_unreachable(
     def unreachable(*args: Any, **kwargs: Any) -> None:
         raise ConnectionError("broker down")
 
-    monkeypatch.setattr(tasks.metric_recompute_task, "delay", unreachable)
+    monkeypatch.setattr(tasks.metric_recompute_task, "apply_async", unreachable)
     with django_capture_on_commit_callbacks(execute=True):
         response = create(api)
 

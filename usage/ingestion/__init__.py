@@ -26,7 +26,13 @@ from django.db.models import Q
 
 from usage.dirty import dirty_hours, hours_mark_dirty
 from usage.models import DirtyBucket, IngestionError, UsageEvent, UsageEventKind, UsageRecord
-from usage.schema import ValidRecord, dataschema_has_decimal, datetime_format, record_validator
+from usage.schema import (
+    ValidRecord,
+    dataschema_has_decimal,
+    datetime_format,
+    record_validator,
+    timestamp_bounds_problems,
+)
 from zenskar_site.accounts.models import ApiKey, ApiKeyScope
 from zenskar_site.accounts.services import api_key_hash, api_key_split, api_key_touch
 from zenskar_site.lib.errors import DomainError
@@ -630,8 +636,6 @@ def records_store(*, context: IngestContext, items: list[Any], backfill: bool, n
     validate = record_validator(usage_event.dataschema)
     aggregate = usage_event.kind == UsageEventKind.AGGREGATE
     period = usage_event.aggregate_period or ""
-    latest = now + dt.timedelta(seconds=settings.INGEST_MAX_FUTURE_SECONDS)
-    earliest = None if backfill else now - dt.timedelta(seconds=settings.INGEST_MAX_AGE_SECONDS)
 
     outcomes: list[Candidate | dict[str, list[str]]] = []
     first_by_key: dict[str, Candidate] = {}
@@ -641,14 +645,9 @@ def records_store(*, context: IngestContext, items: list[Any], backfill: bool, n
         if record is None:
             outcomes.append(errors)
             continue
-        if record.timestamp > latest:
-            outcomes.append({"timestamp": [f"More than {settings.INGEST_MAX_FUTURE_SECONDS} seconds in the future."]})
-            continue
-        if earliest is not None and record.timestamp < earliest:
-            days = settings.INGEST_MAX_AGE_SECONDS / 86400
-            outcomes.append(
-                {"timestamp": [f"Older than {days:g} days; a full-scope key may send ?backfill=true to load history."]}
-            )
+        out_of_bounds = timestamp_bounds_problems(record.timestamp, now=now, backfill=backfill)
+        if out_of_bounds:
+            outcomes.append(out_of_bounds)
             continue
         candidate = Candidate(
             index=index,
