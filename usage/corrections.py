@@ -16,7 +16,6 @@ from django.db.models import Max
 from django.utils import timezone
 
 from usage.dirty import hours_mark_dirty, records_changed_announce
-from usage.ingestion import period_start_of
 from usage.models import UsageEvent, UsageEventKind, UsageRecord
 from usage.schema import datetime_format, record_validator, timestamp_bounds_problems
 from usage.selectors import records_list
@@ -24,6 +23,7 @@ from zenskar_site.accounts.actors import Actor
 from zenskar_site.accounts.models import AuditEntry
 from zenskar_site.accounts.services import audit_record
 from zenskar_site.lib.errors import NotFound, ValidationFailed
+from zenskar_site.lib.periods import period_floor
 
 EDITABLE = ("customer_id", "timestamp", "data")
 VOID_AUDIT_BATCH = 2000
@@ -113,7 +113,7 @@ def record_update(
     record.customer_id, record.timestamp, record.data = valid.customer_id, valid.timestamp, valid.data
     moments = [old_moment, record.timestamp]
     if usage_event.kind == UsageEventKind.AGGREGATE:
-        record.period_start = period_start_of(record.timestamp, usage_event.aggregate_period or "day")
+        record.period_start = period_floor(record.timestamp, usage_event.aggregate_period or "day")
         record.superseded = True  # _aggregate_reset decides which record of each period counts
         record.save(update_fields=["customer_id", "timestamp", "data", "period_start", "superseded"])
         moments += _aggregate_reset(usage_event, {old_pair, (record.customer_id, record.period_start)})  # type: ignore[arg-type]

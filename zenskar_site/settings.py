@@ -143,6 +143,8 @@ LOGOUT_REDIRECT_URL = "/login/"
 
 # Behind a TLS-terminating proxy in production mode.
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# Usage is not redirected to HTTPS (a client would resend its POST as a GET): plain HTTP gets a 403.
+SECURE_REDIRECT_EXEMPT = [r"^usage/[^/]+/?$"]
 USE_X_FORWARDED_HOST = env_bool("USE_X_FORWARDED_HOST", default=False)
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
 if not DEBUG:

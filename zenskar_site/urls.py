@@ -7,6 +7,7 @@ from rest_framework.permissions import AllowAny
 from metrics import api as metrics_api
 from usage import api as usage_api
 from usage import records_api
+from usage.ingestion.http import ingest
 from zenskar_site.accounts import api, views
 
 api_v1 = [
@@ -53,8 +54,8 @@ urlpatterns = [
     path("organisation/switch/", views.organisation_switch, name="organisation-switch"),
     path("settings/api-keys/", views.api_keys, name="api-keys"),
     path("settings/api-keys/<str:prefix>/revoke/", views.api_key_revoke_view, name="api-key-revoke"),
-    path("usage/<str:api_slug>", usage_api.ingest, name="ingest"),
-    path("usage/<str:api_slug>/", usage_api.ingest),
+    path("usage/<str:api_slug>", ingest, name="ingest"),
+    path("usage/<str:api_slug>/", ingest),
     path("usage-events/", include("usage.urls")),
     path("metrics/", include("metrics.urls")),
     path("api/v1/", include((api_v1, "api"))),

@@ -22,5 +22,5 @@ def application(environ, start_response):  # type: ignore[no-untyped-def]
     if environ.get("REQUEST_METHOD") == "POST" and path.startswith("/usage/"):
         slug = path[7:].rstrip("/")
         if slug and "/" not in slug:
-            return ingest_application(environ, start_response, slug)
+            return ingest_application(environ, start_response)
     return django_application(environ, start_response)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
-import uuid
 from typing import Any
 
 from django.conf import settings
@@ -13,7 +11,8 @@ from rest_framework.authentication import BaseAuthentication
 from rest_framework.request import Request
 
 from zenskar_site.accounts.models import ApiKey
-from zenskar_site.accounts.services import api_key_hash, api_key_split, api_key_touch
+from zenskar_site.accounts.services import api_key_check, api_key_split, api_key_touch
+from zenskar_site.lib.errors import Unauthenticated
 
 
 class ApiKeyPrincipal:
@@ -33,8 +32,8 @@ class ApiKeyPrincipal:
         return f"api_key:{self.api_key.prefix}"
 
 
-def presented_key(request: Any) -> str | None:
-    meta = request.META
+def presented_key(meta: dict[str, Any]) -> str | None:
+    """The key a request presents (`x-api-key`, or `Authorization: Bearer`), from its WSGI environ / META."""
     key = meta.get("HTTP_X_API_KEY")
     if key:
         return str(key).strip()
@@ -45,32 +44,23 @@ def presented_key(request: Any) -> str | None:
 
 
 def api_key_authenticate(*, secret: str, organisation_header: str | None) -> ApiKey:
-    """The active key for `secret`, or an exception DRF maps to 401/403."""
+    """The active key for `secret` (raises Unauthenticated or Forbidden), its use recorded."""
     prefix = api_key_split(secret=secret)
-    api_key = None
-    if prefix is not None:
-        api_key = ApiKey.objects.select_related("organisation").filter(prefix=prefix).first()
-    if api_key is None or not hmac.compare_digest(api_key.key_hash, api_key_hash(secret=secret)):
-        raise exceptions.AuthenticationFailed("Unknown API key.")
-    if api_key.revoked_at is not None:
-        raise exceptions.AuthenticationFailed("This API key has been revoked.")
-    if organisation_header is not None:
-        try:
-            claimed = uuid.UUID(organisation_header.strip())
-        except ValueError:
-            raise exceptions.PermissionDenied("The organisation header is not a valid organisation id.") from None
-        if claimed != api_key.organisation_id:
-            raise exceptions.PermissionDenied("The organisation header does not match the API key's organisation.")
+    api_key = ApiKey.objects.select_related("organisation").filter(prefix=prefix).first() if prefix else None
+    api_key = api_key_check(api_key=api_key, secret=secret, organisation_header=organisation_header)
     api_key_touch(api_key=api_key, now=timezone.now(), min_interval_seconds=settings.API_KEY_TOUCH_SECONDS)
     return api_key
 
 
 class ApiKeyAuthentication(BaseAuthentication):
     def authenticate(self, request: Request) -> tuple[ApiKeyPrincipal, ApiKey] | None:
-        secret = presented_key(request)
+        secret = presented_key(request.META)
         if secret is None:
             return None
-        api_key = api_key_authenticate(secret=secret, organisation_header=request.META.get("HTTP_ORGANISATION"))
+        try:
+            api_key = api_key_authenticate(secret=secret, organisation_header=request.META.get("HTTP_ORGANISATION"))
+        except Unauthenticated as exc:
+            raise exceptions.AuthenticationFailed(exc.detail) from None
         return ApiKeyPrincipal(api_key), api_key
 
     def authenticate_header(self, request: Request) -> str:

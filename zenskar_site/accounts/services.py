@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import secrets
 import string
+import uuid
 from typing import Any
 
 from django.contrib.auth import get_user_model
@@ -14,7 +16,7 @@ from django.utils import timezone
 
 from zenskar_site.accounts.actors import Actor
 from zenskar_site.accounts.models import ApiKey, ApiKeyScope, AuditEntry, Membership, Organisation, Role
-from zenskar_site.lib.errors import NotFound, ValidationFailed
+from zenskar_site.lib.errors import Forbidden, NotFound, Unauthenticated, ValidationFailed
 
 KEY_PREFIX_ALPHABET = string.ascii_lowercase + string.digits
 KEY_PREFIX_LENGTH = 12
@@ -32,6 +34,26 @@ def api_key_split(*, secret: str) -> str | None:
     if len(parts) != 3 or parts[0] != "zk" or len(parts[1]) != KEY_PREFIX_LENGTH or not parts[2]:
         return None
     return parts[1]
+
+
+def api_key_check(*, api_key: ApiKey | None, secret: str, organisation_header: str | None) -> ApiKey:
+    """The one API-key check (management API and ingestion alike), on the key row found by the prefix.
+
+    Raises Unauthenticated (401) for an unknown or revoked key, Forbidden (403) when the optional
+    `organisation` header names another organisation than the key's.
+    """
+    if api_key is None or not hmac.compare_digest(api_key.key_hash, api_key_hash(secret=secret)):
+        raise Unauthenticated("Unknown API key.")
+    if api_key.revoked_at is not None:
+        raise Unauthenticated("This API key has been revoked.")
+    if organisation_header is not None:
+        try:
+            claimed = uuid.UUID(organisation_header.strip())
+        except ValueError:
+            raise Forbidden("The organisation header is not a valid organisation id.") from None
+        if claimed != api_key.organisation_id:
+            raise Forbidden("The organisation header does not match the API key's organisation.")
+    return api_key
 
 
 def audit_record(

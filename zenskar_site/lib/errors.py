@@ -34,3 +34,9 @@ class NotFound(DomainError):
 
 class Forbidden(DomainError):
     status_code = 403
+
+
+class Unauthenticated(DomainError):
+    """No credentials, or credentials that name no active principal."""
+
+    status_code = 401

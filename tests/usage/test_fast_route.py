@@ -1,0 +1,140 @@
+"""The fast WSGI route for POST /usage/{slug} answers exactly as Django's full stack does."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+from typing import Any
+
+import pytest
+from django.test import Client, override_settings
+from django.utils import timezone
+
+from tests.factories import ApiKeyBundle
+from usage.models import UsageEvent, UsageRecord
+from zenskar_site.wsgi import application
+
+MOMENT = (timezone.now() - dt.timedelta(minutes=3)).isoformat()
+SECURITY_HEADERS = (
+    "Strict-Transport-Security",
+    "X-Content-Type-Options",
+    "Referrer-Policy",
+    "Cross-Origin-Opener-Policy",
+    "X-Frame-Options",
+)
+
+
+def fast(path: str, body: bytes, **headers: str) -> tuple[str, dict[str, str], dict[str, Any]]:
+    """One request through zenskar_site.wsgi.application, which sends POST /usage/* to the fast route."""
+    environ = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": path,
+        "QUERY_STRING": headers.pop("QUERY_STRING", ""),
+        "SERVER_NAME": "testserver",
+        "SERVER_PORT": "80",
+        "HTTP_HOST": headers.pop("HTTP_HOST", "testserver"),
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.url_scheme": "http",
+        "CONTENT_LENGTH": str(len(body)),
+        "CONTENT_TYPE": headers.pop("CONTENT_TYPE", "application/json"),
+        **headers,
+    }
+    seen: dict[str, Any] = {}
+
+    def start_response(status: str, pairs: list[tuple[str, str]]) -> None:
+        seen["status"], seen["headers"] = status, dict(pairs)
+
+    content = b"".join(application(environ, start_response))
+    return seen["status"], seen["headers"], json.loads(content)
+
+
+def full_stack(path: str, body: bytes, **headers: str) -> tuple[int, dict[str, str]]:
+    """The same request through Django's whole middleware stack and URLconf (the `ingest` view)."""
+    response = Client().post(
+        path, data=body, content_type=headers.pop("CONTENT_TYPE", "application/json"), secure=False, **headers
+    )
+    return response.status_code, dict(response.items())
+
+
+def record(key: str) -> bytes:
+    return json.dumps(
+        {"customer_id": "a", "timestamp": MOMENT, "data": {"cpu_usage_hours": 2}, "idempotency_key": key}
+    ).encode()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_fast_route_stores_and_answers_like_the_view(ingest_key: ApiKeyBundle, compute_hours: UsageEvent) -> None:
+    status, headers, body = fast("/usage/compute_hours", record("k"), HTTP_X_API_KEY=ingest_key.secret)
+    again = Client().post(
+        "/usage/compute_hours", data=record("k"), content_type="application/json", HTTP_X_API_KEY=ingest_key.secret
+    )
+
+    assert status == "202 Accepted"
+    assert headers["Content-Type"] == "application/json"
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    assert body["results"][0]["status"] == "accepted"
+    assert again.json()["results"][0] == {"index": 0, "status": "duplicate", "id": body["results"][0]["id"]}
+    assert UsageRecord.objects.count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    ("path", "body", "headers", "status"),
+    [
+        ("/usage/compute_hours", b"{}", {"HTTP_HOST": "evil.example.com"}, 400),
+        ("/usage/compute_hours", b"{}", {}, 401),
+        ("/usage/nope", b"{}", {"key": ""}, 404),
+        ("/usage/compute_hours", b"{nope", {"key": ""}, 400),
+        ("/usage/compute_hours", b"{}", {"key": "", "CONTENT_TYPE": "text/csv"}, 415),
+        ("/usage/compute_hours/", b"{}", {"key": ""}, 422),
+    ],
+)
+def test_the_fast_route_answers_errors_with_json(
+    ingest_key: ApiKeyBundle, compute_hours: UsageEvent, path: str, body: bytes, headers: dict[str, str], status: int
+) -> None:
+    if "key" in headers:
+        headers.pop("key")
+        headers["HTTP_X_API_KEY"] = ingest_key.secret
+    got, _, payload = fast(path, body, **headers)
+    assert int(got.split()[0]) == status
+    assert payload.get("detail") or payload.get("results")
+    assert not UsageRecord.objects.exists()
+
+
+PRODUCTION_SECURITY = {
+    "DEBUG": False,
+    "ALLOWED_HOSTS": ["metering.example.com"],
+    "SECURE_SSL_REDIRECT": True,
+    "SECURE_HSTS_SECONDS": 31536000,
+    "SECURE_HSTS_INCLUDE_SUBDOMAINS": True,
+    "SECURE_HSTS_PRELOAD": True,
+}
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    ("case", "headers", "status"),
+    [
+        ("bad Host header", {"HTTP_HOST": "evil.example.com", "HTTP_X_FORWARDED_PROTO": "https"}, 400),
+        ("plain HTTP, no proxy header", {"HTTP_HOST": "metering.example.com"}, 403),
+        ("plain HTTP said by the proxy", {"HTTP_HOST": "metering.example.com", "HTTP_X_FORWARDED_PROTO": "http"}, 403),
+        ("a good request over HTTPS", {"HTTP_HOST": "metering.example.com", "HTTP_X_FORWARDED_PROTO": "https"}, 202),
+        ("no key over HTTPS", {"HTTP_HOST": "metering.example.com", "HTTP_X_FORWARDED_PROTO": "https"}, 401),
+    ],
+)
+def test_the_fast_route_and_djangos_full_stack_agree_on_status_and_security_headers(
+    ingest_key: ApiKeyBundle, compute_hours: UsageEvent, case: str, headers: dict[str, str], status: int
+) -> None:
+    key = {} if case.startswith("no key") else {"HTTP_X_API_KEY": ingest_key.secret}
+    with override_settings(**PRODUCTION_SECURITY):
+        fast_status, fast_headers, _ = fast("/usage/compute_hours", record("fast"), **headers, **key)
+        django_status, django_headers = full_stack("/usage/compute_hours", record("django"), **headers, **key)
+
+    assert int(fast_status.split()[0]) == django_status == status, case
+    for name in SECURITY_HEADERS:
+        assert fast_headers.get(name) == django_headers.get(name), (case, name)
+    assert fast_headers["Content-Type"] == "application/json"  # Django's own 400 for a bad Host is HTML
+    if status == 202:
+        assert fast_headers["Strict-Transport-Security"] == "max-age=31536000; includeSubDomains; preload"
+    assert UsageRecord.objects.count() == (2 if status == 202 else 0)
