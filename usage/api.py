@@ -15,7 +15,7 @@ from usage.selectors import usage_event_get, usage_events_list
 from usage.services import usage_event_archive, usage_event_create, usage_event_update
 from zenskar_site.accounts.permissions import request_actor
 from zenskar_site.lib.errors import ValidationFailed
-from zenskar_site.lib.pagination import CursorPagination
+from zenskar_site.lib.pagination import paginated_response
 
 
 class DataSchemaField(serializers.JSONField):
@@ -81,11 +81,13 @@ class UsageEventListApi(APIView):
         actor = request_actor(request)
         include_archived = request.query_params.get("include_archived", "").lower() in {"1", "true", "yes"}
         events = usage_events_list(organisation=actor.organisation, include_archived=include_archived)
-        paginator = CursorPagination()
-        paginator.ordering = "id"
-        page = paginator.paginate_queryset(events, request, view=self)
-        data = UsageEventOutput(page, many=True, context={"request": request}).data
-        return paginator.get_paginated_response(data)
+        return paginated_response(
+            request=request,
+            view=self,
+            queryset=events,
+            serialize=lambda page: UsageEventOutput(page, many=True, context={"request": request}).data,
+            ordering="id",
+        )
 
     @extend_schema(request=UsageEventCreateInput, responses={201: UsageEventOutput})
     def post(self, request: Request) -> Response:

@@ -10,7 +10,6 @@ from typing import Any
 
 from django.contrib import admin
 from django.core.paginator import Paginator
-from django.db import connection
 from django.http import HttpRequest
 from django.utils.functional import cached_property
 
@@ -82,6 +81,3 @@ class OrganisationScopedAdmin(admin.ModelAdmin[Any]):
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
-
-def vendor_is_postgres() -> bool:
-    return connection.vendor == "postgresql"

@@ -17,7 +17,7 @@ from zenskar_site.accounts.permissions import request_actor
 from zenskar_site.accounts.selectors import api_keys_list, audit_entries_list
 from zenskar_site.accounts.services import api_key_create, api_key_revoke
 from zenskar_site.lib.errors import ValidationFailed
-from zenskar_site.lib.pagination import CursorPagination
+from zenskar_site.lib.pagination import paginated_response
 
 
 class OrganisationOutput(serializers.ModelSerializer[Organisation]):
@@ -54,9 +54,12 @@ class ApiKeyListApi(APIView):
     @extend_schema(responses=ApiKeyOutput(many=True))
     def get(self, request: Request) -> Response:
         actor = request_actor(request)
-        paginator = CursorPagination()
-        page = paginator.paginate_queryset(api_keys_list(organisation=actor.organisation), request, view=self)
-        return paginator.get_paginated_response(ApiKeyOutput(page, many=True).data)
+        return paginated_response(
+            request=request,
+            view=self,
+            queryset=api_keys_list(organisation=actor.organisation),
+            serialize=lambda page: ApiKeyOutput(page, many=True).data,
+        )
 
     @extend_schema(request=ApiKeyCreateInput, responses={201: ApiKeyCreatedOutput})
     def post(self, request: Request) -> Response:
