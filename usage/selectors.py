@@ -10,6 +10,7 @@ from django.db.models.functions import TruncDay, TruncHour
 from usage.models import IngestionError, UsageEvent, UsageRecord
 from zenskar_site.accounts.models import Organisation
 from zenskar_site.lib.errors import NotFound
+from zenskar_site.lib.keyset import KeysetPage, keyset_page
 
 
 def usage_events_list(*, organisation: Organisation, include_archived: bool = False) -> QuerySet[UsageEvent]:
@@ -78,24 +79,16 @@ def records_page(
     customer_id: str | None = None,
     start: dt.datetime | None = None,
     end: dt.datetime | None = None,
-    before_id: int | None = None,
+    after: tuple[int] | None = None,
     limit: int = 50,
-) -> tuple[list[UsageRecord], int | None]:
-    """One page of records, newest id first, and the `before_id` of the next page (None on the last).
+) -> KeysetPage[UsageRecord]:
+    """One page of records, newest id first (keyset pagination, see zenskar_site/lib/keyset.py).
 
-    Keyset pagination: an older page starts from an id, not an OFFSET, so it never reads the pages
-    before it, and no COUNT(*) is run; one extra row is fetched to learn whether an older page exists.
     Voided and superseded records are included (the page shows them with a badge). `start` is
     inclusive, `end` exclusive, both on the record's own timestamp.
     """
     records = records_list(usage_event=usage_event, customer_id=customer_id, start=start, end=end, include_voided=True)
-    if before_id is not None:
-        records = records.filter(id__lt=before_id)
-    rows = list(records.order_by("-id")[: limit + 1])
-    if len(rows) > limit:
-        rows = rows[:limit]
-        return rows, rows[-1].id
-    return rows, None
+    return keyset_page(records, order=("id",), after=after, limit=limit)
 
 
 def records_volume(*, usage_event: UsageEvent, bucket: str, now: dt.datetime) -> list[tuple[dt.datetime, int]]:

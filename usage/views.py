@@ -33,6 +33,7 @@ from zenskar_site.accounts.selectors import audit_entries_list
 from zenskar_site.lib.charts import BarChart, ChartPoint, bar_chart
 from zenskar_site.lib.errors import NotFound, ValidationFailed
 from zenskar_site.lib.forms import UtcDateTimeField
+from zenskar_site.lib.keyset import KeysetCursorField
 
 FORM_FIELDS = {
     "name": "name",
@@ -100,15 +101,13 @@ RECORDS_PER_PAGE = 50
 ERRORS_SHOWN = 50
 DATA_MAX_CHARS = 300
 PAYLOAD_PREVIEW_CHARS = 160
-BIGINT_MAX = 2**63 - 1
 
 
 class RecordFilterForm(forms.Form):
     customer_id = forms.CharField(label="Customer ID", max_length=255, required=False)
     start = UtcDateTimeField(label="From (UTC)", required=False)
     end = UtcDateTimeField(label="To (UTC)", required=False)
-    # The keyset cursor: records with a smaller id than this. Bounded so the query cannot overflow a bigint.
-    before = forms.IntegerField(min_value=1, max_value=BIGINT_MAX, required=False)
+    cursor = KeysetCursorField(kinds=(int,))
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}
@@ -211,17 +210,17 @@ def usage_event_detail(request: HttpRequest, actor: Actor, api_slug: str) -> Htt
     filters = RecordFilterForm(request.GET)
     valid = filters.is_valid()
     records: list[RecordRow] = []
-    next_before: int | None = None
+    next_cursor: str | None = None
     if valid:
-        page, next_before = records_page(
+        page = records_page(
             usage_event=usage_event,
             customer_id=filters.cleaned_data["customer_id"] or None,
             start=filters.cleaned_data["start"],
             end=filters.cleaned_data["end"],
-            before_id=filters.cleaned_data["before"],
+            after=filters.cleaned_data["cursor"],
             limit=RECORDS_PER_PAGE,
         )
-        records = [record_row(record) for record in page]
+        records, next_cursor = [record_row(record) for record in page.rows], page.next_cursor
     volume = request.GET.get("volume", "hour")
     if volume not in VOLUME_BUCKETS:
         volume = "hour"
@@ -243,8 +242,8 @@ def usage_event_detail(request: HttpRequest, actor: Actor, api_slug: str) -> Htt
             "filters": filters,
             "filtered": valid and any(filters.cleaned_data[name] for name in ("customer_id", "start", "end")),
             "records": records,
-            "paged": valid and filters.cleaned_data["before"] is not None,
-            "next_before": next_before,
+            "paged": valid and filters.cleaned_data["cursor"] is not None,
+            "next_cursor": next_cursor,
             "volume": volume,
             "chart": volume_chart(buckets=buckets, bucket=volume),
             "errors": [error_row(e) for e in ingestion_errors_latest(usage_event=usage_event, limit=ERRORS_SHOWN)],

@@ -187,7 +187,9 @@ def test_the_prepared_ingestion_statement_survives_being_deallocated(client_for:
     assert connection.get_autocommit()  # a transactional test: the endpoint's prepared path is taken
     assert send("before") == 202
     with connection.cursor() as cursor:
-        cursor.execute("SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE '%%INSERT INTO usage_usagerecord%%'")
+        cursor.execute(
+            "SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE '%%INSERT INTO usage_usagerecord%%'"
+        )
         assert cursor.fetchone()[0] == 1
         cursor.execute("DEALLOCATE ALL")
     assert send("after") == 202
