@@ -13,18 +13,12 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from metrics.engine import ComputedValue
+from metrics.definitions import metric_archive, metric_create, metric_definition_validate, metric_update
+from metrics.engine.builder import ComputedValue
+from metrics.engine.compute import PREVIEW_MAX_PERIODS, metric_compute
 from metrics.models import BillableMetric, MetricValue
 from metrics.selectors import metric_get, metric_total, metric_values_list, metrics_list
-from metrics.services import (
-    PREVIEW_MAX_PERIODS,
-    metric_archive,
-    metric_compute,
-    metric_create,
-    metric_definition_validate,
-    metric_update,
-    metric_value_override,
-)
+from metrics.services import metric_value_override
 from usage.schema import InvalidValue, datetime_parse
 from zenskar_site.accounts.permissions import request_actor
 from zenskar_site.lib.errors import ValidationFailed

@@ -11,7 +11,7 @@ from typing import Any
 
 from django import forms
 
-from metrics.engine import GROUPABLE_TYPES
+from metrics.engine.builder import GROUPABLE_TYPES
 from metrics.models import Aggregation, MetricKind
 from usage.models import Period, UsageEvent
 from usage.schema import NUMERIC_TYPES, type_parse

@@ -43,6 +43,7 @@ from sqlglot.dialects.sqlite import SQLite
 from sqlglot.errors import ErrorLevel, SqlglotError
 from sqlglot.optimizer.normalize_identifiers import normalize_identifiers
 
+from metrics.engine.builder import dimension_text
 from usage.models import UsageRecord
 from usage.schema import FIELD_NAME_RE, type_parse
 from zenskar_site.lib.errors import ValidationFailed
@@ -694,7 +695,7 @@ def _row(row: Sequence[Any], *, has_dimension: bool) -> tuple[str, str | None, s
     customer_id = row[0]
     if customer_id is None:
         _refuse("The query returned a row whose customer_id is NULL.")
-    dimension = _dimension_text(row[2]) if has_dimension else None
+    dimension = dimension_text(row[2]) if has_dimension else None
     return str(customer_id), _quantity_text(row[1]), dimension
 
 
@@ -721,13 +722,3 @@ def _quantity_text(value: Any) -> str | None:
     # normalize() rounds to the context's precision: give it every digit so the text stays exact.
     text = format(number.normalize(Context(prec=max(28, len(number.as_tuple().digits)))), "f")
     return "0" if text == "-0" else text
-
-
-def _dimension_text(value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)

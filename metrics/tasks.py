@@ -5,7 +5,7 @@ from __future__ import annotations
 from celery import shared_task
 from django.conf import settings
 
-from metrics.services import dirty_usage_events, metric_recompute, metric_values_refresh, stalled_recomputes
+from metrics.engine.refresh import dirty_usage_events, metric_recompute, metric_values_refresh, stalled_recomputes
 
 
 @shared_task(ignore_result=True, acks_late=True)

@@ -10,10 +10,6 @@ from typing import Any
 
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
-from django.db.backends.base.base import BaseDatabaseWrapper
-from django.db.models import Aggregate, CharField, Q, QuerySet
-from django.db.models.functions import Coalesce
-from django.db.models.sql.compiler import SQLCompiler
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -22,7 +18,8 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from metrics.api import preview_body, render_times
-from metrics.engine import FILTER_OPS, NUMERIC_AGGREGATIONS, decimal_text, to_decimal
+from metrics.definitions import metric_create, metric_definition_validate
+from metrics.engine.builder import FILTER_OPS, NUMERIC_AGGREGATIONS, decimal_text, dimension_text, to_decimal
 from metrics.forms import (
     FILTER_OP_LABELS,
     MetricForm,
@@ -33,31 +30,28 @@ from metrics.forms import (
     default_preview_window,
 )
 from metrics.models import BillableMetric, MetricKind, MetricValue, RecomputeState
-from metrics.selectors import metric_audit_entries, metric_get, metric_values_list, metrics_list
-from metrics.services import metric_create, metric_definition_validate, metric_value_override
+from metrics.selectors import (
+    Window,
+    metric_audit_entries,
+    metric_get,
+    metric_window_values,
+    metrics_list,
+    window_choose,
+)
+from metrics.services import metric_value_override
 from usage.models import Period, UsageEvent
 from usage.selectors import usage_events_list
 from zenskar_site.accounts.actors import Actor
 from zenskar_site.accounts.dashboard import member_view
 from zenskar_site.lib.charts import BarChart, ChartPoint, bar_chart
 from zenskar_site.lib.errors import NotFound, ValidationFailed
-from zenskar_site.lib.periods import period_floor, period_next
+from zenskar_site.lib.periods import period_next
 
 # Where each error path of the metric services lands on the form; filter rows are handled apart.
 FORM_FIELDS = frozenset(
     {"name", "slug", "kind", "granularity", "usage_event", "aggregation", "field", "group_by", "sql"}
 )
 PREVIEW_ROWS_SHOWN = 200
-VALUES_PER_PAGE = 50
-TOTALS_SHOWN = 50
-# The chart and totals window when no dates are chosen: this many periods, ending at the newest value.
-DEFAULT_SPAN = {str(Period.HOUR): 48, str(Period.DAY): 30, str(Period.MONTH): 12}
-MAX_WINDOW_PERIODS = 500
-PERIOD_LENGTH = {
-    str(Period.HOUR): dt.timedelta(hours=1),
-    str(Period.DAY): dt.timedelta(days=1),
-    str(Period.MONTH): dt.timedelta(days=28),
-}
 
 
 # --- the list ---
@@ -190,72 +184,6 @@ def metric_preview(request: HttpRequest, actor: Actor) -> JsonResponse:
 # --- a metric's page ---
 
 
-class EffectiveSum(Aggregate):
-    """The sum of effective amounts (the override, else the computed amount), exact on both databases."""
-
-    function = "SUM"
-    name = "EffectiveSum"
-
-    def __init__(self) -> None:
-        super().__init__(Coalesce("override_value", "computed_value"), output_field=CharField())
-
-    def as_postgresql(
-        self, compiler: SQLCompiler, connection: BaseDatabaseWrapper, **extra_context: Any
-    ) -> tuple[str, Any]:
-        return super().as_sql(compiler, connection, template="SUM(CAST(%(expressions)s AS NUMERIC))", **extra_context)
-
-    def as_sqlite(
-        self, compiler: SQLCompiler, connection: BaseDatabaseWrapper, **extra_context: Any
-    ) -> tuple[str, Any]:
-        # SQLite has no exact numeric type: z_sum adds Python Decimals (registered by metrics.apps).
-        return super().as_sql(compiler, connection, function="z_sum", **extra_context)
-
-
-@dataclass(frozen=True)
-class Window:
-    start: dt.datetime
-    end: dt.datetime
-    periods: list[dt.datetime]
-
-
-def _periods_back(end: dt.datetime, granularity: str, count: int) -> dt.datetime:
-    start = end
-    for _ in range(count):
-        start = period_floor(start - dt.timedelta(microseconds=1), granularity)
-    return start
-
-
-def _periods_forward(start: dt.datetime, granularity: str, count: int) -> dt.datetime:
-    end = period_floor(start, granularity)
-    for _ in range(count):
-        end = period_next(end, granularity)
-    return end
-
-
-def window_choose(
-    *, metric: BillableMetric, start: dt.datetime | None, end: dt.datetime | None, now: dt.datetime
-) -> tuple[Window | None, str | None]:
-    """The window the chart, the totals and the table show; an error text when it is too long."""
-    granularity, span = metric.granularity, DEFAULT_SPAN[metric.granularity]
-    if start is None and end is None:
-        newest = metric_values_list(metric=metric).order_by("-period_start").values_list("period_start", flat=True)
-        anchor = newest.first() or now
-        end = period_next(period_floor(anchor, granularity), granularity)
-    if start is None:
-        assert end is not None
-        start = _periods_back(end, granularity, span)
-    if end is None:
-        end = _periods_forward(start, granularity, span)
-    if (end - start) / PERIOD_LENGTH[granularity] > MAX_WINDOW_PERIODS:
-        return None, f"Show at most {MAX_WINDOW_PERIODS} {granularity} periods at once: choose a shorter window."
-    current, periods = period_floor(start, granularity), []
-    while current < end:
-        if current >= start:
-            periods.append(current)
-        current = period_next(current, granularity)
-    return Window(start=start, end=end, periods=periods), None
-
-
 # The chart (zenskar_site.lib.charts lays it out, the shared template draws it).
 X_LABELS = 10
 
@@ -297,7 +225,9 @@ def metric_chart(*, periods: list[dt.datetime], totals: dict[dt.datetime, Decima
 def dimension_label(dimension: Any) -> str:
     if not isinstance(dimension, dict) or not dimension:
         return ""
-    return ", ".join(f"{key}: {'—' if value is None else value}" for key, value in sorted(dimension.items()))
+    # Stored dimension values are already text (or null): dimension_text leaves text as it is.
+    parts = (f"{key}: {'—' if value is None else dimension_text(value)}" for key, value in sorted(dimension.items()))
+    return ", ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -327,56 +257,22 @@ def values_shown(
     *, metric: BillableMetric, window: Window, customer_id: str | None, cursor: tuple[dt.datetime, int] | None
 ) -> ValuesShown:
     """The chart, the totals per customer and one page of the values table, all over one window."""
-    in_window = _window_values(metric, window, customer_id)
-    by_customer = list(
-        in_window.values("customer_id", "dimension_key", "dimension")
-        .annotate(total=EffectiveSum())
-        .order_by("customer_id", "dimension_key")[: TOTALS_SHOWN + 1]
-    )
-    page = in_window
-    if cursor is not None:
-        page = page.filter(Q(period_start__lt=cursor[0]) | Q(period_start=cursor[0], id__lt=cursor[1]))
-    # Keyset pagination, newest period first: no OFFSET and no COUNT; one extra row says a next page exists.
-    found = list(page.order_by("-period_start", "-id")[: VALUES_PER_PAGE + 1])
-    next_cursor = cursor_text(found[-2].period_start, found[-2].id) if len(found) > VALUES_PER_PAGE else None
+    found = metric_window_values(metric=metric, window=window, customer_id=customer_id, cursor=cursor)
     return ValuesShown(
-        chart=metric_chart(periods=window.periods, totals=_period_totals(in_window), granularity=metric.granularity),
+        chart=metric_chart(periods=window.periods, totals=found.period_totals, granularity=metric.granularity),
         totals=[
             CustomerTotal(
                 customer_id=row["customer_id"],
                 dimension=dimension_label(row["dimension"]),
                 total=decimal_text(to_decimal(row["total"])) or "—",
             )
-            for row in by_customer[:TOTALS_SHOWN]
+            for row in found.customer_totals
         ],
-        more_totals=len(by_customer) > TOTALS_SHOWN,
-        rows=[ValueRow(value=v, dimension=dimension_label(v.dimension)) for v in found[:VALUES_PER_PAGE]],
-        next_cursor=next_cursor,
-        # A SQL metric has a dimension column only when its query returns one.
-        grouped=bool(metric.group_by) or any(row["dimension_key"] for row in by_customer),
+        more_totals=found.more_totals,
+        rows=[ValueRow(value=v, dimension=dimension_label(v.dimension)) for v in found.values],
+        next_cursor=cursor_text(*found.next_cursor) if found.next_cursor else None,
+        grouped=found.grouped,
     )
-
-
-def _window_values(metric: BillableMetric, window: Window, customer_id: str | None) -> QuerySet[MetricValue]:
-    values = metric_values_list(metric=metric).filter(period_start__gte=window.start, period_start__lt=window.end)
-    return values.filter(customer_id=customer_id) if customer_id else values
-
-
-def _period_totals(values: QuerySet[MetricValue]) -> dict[dt.datetime, Decimal]:
-    totals = {}
-    for row in values.values("period_start").annotate(total=EffectiveSum()).order_by("period_start"):
-        amount = to_decimal(row["total"])
-        if amount is not None:
-            totals[row["period_start"]] = amount
-    return totals
-
-
-def _filter_value_text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
 
 
 def _filter_summary(metric: BillableMetric) -> list[str]:
@@ -388,7 +284,8 @@ def _filter_summary(metric: BillableMetric) -> list[str]:
             lines.append(f"{condition.get('field')} {label}")
         else:
             value = condition.get("value")
-            shown = ", ".join(_filter_value_text(v) for v in (value if isinstance(value, list) else [value]))
+            # str(): validated filters hold no None; if one did, it would still read "None".
+            shown = ", ".join(str(dimension_text(v)) for v in (value if isinstance(value, list) else [value]))
             lines.append(f"{condition.get('field')} {label} {shown}")
     return lines
 

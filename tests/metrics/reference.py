@@ -6,7 +6,7 @@ import datetime as dt
 from decimal import Decimal, localcontext
 from typing import Any
 
-from metrics.engine import decimal_text, dimension_key_of
+from metrics.engine.builder import decimal_text, dimension_key_of
 
 NUMERIC = {"Int64", "Float64", "Decimal"}
 

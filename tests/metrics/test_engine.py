@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from metrics.engine import BuilderDefinition, builder_compute
+from metrics.engine.builder import BuilderDefinition, builder_compute
 from tests.factories import organisation_make, usage_event_make
 from tests.metrics.reference import reference_values
 from usage.models import UsageEvent, UsageRecord

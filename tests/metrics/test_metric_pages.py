@@ -15,8 +15,8 @@ from django.test import Client
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from metrics.definitions import metric_create
 from metrics.models import BillableMetric, MetricValue
-from metrics.services import metric_create
 from tests.factories import ApiKeyBundle, organisation_admin, usage_event_make
 from usage.models import UsageEvent
 from zenskar_site.accounts.actors import system_actor
@@ -409,7 +409,7 @@ def test_the_values_table_filters_by_customer_and_pages_with_a_cursor(
     django_capture_on_commit_callbacks: Any,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("metrics.views.VALUES_PER_PAGE", 2)
+    monkeypatch.setattr("metrics.selectors.VALUES_PER_PAGE", 2)
     send(pusher, [rec("a", 60 * i + 1, i + 1) for i in range(3)] + [rec("b", 1, 10)])
     metric_make(organisation, django_capture_on_commit_callbacks)
 

@@ -5,15 +5,16 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 from django.core.management import call_command
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from metrics.engine.refresh import metric_recompute, metric_values_refresh
 from metrics.models import BillableMetric, MetricValue
-from metrics.services import metric_values_refresh
+from metrics.sandbox import SandboxError
 from tests.factories import ApiKeyBundle, api_key_make, usage_event_make
 from usage.models import DirtyBucket, UsageEvent, UsageRecord
 from zenskar_site.accounts.models import AuditEntry, Organisation
@@ -306,6 +307,40 @@ def test_an_override_survives_recomputation(
 
     value.refresh_from_db()
     assert (value.computed_value, value.override_value, value.value, value.metric_version) == ("5", "1", "1", 2)
+
+
+SUM_PER_CUSTOMER = """
+    SELECT customer_id, sum(cpu_usage_hours) AS quantity
+    FROM compute_hours
+    WHERE "timestamp" >= {{ period_start }} AND "timestamp" < {{ period_end }}
+    GROUP BY customer_id
+"""
+
+
+def test_a_recompute_that_raises_is_marked_failed_with_its_error_until_a_later_run_succeeds(
+    api: APIClient, pusher: APIClient, monkeypatch: pytest.MonkeyPatch, django_capture_on_commit_callbacks: Any
+) -> None:
+    send(pusher, [rec("a", 5, 1.5), rec("a", 10, 2.25)])
+    with django_capture_on_commit_callbacks(execute=True):
+        create(api, kind="sql", sql=SUM_PER_CUSTOMER)
+    metric = BillableMetric.objects.get(slug="cpu")
+
+    def query_fails(**kwargs: Any) -> NoReturn:
+        raise SandboxError({"sql": ["The query failed: division by zero"]})
+
+    with monkeypatch.context() as patch:
+        patch.setattr("metrics.sandbox.sql_metric_execute", query_fails)
+        with pytest.raises(SandboxError):
+            metric_recompute(metric_id=metric.id, version=metric.version)
+    failed = BillableMetric.objects.get(id=metric.id)
+    values_after_failure = values_of("cpu")
+    rerun = metric_recompute(metric_id=metric.id, version=metric.version)
+    recovered = BillableMetric.objects.get(id=metric.id)
+
+    assert (failed.recompute_state, failed.recompute_error) == ("failed", "sql: The query failed: division by zero")
+    assert values_after_failure == {("a", iso(HOUR), ""): "3.75"}  # what the last good run stored stays
+    assert rerun is True
+    assert (recovered.recompute_state, recovered.recompute_error) == ("idle", "")
 
 
 def test_reconcile_reports_no_difference_then_catches_tampering(

@@ -18,8 +18,8 @@ from django.test import Client
 from django.utils import timezone
 
 from metrics import tasks
+from metrics.definitions import metric_create
 from metrics.models import BillableMetric, MetricValue
-from metrics.services import metric_create
 from tests.factories import api_key_make, organisation_make, usage_event_make
 from tests.processes import celery_worker
 from usage.models import DirtyBucket, UsageRecord

@@ -7,8 +7,9 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
+from metrics.engine.compute import metric_compute
+from metrics.engine.refresh import records_range
 from metrics.models import BillableMetric, MetricValue
-from metrics.services import metric_compute, records_range
 from zenskar_site.lib.periods import period_floor, period_next
 
 

@@ -11,8 +11,8 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandParser
 
+from metrics.definitions import metric_create
 from metrics.models import BillableMetric
-from metrics.services import metric_create
 from usage.models import UsageEvent
 from usage.services import usage_event_create
 from zenskar_site.accounts.actors import system_actor

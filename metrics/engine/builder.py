@@ -197,7 +197,7 @@ def builder_compute(*, definition: BuilderDefinition, start: dt.datetime, end: d
     group = ", ".join(["customer_id", *dims, "bucket"])
     # Every name in the text is a validated field name or a constant; values are parameters.
     text = (
-        f"SELECT customer_id, {''.join(d + ', ' for d in dims)}{sql.bucket(definition.granularity)} AS bucket, "
+        f"SELECT customer_id, {''.join(d + ', ' for d in dims)}{sql.bucket(definition.granularity)} AS bucket, "  # noqa: S608
         f"{', '.join(aggregates)} FROM {UsageRecord._meta.db_table} "
         f"WHERE usage_event_id = %s AND NOT voided AND NOT superseded "
         f'AND "timestamp" >= %s AND "timestamp" < %s{where} GROUP BY {group}'
@@ -231,7 +231,13 @@ def builder_compute(*, definition: BuilderDefinition, start: dt.datetime, end: d
     return results
 
 
-def dimension_text(value: Any, *, boolean: bool) -> str | None:
+def dimension_text(value: Any, *, boolean: bool = False) -> str | None:
+    """The text of a dimension value as stored and shown: None stays None, booleans are true/false,
+    whole floats lose their `.0` (SQLite returns 3.0 where the data said 3).
+
+    `boolean` says the column is a Bool field read without its type: SQLite's JSON gives 1/0 and
+    PostgreSQL's `->>` gives 'true'/'false', so 1 and 'true' read as true, anything else as false.
+    """
     if value is None:
         return None
     if boolean or isinstance(value, bool):
