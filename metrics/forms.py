@@ -16,10 +16,9 @@ from metrics.models import Aggregation, MetricKind
 from usage.models import Period, UsageEvent
 from usage.schema import NUMERIC_TYPES, type_parse
 from zenskar_site.lib.forms import UtcDateTimeField
+from zenskar_site.lib.keyset import KeysetCursorField
 
 INTEGER_RE = re.compile(r"^[+-]?\d+\Z", re.ASCII)
-CURSOR_RE = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)~(\d{1,19})\Z", re.ASCII)
-BIGINT_MAX = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -212,18 +211,7 @@ class ValueFilterForm(forms.Form):
     customer_id = forms.CharField(label="Customer ID", max_length=255, required=False)
     start = UtcDateTimeField(label="From (UTC)", required=False)
     end = UtcDateTimeField(label="To (UTC)", required=False)
-    # The keyset cursor of the next page: "<period start>~<value id>" of the last row shown.
-    cursor = forms.CharField(required=False, max_length=64)
-
-    def clean_cursor(self) -> tuple[dt.datetime, int] | None:
-        text = self.cleaned_data.get("cursor") or ""
-        if not text:
-            return None
-        match = CURSOR_RE.match(text)
-        if match is None or int(match.group(2)) > BIGINT_MAX:
-            raise forms.ValidationError("This page link is broken; start again from the newest values.")
-        moment = dt.datetime.strptime(match.group(1), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
-        return moment, int(match.group(2))
+    cursor = KeysetCursorField(kinds=(dt.datetime, int))  # "<period start>~<value id>" of the last row shown
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}
@@ -237,10 +225,6 @@ class OverrideForm(forms.Form):
     action = forms.ChoiceField(choices=[("set", "Set"), ("clear", "Clear")], initial="set")
     override_value = forms.CharField(label="Override value", max_length=64, required=False)
     reason = forms.CharField(label="Reason", max_length=2000, required=False)
-
-
-def cursor_text(moment: dt.datetime, value_id: int) -> str:
-    return f"{moment.astimezone(dt.UTC):%Y-%m-%dT%H:%M:%SZ}~{value_id}"
 
 
 FILTER_OP_LABELS = {

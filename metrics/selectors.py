@@ -18,6 +18,7 @@ from metrics.models import BillableMetric, MetricValue
 from usage.models import Period
 from zenskar_site.accounts.models import AuditEntry, Organisation
 from zenskar_site.lib.errors import NotFound
+from zenskar_site.lib.keyset import keyset_page
 from zenskar_site.lib.periods import period_floor, period_next
 
 VALUES_PER_PAGE = 50
@@ -153,7 +154,7 @@ class WindowValues:
     customer_totals: Sequence[Mapping[str, Any]]  # customer_id, dimension_key, dimension, total (a sum)
     more_totals: bool
     values: list[MetricValue]  # one page, newest period first
-    next_cursor: tuple[dt.datetime, int] | None  # (period_start, id) of the page's last value
+    next_cursor: str | None  # of the page's last value (zenskar_site/lib/keyset.py)
     grouped: bool
 
 
@@ -167,18 +168,13 @@ def metric_window_values(
         .annotate(total=EffectiveSum())
         .order_by("customer_id", "dimension_key")[: TOTALS_SHOWN + 1]
     )
-    page = in_window
-    if cursor is not None:
-        page = page.filter(Q(period_start__lt=cursor[0]) | Q(period_start=cursor[0], id__lt=cursor[1]))
-    # Keyset pagination, newest period first: no OFFSET and no COUNT; one extra row says a next page exists.
-    found = list(page.order_by("-period_start", "-id")[: VALUES_PER_PAGE + 1])
-    next_cursor = (found[-2].period_start, found[-2].id) if len(found) > VALUES_PER_PAGE else None
+    page = keyset_page(in_window, order=("period_start", "id"), after=cursor, limit=VALUES_PER_PAGE)
     return WindowValues(
         period_totals=_period_totals(in_window),
         customer_totals=by_customer[:TOTALS_SHOWN],
         more_totals=len(by_customer) > TOTALS_SHOWN,
-        values=found[:VALUES_PER_PAGE],
-        next_cursor=next_cursor,
+        values=page.rows,
+        next_cursor=page.next_cursor,
         # A SQL metric has a dimension column only when its query returns one.
         grouped=bool(metric.group_by) or any(row["dimension_key"] for row in by_customer),
     )

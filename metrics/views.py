@@ -26,7 +26,6 @@ from metrics.forms import (
     OverrideForm,
     PreviewWindowForm,
     ValueFilterForm,
-    cursor_text,
     default_preview_window,
 )
 from metrics.models import BillableMetric, MetricKind, MetricValue, RecomputeState
@@ -270,7 +269,7 @@ def values_shown(
         ],
         more_totals=found.more_totals,
         rows=[ValueRow(value=v, dimension=dimension_label(v.dimension)) for v in found.values],
-        next_cursor=cursor_text(*found.next_cursor) if found.next_cursor else None,
+        next_cursor=found.next_cursor,
         grouped=found.grouped,
     )
 

@@ -197,7 +197,7 @@ def builder_compute(*, definition: BuilderDefinition, start: dt.datetime, end: d
     group = ", ".join(["customer_id", *dims, "bucket"])
     # Every name in the text is a validated field name or a constant; values are parameters.
     text = (
-        f"SELECT customer_id, {''.join(d + ', ' for d in dims)}{sql.bucket(definition.granularity)} AS bucket, "  # noqa: S608
+        f"SELECT customer_id, {''.join(d + ', ' for d in dims)}{sql.bucket(definition.granularity)} AS bucket, "
         f"{', '.join(aggregates)} FROM {UsageRecord._meta.db_table} "
         f"WHERE usage_event_id = %s AND NOT voided AND NOT superseded "
         f'AND "timestamp" >= %s AND "timestamp" < %s{where} GROUP BY {group}'

@@ -74,7 +74,7 @@ def _values_upsert(*, metric: BillableMetric, values: list[ComputedValue]) -> No
                     SET computed_value = EXCLUDED.computed_value, metric_version = EXCLUDED.metric_version,
                         stale = false, period_end = EXCLUDED.period_end, dimension = EXCLUDED.dimension,
                         updated_at = EXCLUDED.updated_at
-                    """,  # noqa: S608 - the table name is the model's; values are parameters
+                    """,
                     [
                         metric.id,
                         metric.version,

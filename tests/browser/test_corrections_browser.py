@@ -13,8 +13,8 @@ import pytest
 from django.utils import timezone
 from playwright.sync_api import Page, expect
 
+from metrics.definitions import metric_create
 from metrics.models import MetricValue
-from metrics.services import metric_create
 from tests.factories import organisation_make, usage_event_make
 from usage.models import UsageRecord
 from zenskar_site.accounts.actors import system_actor
@@ -49,7 +49,7 @@ def test_an_admin_edit_of_a_record_changes_the_metric_value_on_the_dashboard(
             "granularity": "day",
         },
     )
-    from metrics.services import metric_recompute
+    from metrics.engine.refresh import metric_recompute
 
     metric_recompute(metric_id=metric.id, version=metric.version)
 

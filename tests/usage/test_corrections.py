@@ -10,8 +10,8 @@ import pytest
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from metrics.engine.refresh import metric_values_refresh
 from metrics.models import MetricValue
-from metrics.services import metric_values_refresh
 from tests.factories import ApiKeyBundle, usage_event_make
 from usage.models import UsageEvent, UsageRecord
 from zenskar_site.accounts.models import AuditEntry, Organisation

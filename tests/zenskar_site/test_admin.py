@@ -10,8 +10,9 @@ from django.contrib.auth.models import User
 from django.test import Client
 from django.utils import timezone
 
+from metrics.definitions import metric_create
+from metrics.engine.refresh import metric_values_refresh
 from metrics.models import MetricValue
-from metrics.services import metric_create, metric_values_refresh
 from tests.factories import organisation_admin, usage_event_make
 from usage.models import UsageRecord
 from zenskar_site.accounts.actors import system_actor
