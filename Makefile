@@ -30,7 +30,7 @@ browser:
 	fi
 
 run: install
-	@mkdir -p .data/broker .data/broker-processed
+	@mkdir -p .data/broker .data/broker-processed .data/broker-control
 	$(PY) manage.py migrate --noinput -v0
 	@$(PY) manage.py seeddemo --port $(PORT)
 	$(PY) manage.py runembedded --port $(PORT)

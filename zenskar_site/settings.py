@@ -5,15 +5,22 @@ that ``manage.py runembedded`` drains with an in-process-started worker, DEBUG o
 
 Production mode (``DATABASE_URL`` and ``REDIS_URL`` set): PostgreSQL, Redis as the Celery broker,
 DEBUG off unless asked for, and no secret defaults: ``SECRET_KEY`` and ``ALLOWED_HOSTS`` must be set.
+
+Every variable is read strictly: a value that does not parse or is out of range (``DEBUG=ture``,
+``INGEST_MAX_BATCH=abc``, ``METRICS_SWEEP_SECONDS=-``) stops the start with ImproperlyConfigured naming
+the variable, instead of quietly becoming False or the default. Unset or empty means the default.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 from pathlib import Path
 
 import dj_database_url
 import django_stubs_ext
+import environ
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -21,30 +28,79 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 django_stubs_ext.monkeypatch()
 
 
-def env_bool(name: str, default: bool) -> bool:
-    value = os.environ.get(name)
-    if value is None or value == "":
+# django-environ reads the variables; the helpers below add what it leaves out: its bool and float
+# casts accept malformed text, its errors do not name the variable, and nothing checks a range.
+# (environ also reads a value starting with "$" as the name of another variable to read.)
+env = environ.Env()
+
+
+def _malformed(name: str, expected: str) -> ImproperlyConfigured:
+    return ImproperlyConfigured(f"{name} must be {expected}; got {os.environ.get(name)!r}.")
+
+
+def env_bool(name: str, *, default: bool) -> bool:
+    # Not env.bool: it reads every word it does not know (a typo such as "ture") as False.
+    text = env.str(name, default=None)
+    if text is None:
         return default
-    return value.strip().lower() in {"1", "true", "yes", "on"}
+    word = text.strip().lower()
+    if word in {"1", "true", "yes", "on"}:
+        return True
+    if word in {"0", "false", "no", "off"}:
+        return False
+    raise _malformed(name, "one of 1/0, true/false, yes/no, on/off")
 
 
-def env_int(name: str, default: int) -> int:
-    value = os.environ.get(name)
-    return int(value) if value else default
+def env_int(name: str, *, default: int, allow_zero: bool) -> int:
+    expected = "a whole number, 0 or more" if allow_zero else "a whole number, 1 or more"
+    try:
+        value = env.int(name, default=None)
+    except ValueError:
+        raise _malformed(name, expected) from None
+    if value is None:
+        return default
+    if value < 0 or (value == 0 and not allow_zero):
+        raise _malformed(name, expected)
+    return int(value)
+
+
+def env_seconds(name: str, *, default: float, allow_zero: bool) -> float:
+    expected = "a number of seconds, 0 or more" if allow_zero else "a number of seconds above 0"
+    # Not env.float: it drops every character but digits, "," "." and "-" first ("1e3" reads as 13).
+    text = env.str(name, default=None)
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise _malformed(name, expected) from None
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        raise _malformed(name, expected)
+    return value
 
 
 def env_list(name: str) -> list[str]:
-    return [item.strip() for item in os.environ.get(name, "").split(",") if item.strip()]
+    return [item.strip() for item in env.list(name, default=[]) if item.strip()]
 
 
-DATABASE_URL = os.environ.get("DATABASE_URL", "")
-REDIS_URL = os.environ.get("REDIS_URL", "")
+def env_choice(name: str, *, default: str, choices: set[str]) -> str:
+    text = env.str(name, default=None)
+    if text is None:
+        return default
+    if text not in choices:
+        raise _malformed(name, "one of " + ", ".join(sorted(choices)))
+    return str(text)
+
+
+DATABASE_URL = env.str("DATABASE_URL", default="")
+REDIS_URL = env.str("REDIS_URL", default="")
 EMBEDDED = not DATABASE_URL
-DATA_DIR = Path(os.environ.get("DATA_DIR", BASE_DIR / ".data"))
+DATA_DIR = Path(env.str("DATA_DIR", default=str(BASE_DIR / ".data")))
 
 DEBUG = env_bool("DEBUG", default=EMBEDDED)
 
 _INSECURE_KEY = "django-insecure-embedded-mode-only-never-use-in-production"
+# As it is, not through environ: a key Django generates may start with "$", which environ would follow.
 SECRET_KEY = os.environ.get("SECRET_KEY", "" if not DEBUG else _INSECURE_KEY)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS") or (["127.0.0.1", "localhost", "[::1]", "testserver"] if DEBUG else [])
 if not DEBUG:
@@ -102,12 +158,17 @@ TEMPLATES = [
 ]
 
 if DATABASE_URL:
-    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("CONN_MAX_AGE", 60))}
+    conn_max_age = env_int("CONN_MAX_AGE", default=60, allow_zero=True)
+    try:
+        DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=conn_max_age)}
+    except ValueError as exc:
+        # Not the URL itself in the message: it holds the password.
+        raise ImproperlyConfigured(f"DATABASE_URL is not a database URL Django can use: {exc}") from None
 else:
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
-            "NAME": os.environ.get("SQLITE_PATH", str(DATA_DIR / "db.sqlite3")),
+            "NAME": env.str("SQLITE_PATH", default=str(DATA_DIR / "db.sqlite3")),
             # WAL lets the web server and the embedded worker read while the other writes;
             # IMMEDIATE takes the write lock at BEGIN so two writers queue instead of failing.
             "OPTIONS": {
@@ -151,7 +212,7 @@ if not DEBUG:
     SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", default=True)
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
-    SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000)
+    SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", default=31536000, allow_zero=True)
     SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=True)
     SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", default=True)
     SECURE_CONTENT_TYPE_NOSNIFF = True
@@ -207,6 +268,8 @@ else:
         "data_folder_out": str(DATA_DIR / "broker"),
         "processed_folder": str(DATA_DIR / "broker-processed"),
         "store_processed": False,
+        # The exchange tables (kombu's default is "control" in the working directory).
+        "control_folder": str(DATA_DIR / "broker-control"),
     }
     CELERY_RESULT_BACKEND = None
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_EAGER", default=False)
@@ -222,45 +285,48 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     # Picks up dirty hours whose prompt refresh task was lost (broker down at commit, worker killed).
     "metrics-sweep": {
         "task": "metrics.tasks.metrics_sweep_task",
-        "schedule": float(os.environ.get("METRICS_SWEEP_SECONDS", "2")),
+        "schedule": env_seconds("METRICS_SWEEP_SECONDS", default=2.0, allow_zero=False),
     },
     # Enqueues again the CSV imports whose task was lost.
     "csv-imports-resume": {"task": "usage.tasks.csv_imports_resume_task", "schedule": 60.0},
 }
 # A CSV import that has stored no batch for this long while importing lost its task; the sweep resumes it.
-CSV_IMPORT_STALL_SECONDS = float(os.environ.get("CSV_IMPORT_STALL_SECONDS", "600"))
+CSV_IMPORT_STALL_SECONDS = env_seconds("CSV_IMPORT_STALL_SECONDS", default=600.0, allow_zero=False)
 
 # The metric engine: a refresh is enqueued at most this often per usage event and web process;
 # the sweep covers the rest.
-METRICS_REFRESH_DEBOUNCE_SECONDS = float(os.environ.get("METRICS_REFRESH_DEBOUNCE_SECONDS", "0.25"))
-METRIC_SQL_TIMEOUT_MS = env_int("METRIC_SQL_TIMEOUT_MS", 5000)
+METRICS_REFRESH_DEBOUNCE_SECONDS = env_seconds("METRICS_REFRESH_DEBOUNCE_SECONDS", default=0.25, allow_zero=True)
+METRIC_SQL_TIMEOUT_MS = env_int("METRIC_SQL_TIMEOUT_MS", default=5000, allow_zero=False)
 # A recompute with no progress for this long is restarted by the sweep (its worker died).
-METRICS_RECOMPUTE_STALL_SECONDS = float(os.environ.get("METRICS_RECOMPUTE_STALL_SECONDS", "120"))
+METRICS_RECOMPUTE_STALL_SECONDS = env_seconds("METRICS_RECOMPUTE_STALL_SECONDS", default=120.0, allow_zero=False)
 # Pause between the month chunks of a history recompute, to spare a busy database.
-METRICS_RECOMPUTE_THROTTLE_SECONDS = float(os.environ.get("METRICS_RECOMPUTE_THROTTLE_SECONDS", "0"))
+METRICS_RECOMPUTE_THROTTLE_SECONDS = env_seconds("METRICS_RECOMPUTE_THROTTLE_SECONDS", default=0.0, allow_zero=True)
 
 # Ingestion limits (SPEC §3).
-INGEST_MAX_BATCH = env_int("INGEST_MAX_BATCH", 1000)
-INGEST_MAX_BODY_BYTES = env_int("INGEST_MAX_BODY_BYTES", 1024 * 1024)
-INGEST_MAX_FUTURE_SECONDS = env_int("INGEST_MAX_FUTURE_SECONDS", 5 * 60)
-INGEST_MAX_AGE_SECONDS = env_int("INGEST_MAX_AGE_SECONDS", 35 * 24 * 3600)
+INGEST_MAX_BATCH = env_int("INGEST_MAX_BATCH", default=1000, allow_zero=False)
+INGEST_MAX_BODY_BYTES = env_int("INGEST_MAX_BODY_BYTES", default=1024 * 1024, allow_zero=False)
+INGEST_MAX_FUTURE_SECONDS = env_int("INGEST_MAX_FUTURE_SECONDS", default=5 * 60, allow_zero=True)
+INGEST_MAX_AGE_SECONDS = env_int("INGEST_MAX_AGE_SECONDS", default=35 * 24 * 3600, allow_zero=True)
 # Requests per organisation per second; 0 turns the limit off (the embedded default).
-INGEST_RATE_LIMIT = env_int("INGEST_RATE_LIMIT", 0 if EMBEDDED else 1000)
+INGEST_RATE_LIMIT = env_int("INGEST_RATE_LIMIT", default=0 if EMBEDDED else 1000, allow_zero=True)
 DATA_UPLOAD_MAX_MEMORY_SIZE = max(INGEST_MAX_BODY_BYTES * 2, 2621440)
 
 # The ingestion error log keeps this many days of rejected records.
-INGEST_ERROR_RETENTION_DAYS = env_int("INGEST_ERROR_RETENTION_DAYS", 30)
+INGEST_ERROR_RETENTION_DAYS = env_int("INGEST_ERROR_RETENTION_DAYS", default=30, allow_zero=True)
 
 # The ingestion hot path prepares its fixed statements on the server. Turn off behind a pooler in
 # transaction mode (PgBouncer), where a prepared statement may not exist on the next connection.
 DB_PREPARED_STATEMENTS = env_bool("DB_PREPARED_STATEMENTS", default=True)
 
 # API keys: last_used_at is written at most this often per key, keeping auth off the write path.
-API_KEY_TOUCH_SECONDS = env_int("API_KEY_TOUCH_SECONDS", 60)
+API_KEY_TOUCH_SECONDS = env_int("API_KEY_TOUCH_SECONDS", default=60, allow_zero=True)
 
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "WARNING")},
+    "root": {
+        "handlers": ["console"],
+        "level": env_choice("LOG_LEVEL", default="WARNING", choices=set(logging.getLevelNamesMapping())),
+    },
 }

@@ -22,7 +22,7 @@ class Command(BaseCommand):
         parser.add_argument("--host", default="127.0.0.1")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        for folder in ("broker", "broker-processed"):
+        for folder in ("broker", "broker-processed", "broker-control"):
             (settings.DATA_DIR / folder).mkdir(parents=True, exist_ok=True)
         worker = subprocess.Popen(
             [
