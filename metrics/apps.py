@@ -5,7 +5,7 @@ from django.apps import AppConfig
 
 def _register_sqlite_functions(sender: Any, connection: Any, **kwargs: Any) -> None:
     if connection.vendor == "sqlite":
-        from metrics.engine import sqlite_functions_register
+        from metrics.engine.builder import sqlite_functions_register
 
         sqlite_functions_register(connection.connection)
 
@@ -22,7 +22,10 @@ class MetricsConfig(AppConfig):
     def ready(self) -> None:
         from django.db.backends.signals import connection_created
 
+        from metrics.exports import METRIC_VALUES_SOURCE
+        from usage.csv.exports import export_source_register
         from usage.dirty import records_changed
 
         connection_created.connect(_register_sqlite_functions, dispatch_uid="metrics_sqlite_functions")
         records_changed.connect(_records_changed, dispatch_uid="metrics_records_changed")
+        export_source_register(METRIC_VALUES_SOURCE)

@@ -9,19 +9,12 @@ from typing import Any
 
 from django.db import transaction
 
-from metrics.definitions import metric_create
 from metrics.engine.builder import decimal_text, to_decimal
-from metrics.engine.refresh import metric_recompute, metric_values_refresh
 from metrics.models import MetricValue
 from usage.schema import CONVERTERS, InvalidValue
 from zenskar_site.accounts.actors import Actor
 from zenskar_site.accounts.services import audit_record
 from zenskar_site.lib.errors import NotFound, ValidationFailed
-
-# metric_create, metric_recompute and metric_values_refresh are re-exported for importers outside the
-# metrics app's own files (tests/usage, tests/browser, tests/zenskar_site) until they import them from
-# their homes, as everything in metrics/ does.
-__all__ = ["metric_create", "metric_recompute", "metric_value_override", "metric_values_refresh"]
 
 
 @transaction.atomic

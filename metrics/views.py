@@ -15,11 +15,12 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_GET, require_POST
 
 from metrics.api import preview_body, render_times
 from metrics.definitions import metric_create, metric_definition_validate
 from metrics.engine.builder import FILTER_OPS, NUMERIC_AGGREGATIONS, decimal_text, dimension_text, to_decimal
+from metrics.exports import metric_values_download
 from metrics.forms import (
     FILTER_OP_LABELS,
     MetricForm,
@@ -372,3 +373,10 @@ def metric_value_override_view(request: HttpRequest, actor: Actor, slug: str, va
         else:
             messages.success(request, f"Override set for {value.customer_id}, {when}: the value is {value.value}.")
     return redirect(back)
+
+
+@require_GET
+@member_view()
+def metric_values_export(request: HttpRequest, actor: Actor, slug: str) -> HttpResponse:
+    """GET /metrics/<slug>/export.csv?customer=&from=&to=: the metric's values, streamed."""
+    return metric_values_download(request, organisation=actor.organisation, slug=slug)

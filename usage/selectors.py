@@ -7,7 +7,7 @@ import datetime as dt
 from django.db.models import Count, QuerySet
 from django.db.models.functions import TruncDay, TruncHour
 
-from usage.models import IngestionError, UsageEvent, UsageRecord
+from usage.models import CsvImport, IngestionError, UsageEvent, UsageRecord
 from zenskar_site.accounts.models import Organisation
 from zenskar_site.lib.errors import NotFound
 from zenskar_site.lib.keyset import KeysetPage, keyset_page
@@ -121,3 +121,22 @@ def records_volume(*, usage_event: UsageEvent, bucket: str, now: dt.datetime) ->
 
 def ingestion_errors_latest(*, usage_event: UsageEvent, limit: int = 50) -> list[IngestionError]:
     return list(ingestion_errors_list(usage_event=usage_event).order_by("-id")[:limit])
+
+
+def csv_import_get(*, organisation: Organisation, import_id: int, with_content: bool = False) -> CsvImport:
+    imports = CsvImport.objects.select_related("usage_event").filter(organisation=organisation, id=import_id)
+    if not with_content:
+        imports = imports.defer("content")
+    found = imports.first()
+    if found is None:
+        raise NotFound(f"No CSV import {import_id} in this organisation.")
+    return found
+
+
+def csv_imports_recent(*, organisation: Organisation, limit: int = 20) -> list[CsvImport]:
+    return list(
+        CsvImport.objects.select_related("usage_event", "created_by")
+        .filter(organisation=organisation)
+        .defer("content", "sample", "errors")
+        .order_by("-id")[:limit]
+    )

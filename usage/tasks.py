@@ -6,7 +6,7 @@ from celery import shared_task
 from django.conf import settings
 from django.utils import timezone
 
-from usage.csv_io import csv_import_run, csv_imports_stalled_claim
+from usage.csv.imports import csv_import_run, csv_imports_stalled_claim
 from usage.services import ingestion_errors_prune
 
 PRUNE_BATCH = 5000

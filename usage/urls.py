@@ -1,6 +1,7 @@
 from django.urls import include, path
 
-from usage import csv_views, record_views, views
+from usage import record_views, views
+from usage.csv import views as csv_views
 
 app_name = "usage"
 
@@ -18,7 +19,6 @@ urlpatterns = [
     path("", views.usage_event_list, name="event-list"),
     path("new/", views.usage_event_new, name="event-new"),
     path("data/imports/", include((csv_patterns, "csv"))),
-    path("metrics/<str:metric_slug>/export.csv", csv_views.metric_values_export, name="metric-values-export"),
     path("<str:api_slug>/export.csv", csv_views.records_export, name="records-export"),
     path("<str:api_slug>/", views.usage_event_detail, name="event-detail"),
     path("<str:api_slug>/records/<int:record_id>/", record_views.record_edit, name="record-edit"),

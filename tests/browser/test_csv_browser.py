@@ -14,7 +14,7 @@ from playwright.sync_api import Page, expect
 
 from tests.browser.pages import PASSWORD, Screenshot, sign_in
 from tests.factories import organisation_make, usage_event_make
-from usage.csv_io import csv_import_run
+from usage.csv.imports import csv_import_run
 from usage.models import CsvImport, CsvImportStatus, UsageRecord
 from zenskar_site.accounts.models import Organisation
 
@@ -98,7 +98,7 @@ def test_upload_map_preview_confirm_and_progress(
     screenshot("csv_03_preview_ok")
 
     # Confirmed, the import waits for a worker; here the test is the worker, so progress can be seen.
-    with mock.patch("usage.csv_io._enqueue"):
+    with mock.patch("usage.csv.imports._enqueue"):
         page.get_by_role("button", name="Confirm and import 3,000 rows").click()
         expect(page.locator("#import-status")).to_have_text("Importing")
     csv_import = CsvImport.objects.get(filename="history-2026.csv")

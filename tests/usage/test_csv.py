@@ -23,11 +23,12 @@ from django.test import Client
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from metrics.engine.refresh import metric_values_refresh
 from metrics.models import MetricValue
-from metrics.services import metric_values_refresh
 from tests.factories import ApiKeyBundle, organisation_admin, organisation_make, usage_event_make
-from usage import csv_io, tasks
-from usage.csv_io import (
+from usage import tasks
+from usage.csv import imports as csv_imports
+from usage.csv.imports import (
     csv_import_confirm,
     csv_import_create,
     csv_import_run,
@@ -495,7 +496,7 @@ def test_a_crashed_import_resumes_after_its_last_batch_and_stores_nothing_twice(
     csv_import, _ = imported(actor, compute_hours, csv_bytes(["customer_id", "timestamp", "cpu_usage_hours"], rows))
     csv_import_confirm(actor=actor, import_id=csv_import.id, enqueue=False)
     calls = 0
-    real_store = csv_io.records_store
+    real_store = csv_imports.records_store
 
     def crash_on_second_batch(**kwargs: Any) -> Any:
         nonlocal calls
@@ -504,7 +505,7 @@ def test_a_crashed_import_resumes_after_its_last_batch_and_stores_nothing_twice(
             raise ConnectionError("worker lost")
         return real_store(**kwargs)
 
-    with mock.patch.object(csv_io, "records_store", crash_on_second_batch):
+    with mock.patch.object(csv_imports, "records_store", crash_on_second_batch):
         failed = csv_import_run(import_id=csv_import.id)
 
     assert failed is not None
@@ -582,8 +583,8 @@ def test_rows_rejected_while_importing_are_reported_and_logged(actor: Actor, com
     )
     assert preview.invalid == 0
     # Between validation and import, another writer takes key k2 for other content.
-    csv_io.records_store(
-        context=csv_io.ingest_context_internal(usage_event=compute_hours, label="api"),
+    csv_imports.records_store(
+        context=csv_imports.ingest_context_internal(usage_event=compute_hours, label="api"),
         items=[{"customer_id": "z", "timestamp": iso(NOW), "data": {"cpu_usage_hours": 9}, "idempotency_key": "k2"}],
         backfill=False,
         now=timezone.now(),
@@ -776,8 +777,8 @@ def test_metric_values_export_streams_every_value_with_its_override(
     value = MetricValue.objects.get(customer_id="a", period_start=day)
     api.patch(f"/api/v1/metrics/cpu/values/{value.id}/", {"override_value": "10", "reason": "credit"}, format="json")
 
-    everything = streamed_rows(admin_client.get("/usage-events/metrics/cpu/export.csv"))
-    for_a = streamed_rows(viewer_client.get("/usage-events/metrics/cpu/export.csv", {"customer": "a"}))
+    everything = streamed_rows(admin_client.get("/metrics/cpu/export.csv"))
+    for_a = streamed_rows(viewer_client.get("/metrics/cpu/export.csv", {"customer": "a"}))
 
     next_day = day + dt.timedelta(days=1)
     assert everything[0] == [
@@ -791,7 +792,7 @@ def test_metric_values_export_streams_every_value_with_its_override(
         ["b", iso(next_day), iso(next_day + dt.timedelta(days=1)), '{"region":"eu"}', "1.5", "", "1.5", "1"],
     ]
     assert [row[0] for row in for_a[1:]] == ["a", "a"]
-    assert admin_client.get("/usage-events/metrics/nope/export.csv").status_code == 404
+    assert admin_client.get("/metrics/nope/export.csv").status_code == 404
 
 
 def test_exports_are_scoped_to_the_organisation(compute_hours: UsageEvent, client: Client) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from usage.csv_io import CSV_MAX_BYTES, csv_import_confirm, csv_import_create, csv_import_run, csv_import_validate
+from usage.csv.imports import CSV_MAX_BYTES, csv_import_confirm, csv_import_create, csv_import_run, csv_import_validate
 from usage.models import CsvImportStatus
 from zenskar_site.accounts.actors import system_actor
 from zenskar_site.accounts.models import Organisation

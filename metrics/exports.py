@@ -1,0 +1,79 @@
+"""A metric's values as CSV, offered on the Usage data page's export form and on the metric's page."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse
+from django.urls import reverse
+
+from metrics.models import BillableMetric, MetricValue
+from metrics.selectors import metric_get, metrics_list
+from usage.csv.exports import ExportSource
+from zenskar_site.accounts.models import Organisation
+from zenskar_site.lib.csvstream import ITERATOR_CHUNK_ROWS, csv_cell, csv_download, csv_time
+
+
+def metric_values_csv_rows(
+    *,
+    metric: BillableMetric,
+    customer_id: str | None = None,
+    start: dt.datetime | None = None,
+    end: dt.datetime | None = None,
+) -> Iterator[list[str]]:
+    """A metric's values as CSV rows, header first, by period; periods starting in [start, end)."""
+    yield [
+        "customer_id",
+        "period_start",
+        "period_end",
+        "dimension",
+        "computed_value",
+        "override_value",
+        "value",
+        "metric_version",
+    ]
+    values: QuerySet[MetricValue] = MetricValue.objects.filter(metric=metric)
+    if customer_id:
+        values = values.filter(customer_id=customer_id)
+    if start is not None:
+        values = values.filter(period_start__gte=start)
+    if end is not None:
+        values = values.filter(period_start__lt=end)
+    rows = values.order_by("period_start", "customer_id", "dimension_key", "id").values_list(
+        "customer_id", "period_start", "period_end", "dimension", "computed_value", "override_value", "metric_version"
+    )
+    for customer, period_start, period_end, dimension, computed, override, version in rows.iterator(
+        chunk_size=ITERATOR_CHUNK_ROWS
+    ):
+        yield [
+            customer,
+            csv_time(period_start),
+            csv_time(period_end),
+            csv_cell(dimension),
+            computed or "",
+            override or "",
+            (override if override is not None else computed) or "",
+            str(version),
+        ]
+
+
+def metric_values_download(request: HttpRequest, *, organisation: Organisation, slug: str) -> HttpResponse:
+    """The metric's values, streamed, filtered by the query's `customer`, `from` and `to`."""
+    return csv_download(
+        request,
+        find=lambda: metric_get(organisation=organisation, slug=slug),
+        rows=lambda metric, filters: metric_values_csv_rows(
+            metric=metric, customer_id=filters.customer_id, start=filters.start, end=filters.end
+        ),
+        filename=lambda metric: f"{metric.slug}-values.csv",
+    )
+
+
+METRIC_VALUES_SOURCE = ExportSource(
+    key_prefix="values",
+    group_label="Values of a billable metric",
+    choices=lambda organisation: metrics_list(organisation=organisation).values_list("slug", "name"),
+    url=lambda slug: reverse("metrics:values-export", kwargs={"slug": slug}),
+)

@@ -1,0 +1,120 @@
+"""Streamed CSV downloads, shared by the usage records export and the metric values export.
+
+Rows (header first) come from generators over `queryset.iterator()`; each line is written as it is
+produced and sent in chunks, so a download of any size streams with flat memory.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
+
+import orjson
+from django import forms
+from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, StreamingHttpResponse
+from django.shortcuts import render
+
+from zenskar_site.lib.errors import NotFound, ValidationFailed
+from zenskar_site.lib.forms import UtcDateTimeField
+
+ITERATOR_CHUNK_ROWS = 2000
+STREAM_CHUNK_CHARS = 64 * 1024
+
+Found = TypeVar("Found")
+
+
+def csv_cell(value: Any) -> str:
+    """A value as a CSV cell: empty for None, true/false for booleans, JSON for objects and lists."""
+    if value is None:
+        return ""
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, (dict, list)):
+        return orjson.dumps(value).decode()
+    return str(value)
+
+
+def csv_time(moment: dt.datetime | None) -> str:
+    """A moment as ISO 8601 in UTC with a `Z` (the ingestion API's format); empty for None."""
+    return moment.astimezone(dt.UTC).isoformat().replace("+00:00", "Z") if moment is not None else ""
+
+
+class _Echo:
+    """A file-like object for csv.writer that hands each line back instead of buffering it."""
+
+    def write(self, value: str) -> str:
+        return value
+
+
+def csv_chunks(rows: Iterable[list[str]], *, chunk_chars: int = STREAM_CHUNK_CHARS) -> Iterator[str]:
+    """The rows as CSV text, in chunks of about `chunk_chars` characters."""
+    writer = csv.writer(_Echo())
+    chunk: list[str] = []
+    size = 0
+    for row in rows:
+        line = writer.writerow(row)
+        chunk.append(line)
+        size += len(line)
+        if size >= chunk_chars:
+            yield "".join(chunk)
+            chunk, size = [], 0
+    if chunk:
+        yield "".join(chunk)
+
+
+def csv_response(*, rows: Iterable[list[str]], filename: str) -> HttpResponse:
+    """A streamed attachment of the rows, never cached."""
+    response = StreamingHttpResponse(csv_chunks(rows), content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    response["Cache-Control"] = "no-store"
+    # Views are typed for HttpResponse; Django serves a streaming response through them unchanged.
+    return cast(HttpResponse, response)
+
+
+@dataclass(frozen=True)
+class CsvFilters:
+    customer_id: str | None
+    start: dt.datetime | None  # inclusive
+    end: dt.datetime | None  # exclusive
+
+
+def csv_filters_parse(*, query: Mapping[str, str]) -> CsvFilters:
+    """`customer`, `from` (inclusive) and `to` (exclusive): ISO 8601 moments or dates, read as UTC."""
+    moment = UtcDateTimeField(required=False)
+    found: dict[str, dt.datetime | None] = {}
+    for name in ("from", "to"):
+        try:
+            found[name] = moment.clean(query.get(name, "").strip())
+        except forms.ValidationError:
+            raise ValidationFailed({name: ["Expected a date or an ISO 8601 moment, such as 2026-11-20T14:00:00Z."]})
+    start, end = found["from"], found["to"]
+    if start is not None and end is not None and start >= end:
+        raise ValidationFailed({"to": ["“to” must be later than “from”."]})
+    return CsvFilters(customer_id=query.get("customer", "").strip() or None, start=start, end=end)
+
+
+def csv_download(
+    request: HttpRequest,
+    *,
+    find: Callable[[], Found],
+    rows: Callable[[Found, CsvFilters], Iterable[list[str]]],
+    filename: Callable[[Found], str],
+) -> HttpResponse:
+    """A download view's answer: `rows(find(), filters)` streamed, filtered by the request's query.
+
+    `find` runs before the filters are read, so an unknown object is a 404 page whatever the query;
+    bad filters are a plain-text 400.
+    """
+    try:
+        found = find()
+        filters = csv_filters_parse(query=request.GET)
+    except NotFound as exc:
+        return render(request, "404.html", {"detail": exc.detail}, status=404)
+    except ValidationFailed as exc:
+        return HttpResponseBadRequest(exc.detail, content_type="text/plain; charset=utf-8")
+    return csv_response(rows=rows(found, filters), filename=filename(found))
