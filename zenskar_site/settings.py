@@ -291,14 +291,14 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "csv-imports-resume": {"task": "usage.tasks.csv_imports_resume_task", "schedule": 60.0},
 }
 # A CSV import that has stored no batch for this long while importing lost its task; the sweep resumes it.
-CSV_IMPORT_STALL_SECONDS = env_seconds("CSV_IMPORT_STALL_SECONDS", default=600.0, allow_zero=False)
+CSV_IMPORT_STALL_SECONDS = env_seconds("CSV_IMPORT_STALL_SECONDS", default=600.0, allow_zero=True)
 
 # The metric engine: a refresh is enqueued at most this often per usage event and web process;
 # the sweep covers the rest.
 METRICS_REFRESH_DEBOUNCE_SECONDS = env_seconds("METRICS_REFRESH_DEBOUNCE_SECONDS", default=0.25, allow_zero=True)
 METRIC_SQL_TIMEOUT_MS = env_int("METRIC_SQL_TIMEOUT_MS", default=5000, allow_zero=False)
 # A recompute with no progress for this long is restarted by the sweep (its worker died).
-METRICS_RECOMPUTE_STALL_SECONDS = env_seconds("METRICS_RECOMPUTE_STALL_SECONDS", default=120.0, allow_zero=False)
+METRICS_RECOMPUTE_STALL_SECONDS = env_seconds("METRICS_RECOMPUTE_STALL_SECONDS", default=120.0, allow_zero=True)
 # Pause between the month chunks of a history recompute, to spare a busy database.
 METRICS_RECOMPUTE_THROTTLE_SECONDS = env_seconds("METRICS_RECOMPUTE_THROTTLE_SECONDS", default=0.0, allow_zero=True)
 
