@@ -86,7 +86,9 @@ def test_a_well_formed_value_is_read() -> None:
     assert setting_read("CELERY_TASK_ALWAYS_EAGER", CELERY_EAGER=" Yes ") == "True"
     assert setting_read("CELERY_BEAT_SCHEDULE['metrics-sweep']['schedule']", METRICS_SWEEP_SECONDS="0.5") == "0.5"
     assert setting_read("METRICS_RECOMPUTE_THROTTLE_SECONDS", METRICS_RECOMPUTE_THROTTLE_SECONDS="0") == "0.0"
-    assert setting_read("METRICS_RECOMPUTE_STALL_SECONDS", METRICS_RECOMPUTE_STALL_SECONDS="0") == "0.0"  # restart at once
+    assert (
+        setting_read("METRICS_RECOMPUTE_STALL_SECONDS", METRICS_RECOMPUTE_STALL_SECONDS="0") == "0.0"
+    )  # restart at once
     assert setting_read("ALLOWED_HOSTS", ALLOWED_HOSTS=" a.example, ,b.example ") == "['a.example', 'b.example']"
     assert setting_read("SECURE_HSTS_SECONDS", **PRODUCTION_ENV, SECURE_HSTS_SECONDS="0") == "0"
 
