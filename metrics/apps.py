@@ -10,22 +10,17 @@ def _register_sqlite_functions(sender: Any, connection: Any, **kwargs: Any) -> N
         sqlite_functions_register(connection.connection)
 
 
-def _records_changed(sender: Any, usage_event_id: int, **kwargs: Any) -> None:
-    from metrics.dispatch import metrics_refresh_soon
-
-    metrics_refresh_soon(usage_event_id=usage_event_id)
-
-
 class MetricsConfig(AppConfig):
     name = "metrics"
 
     def ready(self) -> None:
         from django.db.backends.signals import connection_created
 
+        from metrics.dispatch import records_changed_receiver
         from metrics.exports import METRIC_VALUES_SOURCE
         from usage.csv.exports import export_source_register
         from usage.dirty import records_changed
 
         connection_created.connect(_register_sqlite_functions, dispatch_uid="metrics_sqlite_functions")
-        records_changed.connect(_records_changed, dispatch_uid="metrics_records_changed")
+        records_changed.connect(records_changed_receiver, dispatch_uid="metrics_records_changed")
         export_source_register(METRIC_VALUES_SOURCE)

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
+from typing import Any
 
 from django.conf import settings
 
 from zenskar_site.lib.enqueue import enqueue_on_commit
 
-logger = logging.getLogger(__name__)
 _last_enqueued: dict[int, float] = {}
 _lock = threading.Lock()
 
@@ -35,3 +34,8 @@ def metrics_refresh_soon(*, usage_event_id: int) -> None:
     # The countdown gathers the next moments' records into the same refresh; the sweep covers what
     # could not be enqueued.
     enqueue_on_commit(metrics_refresh_task, (usage_event_id,), countdown=debounce)
+
+
+def records_changed_receiver(sender: Any, usage_event_id: int, **kwargs: Any) -> None:
+    """usage.dirty.records_changed: the records of a usage event changed; refresh its metrics soon."""
+    metrics_refresh_soon(usage_event_id=usage_event_id)

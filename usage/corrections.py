@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from usage.dirty import hours_mark_dirty, records_changed_announce
 from usage.models import UsageEvent, UsageEventKind, UsageRecord
-from usage.schema import datetime_format, record_validator, timestamp_bounds_problems
+from usage.schema import datetime_format, record_validator, timestamp_bounds
 from usage.selectors import records_list
 from zenskar_site.accounts.actors import Actor
 from zenskar_site.accounts.models import AuditEntry
@@ -105,7 +105,7 @@ def record_update(
     valid, errors = record_validator(usage_event.dataschema)(candidate)
     if valid is None:
         raise ValidationFailed(errors)
-    out_of_bounds = timestamp_bounds_problems(valid.timestamp, now=timezone.now(), backfill=True)
+    out_of_bounds = timestamp_bounds(now=timezone.now(), backfill=True).problems(valid.timestamp)
     if out_of_bounds:
         raise ValidationFailed(out_of_bounds)
     before = record_snapshot(record)

@@ -17,7 +17,7 @@ from zenskar_site.lib.periods import hour_floor
 
 # Sent with `usage_event_id` when records of that usage event changed (marks already written in the
 # current transaction, if any). Receivers must not do slow work inline: defer it to after commit.
-records_changed = Signal()
+records_changed = Signal(use_caching=True)  # one sender: the receivers are looked up once
 
 
 def dirty_hours(moments: Iterable[dt.datetime]) -> list[dt.datetime]:

@@ -249,18 +249,33 @@ def datetime_parse(value: Any) -> dt.datetime:
     )
 
 
-def timestamp_bounds_problems(timestamp: dt.datetime, *, now: dt.datetime, backfill: bool) -> dict[str, list[str]]:
-    """A record's timestamp against the bounds of SPEC §3 (ingestion, CSV imports and edits alike).
+@dataclass(frozen=True)
+class TimestampBounds:
+    """The timestamps SPEC §3 accepts (ingestion, CSV imports and edits alike), fixed once per request.
 
-    Never more than INGEST_MAX_FUTURE_SECONDS ahead of `now`; never older than INGEST_MAX_AGE_SECONDS
-    unless `backfill` (a full-scope key's `?backfill=true`, a CSV import, an edit).
+    Never more than INGEST_MAX_FUTURE_SECONDS ahead of the request's clock reading; never older than
+    INGEST_MAX_AGE_SECONDS unless it is a backfill (a full-scope key's `?backfill=true`, a CSV import,
+    an edit), where `earliest` is None.
     """
-    if timestamp > now + dt.timedelta(seconds=settings.INGEST_MAX_FUTURE_SECONDS):
-        return {"timestamp": [f"More than {settings.INGEST_MAX_FUTURE_SECONDS} seconds in the future."]}
-    if not backfill and timestamp < now - dt.timedelta(seconds=settings.INGEST_MAX_AGE_SECONDS):
-        days = settings.INGEST_MAX_AGE_SECONDS / 86400
-        return {"timestamp": [f"Older than {days:g} days; a full-scope key may send ?backfill=true to load history."]}
-    return {}
+
+    earliest: dt.datetime | None
+    latest: dt.datetime
+
+    def problems(self, timestamp: dt.datetime) -> dict[str, list[str]]:
+        if timestamp > self.latest:
+            return {"timestamp": [f"More than {settings.INGEST_MAX_FUTURE_SECONDS} seconds in the future."]}
+        if self.earliest is not None and timestamp < self.earliest:
+            days = settings.INGEST_MAX_AGE_SECONDS / 86400
+            message = f"Older than {days:g} days; a full-scope key may send ?backfill=true to load history."
+            return {"timestamp": [message]}
+        return {}
+
+
+def timestamp_bounds(*, now: dt.datetime, backfill: bool) -> TimestampBounds:
+    return TimestampBounds(
+        earliest=None if backfill else now - dt.timedelta(seconds=settings.INGEST_MAX_AGE_SECONDS),
+        latest=now + dt.timedelta(seconds=settings.INGEST_MAX_FUTURE_SECONDS),
+    )
 
 
 def datetime_format(value: dt.datetime) -> str:

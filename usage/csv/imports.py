@@ -36,7 +36,7 @@ from usage.csv.reading import (
 from usage.dirty import records_changed_announce
 from usage.ingestion import content_hash_of, ingest_context_internal, records_store
 from usage.models import CsvImport, CsvImportStatus, UsageEvent, UsageRecord
-from usage.schema import record_validator, timestamp_bounds_problems
+from usage.schema import record_validator, timestamp_bounds
 from usage.selectors import csv_import_get
 from zenskar_site.accounts.actors import Actor
 from zenskar_site.accounts.services import audit_record
@@ -127,6 +127,7 @@ def _validate_rows(*, csv_import: CsvImport, plan: RowPlan, now: dt.datetime) ->
     usage_event = csv_import.usage_event
     columns = csv_import.columns
     validate = record_validator(usage_event.dataschema)
+    bounds = timestamp_bounds(now=now, backfill=True)  # an import is a backfill: any age, but not the future
     errors = RowErrors()
     for path, message in plan.missing.items():
         errors.add(row=1, column="", field=path, value="", message=message)
@@ -174,7 +175,7 @@ def _validate_rows(*, csv_import: CsvImport, plan: RowPlan, now: dt.datetime) ->
         if plan.missing:  # already reported once, on the header row
             problems = {path: found for path, found in problems.items() if path not in plan.missing}
         if record is not None:  # an import is a backfill: any age, but not the future
-            problems = timestamp_bounds_problems(record.timestamp, now=now, backfill=True) or problems
+            problems = bounds.problems(record.timestamp) or problems
         if problems or plan.missing or record is None:
             invalid += 1
             errors.add_record_errors(row=row, cells=cells, plan=plan, columns=columns, errors=problems)

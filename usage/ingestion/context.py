@@ -19,7 +19,7 @@ from usage.models import UsageEvent, UsageEventKind
 from zenskar_site.accounts.models import ApiKey, ApiKeyScope
 from zenskar_site.accounts.services import api_key_check, api_key_split
 from zenskar_site.lib.errors import DomainError, NotFound, Unauthenticated
-from zenskar_site.lib.sql import on_postgres, prepared_cursor
+from zenskar_site.lib.sql import hot_rows, on_postgres
 
 
 class IngestError(DomainError):
@@ -101,9 +101,8 @@ def ingest_context_load(*, secret: str | None, api_slug: str, organisation_heade
     prefix = api_key_split(secret=secret)
     row = None
     if prefix is not None:
-        with prepared_cursor() as cursor:
-            cursor.execute(_CONTEXT_SQL, [api_slug, prefix])
-            row = cursor.fetchone()
+        found = hot_rows(_CONTEXT_SQL, [api_slug, prefix])
+        row = found[0] if found else None
     api_key = None
     if prefix is not None and row is not None:
         api_key = ApiKey(

@@ -149,6 +149,39 @@ def postgres_write_params(write: PostgresWrite) -> list[Any]:
     return params
 
 
+@functools.cache
+def postgres_write_one_sql(*, guarded: bool) -> str:
+    """A single-record request without errors to log (most of the traffic): the same columns and guard as
+    postgres_write_sql, but scalar parameters and no separate guard CTE and counts, which the benchmark
+    showed cost a single record a fifth of its throughput. One row back means stored; none means the
+    guard failed or the idempotency key is taken (the caller tells them apart)."""
+    values = ", ".join(f"%s::{c.pg_type}" for c in RECORD_COLUMNS)
+    return f"""
+        WITH ins AS (
+            INSERT INTO {UsageRecord._meta.db_table} ({", ".join(c.quoted for c in RECORD_COLUMNS)})
+            SELECT {values}
+            WHERE EXISTS ({_guard_sql(guarded=guarded)})
+            {_CONFLICT}
+            RETURNING id, idempotency_key
+        ), dirty AS (
+            INSERT INTO {DirtyBucket._meta.db_table} (usage_event_id, hour_start) SELECT %s, %s FROM ins
+        )
+        SELECT id, idempotency_key FROM ins
+    """
+
+
+def postgres_write_one_params(write: PostgresWrite) -> list[Any]:
+    """The parameters of postgres_write_one_sql for a write of exactly one record and no error rows."""
+    records = write.records
+    (row,) = records.rows
+    params: list[Any] = [getattr(row if c.per_record else records, c.name) for c in RECORD_COLUMNS]
+    params.append(records.usage_event_id)
+    if write.guard is not None:
+        params += [write.guard[0], write.guard[1]]
+    params += [records.usage_event_id, write.dirty_hours[0]]
+    return params
+
+
 def _guard_sql(*, guarded: bool) -> str:
     """The query the write requires a row from: the usage event exists (records have no foreign-key
     constraint, see usage/migrations/0005) and, for a cached context, the key is still active and the

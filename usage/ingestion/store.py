@@ -25,6 +25,8 @@ from usage.ingestion.statements import (
     PostgresWrite,
     RecordRow,
     RecordsWrite,
+    postgres_write_one_params,
+    postgres_write_one_sql,
     postgres_write_params,
     postgres_write_sql,
     sqlite_insert_params,
@@ -36,11 +38,11 @@ from usage.schema import (
     dataschema_has_decimal,
     datetime_format,
     record_validator,
-    timestamp_bounds_problems,
+    timestamp_bounds,
 )
 from zenskar_site.accounts.models import ApiKeyScope
 from zenskar_site.lib.periods import period_floor
-from zenskar_site.lib.sql import on_postgres, prepared_cursor
+from zenskar_site.lib.sql import hot_rows, on_postgres
 
 ERROR_PAYLOAD_MAX_CHARS = 4096
 
@@ -116,6 +118,29 @@ def _error_rows(errors_to_log: list[tuple[Any, dict[str, list[str]]]]) -> list[t
         stored, truncated = _error_payload(payload)
         rows.append((orjson.dumps(stored, default=str).decode(), truncated, orjson.dumps(errors).decode()))
     return rows
+
+
+def postgres_write_many(write: PostgresWrite) -> list[tuple[int, str | None]]:
+    """The batch statement: (id, idempotency_key) of the stored records in order; StaleContext if the guard failed."""
+    rows_back = hot_rows(
+        postgres_write_sql(guarded=write.guard is not None, with_errors=bool(write.error_rows)),
+        postgres_write_params(write),
+    )
+    if not rows_back[0][1]:
+        raise StaleContext()
+    return [(int(r[1]), r[2]) for r in rows_back[1:]]
+
+
+def postgres_write_one(write: PostgresWrite) -> list[tuple[int, str | None]]:
+    """The single-record statement, answering as postgres_write_many does for the same input."""
+    rows_back = hot_rows(postgres_write_one_sql(guarded=write.guard is not None), postgres_write_one_params(write))
+    if rows_back:
+        return [(int(rows_back[0][0]), rows_back[0][1])]
+    if write.guard is not None or write.records.rows[0].idempotency_key is None:
+        # Nothing written, and the statement cannot say whether the guard failed or the key is taken:
+        # the caller answers from the database's state (a fresh context, then this path without a guard).
+        raise StaleContext()
+    return []  # the key is taken: the caller finds the record that holds it
 
 
 def _resolve_inserted(*, usage_event_id: int, rows: list[Candidate], inserted: list[tuple[int, str | None]]) -> None:
@@ -217,6 +242,7 @@ def records_store(*, context: IngestContext, items: list[Any], backfill: bool, n
     validate = record_validator(usage_event.dataschema)
     aggregate = usage_event.kind == UsageEventKind.AGGREGATE
     period = usage_event.aggregate_period or ""
+    bounds = timestamp_bounds(now=now, backfill=backfill)
 
     outcomes: list[Candidate | dict[str, list[str]]] = []
     first_by_key: dict[str, Candidate] = {}
@@ -226,7 +252,7 @@ def records_store(*, context: IngestContext, items: list[Any], backfill: bool, n
         if record is None:
             outcomes.append(errors)
             continue
-        out_of_bounds = timestamp_bounds_problems(record.timestamp, now=now, backfill=backfill)
+        out_of_bounds = bounds.problems(record.timestamp)
         if out_of_bounds:
             outcomes.append(out_of_bounds)
             continue
@@ -313,21 +339,13 @@ def _write(
             dirty_hours=dirty_hours(c.record.timestamp for c in rows),
             guard=guard,
         )
-        with prepared_cursor() as cursor:
-            cursor.execute(
-                postgres_write_sql(guarded=guard is not None, with_errors=bool(write.error_rows)),
-                postgres_write_params(write),
-            )
-            rows_back = cursor.fetchall()
-        if not rows_back[0][1]:
-            raise StaleContext()
-        return [(int(r[1]), r[2]) for r in rows_back[1:]]
+        if len(rows) == 1 and not write.error_rows:
+            return postgres_write_one(write)
+        return postgres_write_many(write)
     inserted: list[tuple[int, str | None]] = []
     if rows:
-        with connection.cursor() as cursor:
-            adapt = connection.ops.adapt_datetimefield_value
-            cursor.execute(sqlite_insert_sql(rows=len(rows)), sqlite_insert_params(records, adapt=adapt))
-            inserted = [(int(r[0]), r[1]) for r in cursor.fetchall()]
+        params = sqlite_insert_params(records, adapt=connection.ops.adapt_datetimefield_value)
+        inserted = [(int(r[0]), r[1]) for r in hot_rows(sqlite_insert_sql(rows=len(rows)), params)]
     if inserted:
         hours_mark_dirty(usage_event_id=usage_event_id, moments=[c.record.timestamp for c in rows])
     if rejected:

@@ -1,22 +1,36 @@
 """Database helpers for fixed, hot statements: the vendor, and one prepared-statement mechanism.
 
 Django binds parameters on the client (it quotes every value, array elements included, into the SQL
-text) and turns psycopg's server-side prepared statements off for its connections. A statement run
-on every request is worth more: `prepared_cursor` sends parameters separately (arrays in binary) and
-lets psycopg prepare the statement once per connection. psycopg keeps its own cache of prepared
-statements, re-prepares after a `DEALLOCATE ALL` or a rollback, and raises its own exceptions, which
-`wrap_database_errors` turns into Django's (an outage is an OperationalError like anywhere else).
+text) and turns server-side prepared statements off for its connections. The statements run on every
+ingestion request are worth more: `hot_rows` runs them as prepared statements, straight through
+`psycopg.pq` (psycopg's public libpq wrapper), with psycopg's own adapters dumping the parameters
+(arrays in binary) and loading the rows. A single-record request is one short statement, so the
+general machinery of a psycopg cursor (query parsing, its prepared-statement manager, generators)
+would cost more than the statement; the benchmark measured it (see the README's Benchmarks).
+
+Each statement is prepared once per connection, under a name derived from its text and parameter
+types. Errors are psycopg's own exceptions raised inside Django's `wrap_database_errors`, so an
+outage is an OperationalError and a broken connection is retired by Django as with a cursor.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
-from contextlib import contextmanager
+import hashlib
+import re
+import weakref
+from collections.abc import Sequence
 from typing import Any
 
 from django.conf import settings
 from django.db import connection
+
+_PLACEHOLDER_RE = re.compile(r"%[sb%]")
+# psycopg connection -> names of the statements prepared on it. Keyed weakly: a connection that
+# Django closes (and replaces) takes its prepared statements with it, on the server too.
+_prepared: weakref.WeakKeyDictionary[Any, set[bytes]] = weakref.WeakKeyDictionary()
+# (statement text, parameter types) -> its name
+_names: dict[tuple[bytes, tuple[int, ...]], bytes] = {}
 
 
 @functools.cache
@@ -25,41 +39,86 @@ def on_postgres() -> bool:
     return connection.vendor == "postgresql"
 
 
-@contextmanager
-def prepared_cursor() -> Iterator[Any]:
-    """A DB-API cursor for fixed statements: on PostgreSQL, server-side binding and prepared statements.
+def hot_rows(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+    """Run a fixed statement and return its rows (PostgreSQL: prepared; SQLite: Django's cursor).
 
-    On SQLite, Django's own cursor. Placeholders are `%s` (and `%b` for a binary parameter on PostgreSQL).
+    Placeholders are `%s`, and on PostgreSQL also `%b` for a parameter sent in binary (arrays).
     """
     if not on_postgres():
         with connection.cursor() as cursor:
-            yield cursor
-        return
-    import psycopg
+            cursor.execute(sql, params)
+            return [tuple(row) for row in cursor.fetchall()]
+    from psycopg import pq
+    from psycopg.adapt import Transformer
 
     connection.ensure_connection()
     raw = connection.connection
-    prepare = settings.DB_PREPARED_STATEMENTS
-    if prepare and raw.prepare_threshold is None:
-        # Django turns psycopg's prepared statements off for the connection (its ORM cursors bind on the
-        # client and never prepare, so turning them back on changes nothing for the ORM).
-        raw.prepare_threshold = 5
-    with connection.wrap_database_errors, psycopg.Cursor(raw) as cursor:
-        # prepare=True prepares on first use (psycopg names and caches it per connection); None leaves
-        # preparing off (DB_PREPARED_STATEMENTS off: behind PgBouncer in transaction mode).
-        yield _Prepared(cursor, prepare=True if prepare else None)
+    text, formats = _converted(sql)
+    with connection.wrap_database_errors:
+        transformer = Transformer(raw)
+        values = transformer.dump_sequence(params, formats)
+        types, value_formats = transformer.types, transformer.formats
+        # Inside a transaction a failed execution would abort it, so the named statement is used only
+        # in autocommit (the ingestion endpoint), where a statement found missing is prepared again.
+        if settings.DB_PREPARED_STATEMENTS and raw.pgconn.transaction_status == pq.TransactionStatus.IDLE:
+            result = _exec_prepared(raw, text, values, types, value_formats)
+        else:
+            result = raw.pgconn.exec_params(text, values, param_types=types, param_formats=value_formats)
+        if result.status != pq.ExecStatus.TUPLES_OK:
+            raise _error(raw, result)
+        transformer.set_pgresult(result)
+        rows: list[tuple[Any, ...]] = transformer.load_rows(0, result.ntuples, tuple)
+        result.clear()
+    return rows
 
 
-class _Prepared:
-    def __init__(self, cursor: Any, *, prepare: bool | None) -> None:
-        self.cursor = cursor
-        self.prepare = prepare
+@functools.cache
+def _converted(sql: str) -> tuple[bytes, tuple[Any, ...]]:
+    """The statement with libpq's $n placeholders, and each parameter's format (text-or-binary, or binary)."""
+    from psycopg.adapt import PyFormat
 
-    def execute(self, sql: str, params: list[Any]) -> None:
-        self.cursor.execute(sql, params, prepare=self.prepare)
+    formats: list[Any] = []
 
-    def fetchone(self) -> Any:
-        return self.cursor.fetchone()
+    def number(match: re.Match[str]) -> str:
+        if match.group() == "%%":
+            return "%"
+        formats.append(PyFormat.BINARY if match.group() == "%b" else PyFormat.AUTO)
+        return f"${len(formats)}"
 
-    def fetchall(self) -> list[Any]:
-        return list(self.cursor.fetchall())
+    return _PLACEHOLDER_RE.sub(number, sql).encode(), tuple(formats)
+
+
+def _exec_prepared(raw: Any, text: bytes, values: Any, types: Any, value_formats: Any) -> Any:
+    from psycopg import pq
+
+    pgconn = raw.pgconn
+    # The parameter types are part of the name: psycopg types a list by its elements (a list of
+    # None, or of one element type), so one text may be prepared for a few type lists.
+    key = (text, tuple(types))
+    name = _names.get(key)
+    if name is None:
+        name = _names[key] = b"zk_" + hashlib.blake2b(repr(key).encode(), digest_size=10).hexdigest().encode()
+    names = _prepared.setdefault(raw, set())
+    for _ in range(2):
+        if name not in names:
+            result = pgconn.prepare(name, text, param_types=types)
+            if result.status != pq.ExecStatus.COMMAND_OK:
+                raise _error(raw, result)
+            names.add(name)
+        result = pgconn.exec_prepared(name, values, param_formats=value_formats)
+        # psycopg deallocates every prepared statement of the session after a ROLLBACK (its own
+        # cache's rule), ours included, and so does DEALLOCATE ALL: prepare again and run once more.
+        if result.error_field(pq.DiagnosticField.SQLSTATE) != b"26000":
+            return result
+        names.clear()
+    return result
+
+
+def _error(raw: Any, result: Any) -> Exception:
+    """psycopg's exception for a failed result; a lost connection is an OperationalError, as psycopg raises it."""
+    from psycopg import errors, pq
+
+    if raw.pgconn.status == pq.ConnStatus.BAD or result.error_field(pq.DiagnosticField.SQLSTATE) is None:
+        message = (result.error_message or raw.pgconn.error_message or b"connection lost").decode(errors="replace")
+        return errors.OperationalError(message.strip())
+    return errors.error_from_result(result, encoding=raw.info.encoding)
