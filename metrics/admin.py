@@ -14,9 +14,29 @@ from zenskar_site.lib.errors import DomainError
 
 @admin.register(BillableMetric)
 class BillableMetricAdmin(OrganisationScopedAdmin):
-    list_display = ["name", "slug", "organisation", "kind", "aggregation", "granularity", "version", "recompute_state"]
-    list_filter = ["kind", "granularity", "archived"]
+    list_display = [
+        "name",
+        "slug",
+        "organisation",
+        "kind",
+        "aggregation",
+        "granularity",
+        "version",
+        "recompute_state",
+        "recompute_retry_at",
+    ]
+    list_filter = ["kind", "granularity", "archived", "recompute_state"]
     search_fields = ["name", "slug"]
+    # A failure is shown, never edited: a retry clears it, or a definition change through the API.
+    readonly_fields = [
+        "recompute_state",
+        "recompute_version",
+        "recompute_done",
+        "recompute_total",
+        "recompute_error",
+        "recompute_failures",
+        "recompute_retry_at",
+    ]
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False  # definitions change through the dashboard or the API (validation, version, audit)

@@ -16,7 +16,7 @@ from rest_framework.views import APIView
 from metrics.definitions import metric_archive, metric_create, metric_definition_validate, metric_update
 from metrics.engine.builder import ComputedValue
 from metrics.engine.compute import PREVIEW_MAX_PERIODS, metric_compute
-from metrics.models import BillableMetric, MetricValue
+from metrics.models import BillableMetric, MetricValue, RecomputeState
 from metrics.selectors import metric_get, metric_total, metric_values_list, metrics_list
 from metrics.services import metric_value_override
 from usage.schema import InvalidValue, datetime_parse
@@ -54,11 +54,18 @@ class MetricOutput(serializers.ModelSerializer[BillableMetric]):
         return obj.usage_event.api_slug if obj.usage_event is not None else None
 
     def get_recompute(self, obj: BillableMetric) -> dict[str, Any]:
+        failed = obj.recompute_state == RecomputeState.FAILED
         return {
             "state": obj.recompute_state,
             "version": obj.recompute_version,
             "done": obj.recompute_done,
             "total": obj.recompute_total,
+            # The last failure's first line, kept while a retry runs; "" once the metric is up to date.
+            "error": obj.recompute_error,
+            "failures": obj.recompute_failures,
+            "retry_at": serializers.DateTimeField().to_representation(obj.recompute_retry_at)
+            if failed and obj.recompute_retry_at is not None
+            else None,
         }
 
     def to_representation(self, instance: BillableMetric) -> dict[str, Any]:

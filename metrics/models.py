@@ -50,12 +50,17 @@ class BillableMetric(models.Model):
     archived = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
-    # Progress of the background recompute of the whole history after a definition change.
+    # Progress of the background recompute of the whole history after a definition change or a failure.
     recompute_state = models.CharField(max_length=8, choices=RecomputeState.choices, default=RecomputeState.IDLE)
     recompute_version = models.PositiveIntegerField(default=0)
     recompute_total = models.PositiveIntegerField(default=0)
     recompute_done = models.PositiveIntegerField(default=0)
     recompute_error = models.TextField(blank=True, default="")
+    # FAILED is the metric's durable record of what it still owes: its whole history, recomputed once
+    # `recompute_retry_at` has passed (metrics.engine.refresh). The count of failures since its last
+    # success sets the backoff.
+    recompute_failures = models.PositiveIntegerField(default=0)
+    recompute_retry_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["name"]
@@ -63,6 +68,11 @@ class BillableMetric(models.Model):
             models.UniqueConstraint(fields=["organisation", "slug"], name="metric_unique_slug"),
             models.CheckConstraint(condition=Q(kind__in=MetricKind.values), name="metric_kind_valid"),
             models.CheckConstraint(condition=Q(granularity__in=Period.values), name="metric_granularity_valid"),
+            # A failed metric is always due for a retry at some time: the sweep looks for nothing else.
+            models.CheckConstraint(
+                condition=~Q(recompute_state=RecomputeState.FAILED) | Q(recompute_retry_at__isnull=False),
+                name="metric_failed_has_retry_at",
+            ),
         ]
 
     def __str__(self) -> str:

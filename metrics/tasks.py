@@ -2,26 +2,59 @@
 
 from __future__ import annotations
 
+import logging
+
 from celery import shared_task
 from django.conf import settings
 
-from metrics.engine.refresh import dirty_usage_events, metric_recompute, metric_values_refresh, stalled_recomputes
+from metrics.engine.refresh import (
+    dirty_usage_events,
+    failed_metrics_due,
+    metric_recompute,
+    metric_retry_claim,
+    metric_values_refresh,
+    stalled_recomputes,
+)
+
+logger = logging.getLogger(__name__)
 
 
 @shared_task(ignore_result=True, acks_late=True)
 def metrics_refresh_task(usage_event_id: int) -> int:
+    """Each metric of the usage event is refreshed on its own (a failing one is marked FAILED and the
+    others still update); what raises here is the refresh itself, whose dirty hours stay for the sweep."""
     return metric_values_refresh(usage_event_id=usage_event_id)
 
 
 @shared_task(ignore_result=True)
 def metrics_sweep_task() -> int:
-    """Beat: pick up dirty hours whose prompt task never ran (broker down, worker killed), and restart
-    recomputes whose worker died (each month chunk is its own transaction, so a rerun is safe)."""
+    """Beat: restart recomputes whose worker died (each month chunk is its own transaction, so a rerun
+    is safe), retry FAILED metrics whose retry time has passed, and pick up dirty hours whose prompt
+    task never ran (broker down, worker killed).
+
+    Every item is its own step: one that raises is logged and the next still runs. A metric's failure
+    is also on the metric (FAILED, with its error and retry time, in the API, the dashboard and the
+    admin); a usage event whose refresh raises keeps its dirty hours, so the next sweep tries again.
+    """
     for metric_id, version in stalled_recomputes(older_than_seconds=settings.METRICS_RECOMPUTE_STALL_SECONDS):
-        metric_recompute_task.delay(metric_id, version)
+        try:
+            metric_recompute_task.delay(metric_id, version)
+        except Exception:
+            logger.exception("Could not restart the stalled recompute of metric %s version %s", metric_id, version)
+    for metric_id, version in failed_metrics_due():
+        try:
+            if metric_retry_claim(metric_id=metric_id, version=version):
+                metric_recompute_task.delay(metric_id, version)
+        except Exception:
+            # A recompute that raised has recorded its failure; one claimed but never started (broker
+            # down) is restarted by a later sweep as a stalled recompute.
+            logger.exception("Retrying failed metric %s version %s raised", metric_id, version)
     processed = 0
     for usage_event_id in dirty_usage_events(older_than_seconds=1):
-        processed += metric_values_refresh(usage_event_id=usage_event_id)
+        try:
+            processed += metric_values_refresh(usage_event_id=usage_event_id)
+        except Exception:
+            logger.exception("Refreshing the metrics of usage event %s raised; its dirty hours stay", usage_event_id)
     return processed
 
 

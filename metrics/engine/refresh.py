@@ -1,5 +1,18 @@
 """Keeping stored values fresh: the refresh of dirty hours, the recompute of a metric's whole history,
-and the per-usage-event lock both take."""
+the per-usage-event lock both take, and the retry of failed metrics.
+
+A metric fails on its own. When computing it raises (a SQL metric past its time limit, say), its
+refresh or recompute rolls back only its own work and the metric is marked FAILED, with the error's
+first line, its count of failures and the time of its next retry. FAILED is the metric's durable
+record of what it still owes, and what it owes is its whole history: the beat sweep claims it once
+`recompute_retry_at` has passed and runs `metric_recompute`, the same recompute a definition change
+runs. That is the simplest record that is exactly right: keeping the failed metric's own list of
+missed hours would need a second claim-and-delete protocol beside the usage event's dirty hours,
+while a whole recompute rebuilds every period from raw records whatever happened meanwhile (records
+added, voided, moved). Its cost is bounded by the backoff (10 s doubling up to 10 min), and the
+incremental refresh skips FAILED metrics, so a query that times out costs its usage event's refreshes
+nothing until its retry.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +21,7 @@ import logging
 import time
 import zlib
 from collections.abc import Callable
+from typing import Any
 
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
@@ -18,10 +32,15 @@ from metrics.engine.compute import metric_compute
 from metrics.engine.store import metric_values_store
 from metrics.models import BillableMetric, MetricValue, RecomputeState
 from usage.models import DirtyBucket, Period, UsageRecord
+from zenskar_site.accounts.actors import system_actor
+from zenskar_site.accounts.services import audit_record
 from zenskar_site.lib.periods import merge_ranges, period_floor, period_next
 
 logger = logging.getLogger(__name__)
 REFRESH_BATCH = 5000
+RETRY_FIRST_SECONDS = 10
+RETRY_MAX_SECONDS = 600
+RETRY_BATCH = 100
 
 
 def _lock_usage_event(usage_event_id: int, *, wait: bool) -> bool:
@@ -50,6 +69,11 @@ def metric_values_refresh(*, usage_event_id: int, max_rounds: int = 20) -> int:
     Each round claims a bounded batch of dirty rows, recomputes the affected periods from raw records,
     stores them and deletes exactly the claimed rows, in one transaction: a crash rolls all of it back
     and leaves the rows for the next run; rows added meanwhile stay for the next round.
+
+    Each metric is computed and stored in its own savepoint. One that raises rolls back only its own
+    work and is marked FAILED in the same transaction that deletes the rows, so the hours it missed
+    are covered by the recompute of its whole history that its retry runs (see the module's
+    docstring); the other metrics' values and the deletion stand. FAILED metrics are skipped.
     """
     processed = 0
     for _ in range(max_rounds):
@@ -65,17 +89,25 @@ def metric_values_refresh(*, usage_event_id: int, max_rounds: int = 20) -> int:
                 return processed
             hours = {hour for _, hour in dirty}
             for metric in metrics_over(usage_event_id):
-                periods = {period_floor(hour, metric.granularity) for hour in hours}
-                for start, end in merge_ranges(periods, metric.granularity):
-                    metric_values_store(
-                        metric=metric,
-                        start=start,
-                        end=end,
-                        computed=metric_compute(metric=metric, start=start, end=end),
-                    )
+                if metric.recompute_state == RecomputeState.FAILED:
+                    continue  # its retry recomputes its whole history, these hours included
+                try:
+                    with transaction.atomic():
+                        _metric_hours_refresh(metric=metric, hours=hours)
+                except Exception as exc:
+                    logger.warning("Refreshing metric %s (%s) failed", metric.id, metric.slug, exc_info=True)
+                    _failure_record(metric_id=metric.id, version=metric.version, error=exc)
             DirtyBucket.objects.filter(id__in=[row_id for row_id, _ in dirty]).delete()
             processed += len(dirty)
     return processed
+
+
+def _metric_hours_refresh(*, metric: BillableMetric, hours: set[dt.datetime]) -> None:
+    periods = {period_floor(hour, metric.granularity) for hour in hours}
+    for start, end in merge_ranges(periods, metric.granularity):
+        metric_values_store(
+            metric=metric, start=start, end=end, computed=metric_compute(metric=metric, start=start, end=end)
+        )
 
 
 def dirty_usage_events(*, older_than_seconds: float = 0) -> list[int]:
@@ -95,6 +127,47 @@ def stalled_recomputes(*, older_than_seconds: float) -> list[tuple[int, int]]:
     )
 
 
+def failed_metrics_due(*, limit: int = RETRY_BATCH) -> list[tuple[int, int]]:
+    """(metric id, version) of FAILED metrics whose retry time has passed, the longest waiting first."""
+    return list(
+        BillableMetric.objects.filter(
+            recompute_state=RecomputeState.FAILED, archived=False, recompute_retry_at__lte=timezone.now()
+        )
+        .order_by("recompute_retry_at", "id")
+        .values_list("id", "version")[:limit]
+    )
+
+
+def metric_retry_claim(*, metric_id: int, version: int) -> bool:
+    """Claim a due retry with one conditional UPDATE (FAILED to RUNNING), so two sweeps never both win.
+
+    The winner then runs `metric_recompute(metric_id, version)`. From the claim on, refreshes include
+    the metric again, so a record committed after the recompute has read its range is still counted;
+    if the recompute never starts (broker down, worker killed), the sweep restarts it once it stalls.
+    """
+    now = timezone.now()
+    claimed = BillableMetric.objects.filter(
+        id=metric_id,
+        version=version,
+        recompute_state=RecomputeState.FAILED,
+        archived=False,
+        recompute_retry_at__lte=now,
+    ).update(
+        recompute_state=RecomputeState.RUNNING,
+        recompute_version=version,
+        recompute_done=0,
+        recompute_total=0,
+        recompute_retry_at=None,
+        updated_at=now,
+    )
+    return claimed == 1
+
+
+def retry_delay_seconds(failures: int) -> int:
+    """The wait before retry number `failures`: 10 s, doubling, at most 10 minutes."""
+    return int(min(RETRY_MAX_SECONDS, RETRY_FIRST_SECONDS * 2 ** min(max(failures - 1, 0), 16)))
+
+
 def records_range(*, usage_event_ids: list[int]) -> tuple[dt.datetime, dt.datetime] | None:
     bounds = UsageRecord.objects.filter(usage_event_id__in=usage_event_ids).aggregate(
         first=Min("timestamp"), last=Max("timestamp")
@@ -108,7 +181,8 @@ def metric_recompute(*, metric_id: int, version: int, progress: Callable[[int, i
     """Recompute a metric's whole history for `version`, a month of data per transaction, with progress.
 
     Returns False when the metric moved on to a newer version (that version's task does the work).
-    When it raises, the metric is marked FAILED with the error's first line, and the error goes on.
+    When it raises, the metric is marked FAILED with the error's first line and a retry time, and the
+    error goes on. When it succeeds the metric is IDLE again, unless a refresh failed it meanwhile.
     """
     try:
         return _history_recompute(metric_id=metric_id, version=version, progress=progress)
@@ -121,7 +195,8 @@ def _history_recompute(*, metric_id: int, version: int, progress: Callable[[int,
     metric = BillableMetric.objects.select_related("usage_event").filter(id=metric_id).first()
     if metric is None or metric.version != version:
         return False
-    source_ids = list(metric.sources.values_list("id", flat=True))
+    # One order for every recompute, so two that share usage events never wait on each other's locks.
+    source_ids = sorted(metric.sources.values_list("id", flat=True))
     bounds = records_range(usage_event_ids=source_ids)
     chunks: list[tuple[dt.datetime, dt.datetime]] = []
     if bounds is not None:
@@ -129,11 +204,13 @@ def _history_recompute(*, metric_id: int, version: int, progress: Callable[[int,
         while month <= bounds[1]:
             chunks.append((month, period_next(month, Period.MONTH)))
             month = chunks[-1][1]
+    # A FAILED metric is RUNNING again from here: what failed before is in the history recomputed below.
     BillableMetric.objects.filter(id=metric_id, version=version).update(
         recompute_state=RecomputeState.RUNNING,
         recompute_version=version,
         recompute_total=len(chunks),
         recompute_done=0,
+        recompute_retry_at=None,
         updated_at=timezone.now(),
     )
     for done, (start, end) in enumerate(chunks, start=1):
@@ -154,29 +231,108 @@ def _history_recompute(*, metric_id: int, version: int, progress: Callable[[int,
         if settings.METRICS_RECOMPUTE_THROTTLE_SECONDS:
             time.sleep(settings.METRICS_RECOMPUTE_THROTTLE_SECONDS)
     with transaction.atomic():
-        # Values outside the data's range (its records were voided or moved) go too.
+        # Under the locks no refresh is half done: the range read now holds every record whose value a
+        # refresh stored while the months above were recomputed (records are never deleted), so only
+        # values with no record behind them are outside it.
+        for usage_event_id in source_ids:
+            _lock_usage_event(usage_event_id, wait=True)
+        finished = (
+            BillableMetric.objects.select_for_update(of=("self",))
+            .select_related("organisation")
+            .filter(id=metric_id, version=version)
+            .first()
+        )
+        if finished is None:
+            return False
+        bounds = records_range(usage_event_ids=source_ids)
         outside = MetricValue.objects.filter(metric=metric)
-        if chunks:
-            outside = outside.exclude(period_start__gte=chunks[0][0], period_start__lt=chunks[-1][1])
+        if bounds is not None:
+            outside = outside.exclude(
+                period_start__gte=period_floor(bounds[0], Period.MONTH),
+                period_start__lt=period_next(period_floor(bounds[1], Period.MONTH), Period.MONTH),
+            )
         outside.filter(override_value__isnull=True).delete()
         outside.filter(override_value__isnull=False).update(stale=True, computed_value=None, metric_version=version)
+        if finished.recompute_state != RecomputeState.RUNNING:
+            # A refresh failed the metric while this ran (hours it missed may be in months done
+            # before, so it stays FAILED and its retry recomputes again), or another run finished.
+            return True
         BillableMetric.objects.filter(id=metric_id, version=version).update(
-            recompute_state=RecomputeState.IDLE, recompute_error=""
+            recompute_state=RecomputeState.IDLE, recompute_error="", recompute_failures=0, recompute_retry_at=None
         )
+        if finished.recompute_failures:
+            audit_record(
+                actor=system_actor(organisation=finished.organisation),
+                action="metric.recover",
+                object_type="metric",
+                object_id=finished.slug,
+                before=_failure_snapshot(finished),
+                after={"version": version, "recompute_state": RecomputeState.IDLE},
+            )
     return True
 
 
 def _recompute_failed(*, metric_id: int, version: int, error: Exception) -> None:
-    """Mark the version's recompute FAILED. The sweep restarts only RUNNING ones, so a query that always
-    fails is not retried in a loop; editing the definition starts a new recompute."""
-    text = str(error).strip()
-    line = text.splitlines()[0][:500] if text else type(error).__name__
     try:
         # Its own transaction: the chunk that raised has rolled back, and the failure must outlive it.
         with transaction.atomic():
-            BillableMetric.objects.filter(id=metric_id, version=version).update(
-                recompute_state=RecomputeState.FAILED, recompute_error=line, updated_at=timezone.now()
-            )
+            _failure_record(metric_id=metric_id, version=version, error=error)
     except DatabaseError:
         # The database itself may be what failed: the original error matters more than this one.
         logger.exception("Could not record the failed recompute of metric %s version %s", metric_id, version)
+
+
+def _failure_record(*, metric_id: int, version: int, error: Exception) -> None:
+    """Mark the metric's `version` FAILED with the error's first line and its next retry time, in the
+    caller's transaction; the first failure since the last success is audited.
+
+    A newer version is left alone: its own recompute covers everything.
+    """
+    metric = (
+        BillableMetric.objects.select_for_update(of=("self",))
+        .select_related("organisation")
+        .filter(id=metric_id, version=version)
+        .first()
+    )
+    if metric is None:
+        return
+    now = timezone.now()
+    first = metric.recompute_failures == 0
+    before = {"version": version, "recompute_state": metric.recompute_state}
+    metric.recompute_state = RecomputeState.FAILED
+    metric.recompute_error = _error_line(error)
+    metric.recompute_failures += 1
+    metric.recompute_retry_at = now + dt.timedelta(seconds=retry_delay_seconds(metric.recompute_failures))
+    BillableMetric.objects.filter(id=metric_id, version=version).update(
+        recompute_state=metric.recompute_state,
+        recompute_error=metric.recompute_error,
+        recompute_failures=metric.recompute_failures,
+        recompute_retry_at=metric.recompute_retry_at,
+        updated_at=now,
+    )
+    if first:
+        audit_record(
+            actor=system_actor(organisation=metric.organisation),
+            action="metric.fail",
+            object_type="metric",
+            object_id=metric.slug,
+            before=before,
+            after=_failure_snapshot(metric),
+            reason=metric.recompute_error,
+        )
+
+
+def _failure_snapshot(metric: BillableMetric) -> dict[str, Any]:
+    retry_at = metric.recompute_retry_at
+    return {
+        "version": metric.version,
+        "recompute_state": metric.recompute_state,
+        "recompute_error": metric.recompute_error,
+        "recompute_failures": metric.recompute_failures,
+        "recompute_retry_at": retry_at.astimezone(dt.UTC).isoformat().replace("+00:00", "Z") if retry_at else None,
+    }
+
+
+def _error_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:500] if text else type(error).__name__
