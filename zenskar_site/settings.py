@@ -13,6 +13,7 @@ the variable, instead of quietly becoming False or the default. Unset or empty m
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import math
 import os
@@ -121,6 +122,7 @@ INSTALLED_APPS = [
     "django_filters",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "axes",
     "zenskar_site",
     "zenskar_site.accounts",
     "usage",
@@ -136,6 +138,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: it turns a sign-in refused for too many failures into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "zenskar_site.urls"
@@ -185,6 +189,27 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
 ]
 
+# Sign-in attempts (django-axes): after LOGIN_FAILURE_LIMIT failures for one account from one address,
+# that account is locked for that address for LOGIN_LOCKOUT_SECONDS (each attempt meanwhile starts the
+# wait again), on the dashboard's sign-in page and the admin's alike. The same account from elsewhere,
+# and other accounts from that address, still sign in. Attempts are kept in the database, both modes.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",  # refuses a locked-out attempt before any password check
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", default=5, allow_zero=False)
+AXES_COOLOFF_TIME = dt.timedelta(seconds=env_seconds("LOGIN_LOCKOUT_SECONDS", default=15 * 60.0, allow_zero=False))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"  # answered with status 429
+# How many proxies in front of the web processes append the client's address to X-Forwarded-For:
+# production mode sits behind one TLS-terminating proxy, so the header's last entry is the address
+# that proxy saw; anything left of it was written by the client. 0 (embedded): the connection's
+# address. Not django-axes' AXES_IPWARE_* settings: they need django-ipware (an optional extra), whose
+# strict default refuses a header with a client-written entry, and this one rule is all one proxy needs.
+TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", default=0 if EMBEDDED else 1, allow_zero=True)
+AXES_CLIENT_IP_CALLABLE = "zenskar_site.accounts.throttling.client_ip_address"
+
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = False
@@ -229,6 +254,8 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "zenskar_site.lib.exceptions.exception_handler",
+    # API_RATE_LIMIT per organisation; the OpenAPI document and docs have no actor and are not counted.
+    "DEFAULT_THROTTLE_CLASSES": ["zenskar_site.accounts.throttling.OrganisationRateThrottle"],
     "UNAUTHENTICATED_USER": None,
 }
 
@@ -309,6 +336,8 @@ INGEST_MAX_FUTURE_SECONDS = env_int("INGEST_MAX_FUTURE_SECONDS", default=5 * 60,
 INGEST_MAX_AGE_SECONDS = env_int("INGEST_MAX_AGE_SECONDS", default=35 * 24 * 3600, allow_zero=True)
 # Requests per organisation per second; 0 turns the limit off (the embedded default).
 INGEST_RATE_LIMIT = env_int("INGEST_RATE_LIMIT", default=0 if EMBEDDED else 1000, allow_zero=True)
+# The management API (/api/v1/): requests per organisation per second, a budget of its own; 0: off.
+API_RATE_LIMIT = env_int("API_RATE_LIMIT", default=0 if EMBEDDED else 50, allow_zero=True)
 DATA_UPLOAD_MAX_MEMORY_SIZE = max(INGEST_MAX_BODY_BYTES * 2, 2621440)
 
 # The ingestion error log keeps this many days of rejected records.
