@@ -13,7 +13,7 @@ from metrics.models import BillableMetric, MetricValue
 from metrics.selectors import metric_get, metrics_list
 from usage.csv.exports import ExportSource
 from zenskar_site.accounts.models import Organisation
-from zenskar_site.lib.csvstream import ITERATOR_CHUNK_ROWS, csv_cell, csv_download, csv_time
+from zenskar_site.lib.csvstream import ITERATOR_CHUNK_ROWS, csv_cell, csv_download
 
 
 def metric_values_csv_rows(
@@ -23,7 +23,10 @@ def metric_values_csv_rows(
     start: dt.datetime | None = None,
     end: dt.datetime | None = None,
 ) -> Iterator[list[str]]:
-    """A metric's values as CSV rows, header first, by period; periods starting in [start, end)."""
+    """A metric's values as CSV rows, header first, by period; periods starting in [start, end).
+
+    Every cell goes through `csv_cell` (a customer id comes from clients and could read as a formula).
+    """
     yield [
         "customer_id",
         "period_start",
@@ -48,14 +51,14 @@ def metric_values_csv_rows(
         chunk_size=ITERATOR_CHUNK_ROWS
     ):
         yield [
-            customer,
-            csv_time(period_start),
-            csv_time(period_end),
+            csv_cell(customer),
+            csv_cell(period_start),
+            csv_cell(period_end),
             csv_cell(dimension),
-            computed or "",
-            override or "",
-            (override if override is not None else computed) or "",
-            str(version),
+            csv_cell(computed),
+            csv_cell(override),
+            csv_cell(override if override is not None else computed),
+            csv_cell(version),
         ]
 
 

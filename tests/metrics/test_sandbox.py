@@ -577,3 +577,165 @@ def test_the_surrounding_transaction_stays_writable_after_a_query(
     record(compute_hours, "cus_a", {"cpu_usage_hours": 2.0})
 
     assert run(organisation, SUM_PER_CUSTOMER) == [("cus_a", "3", None)]
+
+
+# --- no function outside the allow-list, whatever the syntax ---
+
+# PostgreSQL reads `c.f` as the call f(c) when the relation c has no column f: a name defined anywhere
+# else in the query must not make `c.f` pass for a column.
+ATTRIBUTE_NOTATION = [
+    pytest.param(
+        "SELECT customer_id, length(CAST(c.row_to_json AS text)) AS quantity "
+        "FROM compute_hours c, (SELECT 1 AS row_to_json) z",
+        "'c' has no column 'row_to_json'",
+        id="alias-of-another-subquery",
+    ),
+    pytest.param(
+        "WITH z AS (SELECT 1 AS to_json) "
+        "SELECT customer_id, length(CAST(c.to_json AS text)) AS quantity FROM compute_hours c, z",
+        "'c' has no column 'to_json'",
+        id="alias-of-a-cte",
+    ),
+    pytest.param(
+        "SELECT customer_id, length(CAST(c.row_to_json AS text)) AS quantity "
+        "FROM compute_hours c, (SELECT 1) AS z(row_to_json)",
+        "'c' has no column 'row_to_json'",
+        id="column-list-of-another-subquery",
+    ),
+    pytest.param(
+        # The column list renames id, customer_id and timestamp: c.timestamp is no column any more.
+        'SELECT c.customer_id, 1 AS quantity FROM compute_hours AS c(i, customer_id, ts) WHERE c."timestamp" IS NOT NULL',
+        "'c' has no column 'timestamp'",
+        id="renamed-by-a-column-list",
+    ),
+    pytest.param(
+        "SELECT customer_id, 1 AS quantity FROM compute_hours c "
+        "WHERE EXISTS (SELECT 1 FROM (SELECT 1 AS to_json) d WHERE c.to_json IS NOT NULL)",
+        "'c' has no column 'to_json'",
+        id="outer-relation",
+    ),
+    pytest.param(
+        "SELECT customer_id, 1 AS quantity FROM compute_hours c "
+        "WHERE EXISTS (SELECT 1 FROM (SELECT 1 AS to_json) c, (SELECT c.to_json) e)",
+        "'c' has no column 'to_json'",
+        id="one-name-for-two-relations",
+    ),
+    pytest.param(
+        # A UNION's columns are named by its first SELECT.
+        "SELECT u.customer_id, max(length(CAST(u.row_to_json AS text))) AS quantity FROM ("
+        "SELECT customer_id, 1 AS n FROM compute_hours UNION ALL SELECT customer_id, 2 AS row_to_json FROM compute_hours"
+        ") AS u GROUP BY 1",
+        "'u' has no column 'row_to_json'",
+        id="name-of-a-later-union-branch",
+    ),
+    pytest.param(
+        "SELECT x.customer_id, 1 AS quantity FROM compute_hours c", "Unknown table 'x'", id="relation-not-in-from"
+    ),
+]
+
+
+@pytest.mark.parametrize(("sql", "message"), ATTRIBUTE_NOTATION)
+def test_a_qualified_column_must_be_a_column_of_its_relation(db: None, sql: str, message: str) -> None:
+    with pytest.raises(SandboxError) as refused:
+        sql_metric_compile(sql=sql, tables=TABLES, vendor="postgresql")
+
+    assert message in refused.value.errors["sql"][0]
+
+
+def test_qualified_columns_of_tables_subqueries_and_ctes_still_run(organisation: Organisation, stored: None) -> None:
+    sql = """
+        WITH per_customer(cid, total) AS (
+            SELECT c.customer_id, sum(c.cpu_usage_hours) FROM compute_hours AS c
+            WHERE c."timestamp" >= {{ period_start }} AND c."timestamp" < {{ period_end }}
+            GROUP BY c.customer_id
+        )
+        SELECT p.cid AS customer_id, p.total + max(s.calls) AS quantity
+        FROM per_customer AS p JOIN (SELECT * FROM "api-calls") AS s ON s.customer_id = p.cid
+        GROUP BY p.cid, p.total
+    """
+
+    assert run(organisation, sql) == [("cus_a", "9000000003.875", None)]
+
+
+# --- values are recomputable: nothing reads the clock ---
+
+CLOCK = [
+    pytest.param("CAST('now' AS TIMESTAMPTZ)", "'now' reads as the current moment", id="cast-now"),
+    pytest.param("'today'::date", "'today' reads as the current date", id="today"),
+    pytest.param("DATE 'tomorrow'", "'tomorrow' reads as tomorrow's date", id="tomorrow"),
+    pytest.param("TIMESTAMP 'yesterday 10:00'", "'yesterday' reads as yesterday's date", id="yesterday-at-ten"),
+    pytest.param("'infinity'::timestamptz", "'infinity' reads as an unbounded moment", id="infinity"),
+    pytest.param("CAST('epoch' AS DATE) + INTERVAL '1 day'", "'epoch' reads as 1970-01-01", id="epoch"),
+    pytest.param("' NoW '", "'now' reads as the current moment", id="implicit-cast"),
+    pytest.param("coalesce(\"timestamp\", 'now')", "'now' reads as the current moment", id="coalesce"),
+    pytest.param("CAST('no' || 'w' AS TIMESTAMPTZ)", "takes a date or a timestamp", id="text-made-at-run-time"),
+    pytest.param("CAST(upper(region) AS DATE)", "takes a date or a timestamp", id="text-of-a-field"),
+    pytest.param("date_trunc('day', region)", "takes a date or a timestamp", id="date-trunc-of-text"),
+    pytest.param("region + INTERVAL '1 day'", "takes a date or a timestamp", id="text-plus-interval"),
+    pytest.param(
+        "(SELECT max(CAST(t.r AS TIMESTAMP)) FROM (SELECT region AS r FROM compute_hours) AS t)",
+        "takes a date or a timestamp",
+        id="text-through-an-alias",
+    ),
+]
+
+
+@pytest.mark.parametrize(("moment", "message"), CLOCK)
+def test_values_that_depend_on_the_clock_are_refused(db: None, moment: str, message: str) -> None:
+    sql = f'SELECT customer_id, count(*) AS quantity FROM compute_hours WHERE "timestamp" < {moment} GROUP BY 1'
+
+    with CaptureQueriesContext(connection) as queries, pytest.raises(SandboxError) as refused:
+        sql_metric_compile(sql=sql, tables=TABLES, vendor=connection.vendor)
+
+    assert message in refused.value.errors["sql"][0]
+    assert queries.captured_queries == []
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
+        "now()",
+        "current_timestamp",
+        "current_date",
+        "localtimestamp",
+        "clock_timestamp()",
+        "statement_timestamp()",
+        "transaction_timestamp()",
+        "timeofday()::timestamptz",
+    ],
+)
+def test_clock_functions_are_not_allowed(moment: str) -> None:
+    sql = f'SELECT customer_id, count(*) AS quantity FROM compute_hours WHERE "timestamp" < {moment} GROUP BY 1'
+
+    with pytest.raises(SandboxError, match="is not allowed in a metric query"):
+        sql_metric_compile(sql=sql, tables=TABLES, vendor="postgresql")
+
+
+def test_text_that_merely_contains_a_clock_word_is_fine(organisation: Organisation, stored: None) -> None:
+    sql = "SELECT customer_id, count(*) AS quantity FROM compute_hours WHERE region <> 'unknown-snow' GROUP BY 1"
+
+    assert run(organisation, sql)[0] == ("cus_a", "2", None)
+
+
+# --- what the sandbox does not know, it refuses ---
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        pytest.param("SELECT * FROM ROWS FROM (pg_ls_dir('.'))", id="alone"),
+        pytest.param(
+            "SELECT customer_id, 1 AS quantity FROM ROWS FROM (pg_ls_dir('.')) AS r(customer_id)", id="with-columns"
+        ),
+        pytest.param(
+            "SELECT customer_id, 1 AS quantity FROM compute_hours, ROWS FROM (generate_series(1, 2), pg_ls_dir('.')) AS r",
+            id="joined",
+        ),
+    ],
+)
+def test_rows_from_is_refused_with_the_sandboxs_own_error(sql: str) -> None:
+    with pytest.raises(SandboxError) as refused:
+        sql_metric_compile(sql=sql, tables=TABLES, vendor="postgresql")
+
+    assert "ROWS FROM" in refused.value.errors["sql"][0]
+    assert "is not allowed" in refused.value.errors["sql"][0]

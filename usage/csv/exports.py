@@ -15,7 +15,7 @@ from django.urls import reverse
 from usage.models import UsageEvent
 from usage.selectors import records_list, usage_events_list
 from zenskar_site.accounts.models import Organisation
-from zenskar_site.lib.csvstream import ITERATOR_CHUNK_ROWS, csv_cell, csv_time
+from zenskar_site.lib.csvstream import ITERATOR_CHUNK_ROWS, csv_cell
 
 
 def records_csv_rows(
@@ -26,7 +26,10 @@ def records_csv_rows(
     end: dt.datetime | None = None,
     include_voided: bool = False,
 ) -> Iterator[list[str]]:
-    """A usage event's records as CSV rows, header first, oldest id first; `start` inclusive, `end` exclusive."""
+    """A usage event's records as CSV rows, header first, oldest id first; `start` inclusive, `end` exclusive.
+
+    Every cell goes through `csv_cell`: customer ids, data and idempotency keys come from clients.
+    """
     fields = list(usage_event.dataschema.get("data", {}))
     yield ["id", "customer_id", "timestamp", *fields, "idempotency_key", "received_at", "voided", "superseded"]
     records = records_list(
@@ -39,12 +42,12 @@ def records_csv_rows(
         chunk_size=ITERATOR_CHUNK_ROWS
     ):
         yield [
-            str(record_id),
-            customer,
-            csv_time(timestamp),
+            csv_cell(record_id),
+            csv_cell(customer),
+            csv_cell(timestamp),
             *(csv_cell(data.get(name)) for name in fields),
-            key or "",
-            csv_time(received_at),
+            csv_cell(key),
+            csv_cell(received_at),
             csv_cell(voided),
             csv_cell(superseded),
         ]

@@ -1,13 +1,15 @@
 """Streamed CSV downloads, shared by the usage records export and the metric values export.
 
 Rows (header first) come from generators over `queryset.iterator()`; each line is written as it is
-produced and sent in chunks, so a download of any size streams with flat memory.
+produced and sent in chunks, so a download of any size streams with flat memory. Every cell of a row
+is made by `csv_cell`, which neutralises cells a spreadsheet would run as a formula.
 """
 
 from __future__ import annotations
 
 import csv
 import datetime as dt
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
@@ -26,17 +28,34 @@ STREAM_CHUNK_CHARS = 64 * 1024
 Found = TypeVar("Found")
 
 
+# OWASP's "CSV Injection": spreadsheets read a cell starting with one of these as a formula.
+FORMULA_LEADS = ("=", "+", "-", "@", "\t", "\r")
+# A negative number and nothing else (digits, one decimal point, an exponent): a spreadsheet reads it
+# as that number, so it is left as it is; `-1+cmd|' /C calc'!A0` is not one.
+_NEGATIVE_NUMBER_RE = re.compile(r"-(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
+
+
 def csv_cell(value: Any) -> str:
-    """A value as a CSV cell: empty for None, true/false for booleans, JSON for objects and lists."""
+    """A value as a CSV cell: empty for None, true/false for booleans, JSON for objects and lists,
+    moments as `csv_time` writes them.
+
+    A cell that would start with =, +, -, @, a tab or a carriage return gets a leading single quote
+    (OWASP's CSV Injection advice), which spreadsheets take as "this is text" and do not show; the
+    one exception is a cell that is wholly a negative number, such as -3.5, which stays a number.
+    The decision is made on the cell's text, whatever the value's type, so no export can skip it.
+    """
     if value is None:
         return ""
     if value is True:
         return "true"
     if value is False:
         return "false"
-    if isinstance(value, (dict, list)):
-        return orjson.dumps(value).decode()
-    return str(value)
+    if isinstance(value, dt.datetime):
+        return csv_time(value)
+    text = orjson.dumps(value).decode() if isinstance(value, (dict, list)) else str(value)
+    if text.startswith(FORMULA_LEADS) and not _NEGATIVE_NUMBER_RE.fullmatch(text):
+        return "'" + text
+    return text
 
 
 def csv_time(moment: dt.datetime | None) -> str:
