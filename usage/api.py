@@ -16,6 +16,7 @@ from usage.services import usage_event_archive, usage_event_create, usage_event_
 from zenskar_site.accounts.permissions import request_actor
 from zenskar_site.lib.errors import ValidationFailed
 from zenskar_site.lib.pagination import paginated_response
+from zenskar_site.lib.text import unstorable_problems
 
 
 class DataSchemaField(serializers.JSONField):
@@ -69,6 +70,10 @@ class UsageEventUpdateInput(serializers.Serializer[Any]):
 def request_object(request: Request) -> dict[str, Any]:
     if not isinstance(request.data, dict):
         raise ValidationFailed({"": ["Expected a JSON object."]})
+    # Names, descriptions, reasons and the schema are stored as given: a NUL would fail the write.
+    problems = unstorable_problems(request.data)
+    if problems:
+        raise ValidationFailed(problems)
     return dict(request.data)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import django_filters
+from django import forms
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
 from rest_framework.generics import ListAPIView, RetrieveAPIView
@@ -14,10 +15,11 @@ from rest_framework.views import APIView
 
 from usage.corrections import record_restore, record_update, record_void, records_void_by_filter
 from usage.models import IngestionError, UsageEvent, UsageRecord
-from usage.schema import InvalidValue, datetime_parse
+from usage.schema import InvalidValue, filter_datetime_parse
 from usage.selectors import ingestion_errors_list, record_get, records_list, usage_event_get
 from zenskar_site.accounts.permissions import request_actor
 from zenskar_site.lib.errors import ValidationFailed
+from zenskar_site.lib.text import unstorable_message
 
 
 class RecordOutput(serializers.ModelSerializer[UsageRecord]):
@@ -32,10 +34,26 @@ class IngestionErrorOutput(serializers.ModelSerializer[IngestionError]):
         fields = ["id", "received_at", "payload", "payload_truncated", "errors", "api_key_prefix"]
 
 
+class UtcDateTimeField(forms.Field):
+    def to_python(self, value: Any) -> Any:
+        if value in self.empty_values:
+            return None
+        try:
+            return filter_datetime_parse(value)
+        except InvalidValue as exc:
+            raise forms.ValidationError(str(exc)) from None
+
+
+class UtcDateTimeFilter(django_filters.IsoDateTimeFilter):
+    """ISO 8601, normalised to UTC; an offset or instant the database cannot take is a 400 naming the filter."""
+
+    field_class = UtcDateTimeField
+
+
 class RecordFilter(django_filters.FilterSet):
     customer_id = django_filters.CharFilter()
-    timestamp_after = django_filters.IsoDateTimeFilter(field_name="timestamp", lookup_expr="gte")
-    timestamp_before = django_filters.IsoDateTimeFilter(field_name="timestamp", lookup_expr="lt")
+    timestamp_after = UtcDateTimeFilter(field_name="timestamp", lookup_expr="gte")
+    timestamp_before = UtcDateTimeFilter(field_name="timestamp", lookup_expr="lt")
     include_voided = django_filters.BooleanFilter(method="filter_include_voided")
 
     class Meta:
@@ -63,6 +81,14 @@ def body_object(request: Request) -> dict[str, Any]:
     if not isinstance(request.data, dict):
         raise ValidationFailed({"": ["Expected a JSON object."]})
     return dict(request.data)
+
+
+def text_checked(name: str, value: Any) -> Any:
+    """A free-text input (a reason, a filter) refused when the database could not store it."""
+    problem = unstorable_message(value) if isinstance(value, str) else None
+    if problem is not None:
+        raise ValidationFailed({name: [problem]})
+    return value
 
 
 class UsageEventScoped:
@@ -99,7 +125,8 @@ class RecordDetailApi(UsageEventScoped, RetrieveAPIView[UsageRecord]):
     @extend_schema(request=RecordEditInput, responses=RecordOutput)
     def patch(self, request: Request, api_slug: str, record_id: int) -> Response:
         body = body_object(request)
-        reason = body.pop("reason", "")
+        # customer_id, timestamp and data go through the ingestion validator (record_update); the reason is audited.
+        reason = text_checked("reason", body.pop("reason", ""))
         record = record_update(
             actor=request_actor(request), api_slug=api_slug, record_id=record_id, changes=body, reason=reason
         )
@@ -110,8 +137,8 @@ class RecordDetailApi(UsageEventScoped, RetrieveAPIView[UsageRecord]):
         responses=RecordOutput,
     )
     def delete(self, request: Request, api_slug: str, record_id: int) -> Response:
-        reason = request.query_params.get("reason") or (
-            request.data.get("reason") if isinstance(request.data, dict) else ""
+        reason = request.query_params.get("reason") or text_checked(
+            "reason", request.data.get("reason") if isinstance(request.data, dict) else ""
         )
         record = record_void(actor=request_actor(request), api_slug=api_slug, record_id=record_id, reason=reason)
         return Response(RecordOutput(record).data)
@@ -120,7 +147,7 @@ class RecordDetailApi(UsageEventScoped, RetrieveAPIView[UsageRecord]):
 class RecordRestoreApi(APIView):
     @extend_schema(request=ReasonInput, responses=RecordOutput)
     def post(self, request: Request, api_slug: str, record_id: int) -> Response:
-        reason = body_object(request).get("reason", "")
+        reason = text_checked("reason", body_object(request).get("reason", ""))
         record = record_restore(actor=request_actor(request), api_slug=api_slug, record_id=record_id, reason=reason)
         return Response(RecordOutput(record).data)
 
@@ -141,10 +168,10 @@ class RecordVoidByFilterApi(APIView):
         for name in ("timestamp_after", "timestamp_before"):
             if body.get(name) not in (None, ""):
                 try:
-                    moments[name] = datetime_parse(body[name])
+                    moments[name] = filter_datetime_parse(body[name])
                 except InvalidValue as exc:
                     raise ValidationFailed({name: [str(exc)]}) from None
-        customer_id = body.get("customer_id")
+        customer_id = text_checked("customer_id", body.get("customer_id"))
         if customer_id is not None and not isinstance(customer_id, str):
             raise ValidationFailed({"customer_id": ["Expected a string."]})
         voided = records_void_by_filter(
@@ -154,7 +181,7 @@ class RecordVoidByFilterApi(APIView):
             start=moments.get("timestamp_after"),
             end=moments.get("timestamp_before"),
             everything=body.get("all") is True,
-            reason=body.get("reason", ""),
+            reason=text_checked("reason", body.get("reason", "")),
         )
         return Response({"voided": voided})
 

@@ -17,8 +17,10 @@ from functools import lru_cache
 from typing import Any
 
 from django.conf import settings
+from django.utils.dateparse import parse_datetime
 
 from zenskar_site.lib.errors import ValidationFailed
+from zenskar_site.lib.text import printable, unstorable_message
 
 BASE_TYPES = ("Int64", "Float64", "Decimal", "Bool", "Date32", "DateTime64", "String", "UUID")
 NUMERIC_TYPES = frozenset({"Int64", "Float64", "Decimal"})
@@ -86,7 +88,9 @@ def dataschema_normalize(raw: Any) -> dict[str, Any]:
     errors: dict[str, list[str]] = {}
     for key in raw:
         if key not in ("customer_id", "timestamp", "data"):
-            errors[f"dataschema.{key}"] = ["Unknown key; a data schema has customer_id, timestamp and data."]
+            errors[f"dataschema.{printable(str(key))}"] = [
+                "Unknown key; a data schema has customer_id, timestamp and data."
+            ]
     for root, expected in ROOT_TYPES.items():
         if root in raw and raw[root] != expected:
             errors[f"dataschema.{root}"] = [f"{root} is always {expected}, got {raw[root]!r}."]
@@ -98,7 +102,7 @@ def dataschema_normalize(raw: Any) -> dict[str, Any]:
         if len(data) > MAX_FIELDS:
             errors["dataschema.data"] = [f"At most {MAX_FIELDS} fields."]
         for name, type_text in data.items():
-            path = f"dataschema.data.{name}"
+            path = f"dataschema.data.{printable(str(name))}"
             if not FIELD_NAME_RE.match(name):
                 errors[path] = [
                     "Field names are 1-63 characters: a lowercase letter, then lowercase letters, digits or _."
@@ -245,8 +249,46 @@ def datetime_parse(value: Any) -> dt.datetime:
         except (ValueError, OverflowError):
             raise InvalidValue("Expected DateTime64, got a date or time that does not exist in UTC.") from None
     raise InvalidValue(
-        "Expected DateTime64: ISO 8601 with an offset (2026-11-20T14:03:12Z) or 'YYYY-MM-DD HH:MM:SS' in UTC."
+        unstorable_message(value)
+        or "Expected DateTime64: ISO 8601 with an offset (2026-11-20T14:03:12Z) or 'YYYY-MM-DD HH:MM:SS' in UTC."
     )
+
+
+# PostgreSQL's timestamptz takes offsets up to ±15:59 (TZDISP_LIMIT); every real time zone is within ±14:00.
+FILTER_MAX_OFFSET = dt.timedelta(hours=15, minutes=59)
+
+
+def filter_datetime_parse(value: Any) -> dt.datetime:
+    """A timestamp filter's value (records list, void by filter) as an instant in UTC.
+
+    ISO 8601 as Django reads it (naive is UTC). An offset PostgreSQL cannot take (such as +22:09) or an
+    instant outside years 1-9999 in UTC is refused, so a bad filter is a 400 naming it, never a database error.
+    """
+    if type(value) is not str:
+        raise InvalidValue(f"Expected an ISO 8601 date and time, got {json_kind(value)}.")
+    problem = unstorable_message(value)
+    if problem is not None:
+        raise InvalidValue(problem)
+    try:
+        parsed = parse_datetime(value.strip())
+    except ValueError:
+        raise InvalidValue("Expected an ISO 8601 date and time that exists.") from None
+    if parsed is None:
+        raise InvalidValue("Expected an ISO 8601 date and time, such as 2026-11-20T14:03:12Z.")
+    offset = parsed.utcoffset()
+    if offset is None:
+        return parsed.replace(tzinfo=dt.UTC)
+    if abs(offset) > FILTER_MAX_OFFSET:
+        minutes = abs(int(offset.total_seconds())) // 60
+        sign = "-" if offset < dt.timedelta(0) else "+"
+        raise InvalidValue(
+            f"The UTC offset {sign}{minutes // 60:02d}:{minutes % 60:02d} is outside -15:59 to +15:59; "
+            "give the time in UTC (Z) or with a real time zone's offset."
+        )
+    try:
+        return parsed.astimezone(dt.UTC)
+    except OverflowError:
+        raise InvalidValue("The date and time is outside the years 1 to 9999 in UTC.") from None
 
 
 @dataclass(frozen=True)
@@ -339,23 +381,46 @@ RecordValidator = Callable[[Any], "tuple[ValidRecord | None, dict[str, list[str]
 ROOT_KEYS = frozenset({"customer_id", "timestamp", "data", "idempotency_key"})
 
 
+def _root_string_problem(value: str, limit: int) -> str | None:
+    if not 1 <= len(value) <= limit:
+        return f"Expected a String of 1 to {limit} characters."
+    return _text_problem(value)
+
+
+def _text_problem(value: str) -> str | None:
+    # Runs for every string of every record: plain ASCII without a NUL needs no further scan.
+    if "\x00" not in value and value.isascii():
+        return None
+    return unstorable_message(value)
+
+
 @lru_cache(maxsize=512)
 def _compile(fields: tuple[tuple[str, str], ...]) -> RecordValidator:
-    compiled = [(name, f"data.{name}", CONVERTERS[type_parse(t).base], type_parse(t).nullable) for name, t in fields]
+    # Only a String keeps the client's text as it is; every other type's value matches an ASCII pattern.
+    compiled = [
+        (name, f"data.{name}", CONVERTERS[type_parse(t).base], type_parse(t).nullable, type_parse(t).base == "String")
+        for name, t in fields
+    ]
     known = frozenset(name for name, _ in fields)
 
     def validate(obj: Any) -> tuple[ValidRecord | None, dict[str, list[str]]]:
+        """A stored-form record, or the errors by field path. Rejects anything the database could not store
+        exactly (NUL, lone surrogates) rather than let it be cut or fail the whole request."""
         if type(obj) is not dict:
             return None, {"": [f"Expected a record object, got {json_kind(obj)}."]}
         errors: dict[str, list[str]] = {}
         for key in obj.keys() - ROOT_KEYS:
-            errors[str(key)] = ["Unknown key; a record has customer_id, timestamp, data and idempotency_key."]
+            errors[printable(str(key))] = [
+                "Unknown key; a record has customer_id, timestamp, data and idempotency_key."
+            ]
         customer_id = obj.get("customer_id")
-        if type(customer_id) is not str or not 1 <= len(customer_id) <= MAX_CUSTOMER_ID:
+        if type(customer_id) is str:
+            problem = _root_string_problem(customer_id, MAX_CUSTOMER_ID)
+            if problem is not None:
+                errors["customer_id"] = [problem]
+        else:
             errors["customer_id"] = (
-                [f"Expected a String of 1 to {MAX_CUSTOMER_ID} characters."]
-                if type(customer_id) is str
-                else ["This field is required."]
+                ["This field is required."]
                 if customer_id is None
                 else [f"Expected String, got {json_kind(customer_id)}."]
             )
@@ -368,10 +433,14 @@ def _compile(fields: tuple[tuple[str, str], ...]) -> RecordValidator:
             except InvalidValue as exc:
                 errors["timestamp"] = [str(exc)]
         idempotency_key = obj.get("idempotency_key")
-        if idempotency_key is not None and (
-            type(idempotency_key) is not str or not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY
-        ):
-            errors["idempotency_key"] = [f"Expected a String of 1 to {MAX_IDEMPOTENCY_KEY} characters."]
+        if idempotency_key is not None:
+            problem = (
+                _root_string_problem(idempotency_key, MAX_IDEMPOTENCY_KEY)
+                if type(idempotency_key) is str
+                else f"Expected a String of 1 to {MAX_IDEMPOTENCY_KEY} characters."
+            )
+            if problem is not None:
+                errors["idempotency_key"] = [problem]
         raw_data = obj.get("data")
         data: dict[str, Any] = {}
         if raw_data is None:
@@ -380,17 +449,23 @@ def _compile(fields: tuple[tuple[str, str], ...]) -> RecordValidator:
             errors["data"] = [f"Expected an object, got {json_kind(raw_data)}."]
         else:
             for key in raw_data.keys() - known:
-                errors[f"data.{key}"] = ["Unknown field; the usage event's schema does not name it."]
-            for name, path, convert, nullable in compiled:
+                errors[f"data.{printable(str(key))}"] = ["Unknown field; the usage event's schema does not name it."]
+            for name, path, convert, nullable, is_text in compiled:
                 value = raw_data.get(name)
                 if value is None:
                     if not nullable:
                         errors[path] = ["This field is required."]
                     continue
                 try:
-                    data[name] = convert(value)
+                    converted = convert(value)
                 except InvalidValue as exc:
-                    errors[path] = [str(exc)]
+                    # A string refused for a NUL (UUID, Date32, Decimal...) is told so, not just "not a UUID".
+                    errors[path] = [(type(value) is str and unstorable_message(value)) or str(exc)]
+                    continue
+                if is_text and (problem := _text_problem(converted)) is not None:  # the database would cut it
+                    errors[path] = [problem]
+                    continue
+                data[name] = converted
         if errors:
             return None, errors
         assert timestamp is not None

@@ -61,3 +61,6 @@ urlpatterns = [
     path("api/v1/", include((api_v1, "api"))),
     path("admin/", admin.site.urls),
 ]
+
+# JSON with `detail` for the API and ingestion, Django's HTML page for the dashboard.
+handler500 = "zenskar_site.lib.exceptions.server_error"

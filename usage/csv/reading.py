@@ -18,6 +18,7 @@ from typing import Any
 from usage.models import CsvImport, UsageEvent
 from usage.schema import type_parse
 from zenskar_site.lib.errors import ValidationFailed
+from zenskar_site.lib.text import printable, unstorable_message
 
 ERRORS_KEPT = 50
 SAMPLE_ROWS = 3
@@ -111,8 +112,8 @@ def content_inspect(*, content: bytes) -> Inspection:
                 header = cells
             elif not _blank(cells):
                 rows += 1
-                if len(sample) < SAMPLE_ROWS:
-                    sample.append([cell[:SAMPLE_CELL_CHARS] for cell in cells])
+                if len(sample) < SAMPLE_ROWS:  # shown, not imported: a NUL is shown escaped (jsonb refuses it)
+                    sample.append([printable(cell[:SAMPLE_CELL_CHARS]) for cell in cells])
     except UnicodeDecodeError:
         raise _encoding_error(content)
     except csv.Error as exc:
@@ -125,6 +126,8 @@ def content_inspect(*, content: bytes) -> Inspection:
     for position, name in enumerate(columns, start=1):
         if not name:
             problems.append(f"Row 1: column {position} has no name; name every column in the header row.")
+        elif (problem := unstorable_message(name)) is not None:
+            problems.append(f"Row 1: the name of column {position}: {problem}")
         elif name in seen:
             problems.append(f"Row 1: the column name {name!r} is used twice (columns {seen[name]} and {position}).")
         else:
@@ -292,7 +295,10 @@ class RowErrors:
         self.kept: list[dict[str, Any]] = list(initial or [])
 
     def add(self, *, row: int, column: str, field: str, value: str, message: str) -> None:
-        self.kept.append({"row": row, "column": column, "field": field, "value": _clip(value), "message": message})
+        # The value is shown as the file has it, a NUL escaped (the errors are kept in jsonb, which refuses it).
+        self.kept.append(
+            {"row": row, "column": column, "field": field, "value": printable(_clip(value)), "message": message}
+        )
         if len(self.kept) > ERRORS_KEPT:
             self.kept.sort(key=_by_row)
             del self.kept[ERRORS_KEPT:]

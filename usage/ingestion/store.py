@@ -43,6 +43,7 @@ from usage.schema import (
 from zenskar_site.accounts.models import ApiKeyScope
 from zenskar_site.lib.periods import period_floor
 from zenskar_site.lib.sql import hot_rows, on_postgres
+from zenskar_site.lib.text import storable
 
 ERROR_PAYLOAD_MAX_CHARS = 4096
 
@@ -204,6 +205,9 @@ def _supersede(*, usage_event_id: int, rows: list[Candidate]) -> list[dt.datetim
 
 
 def _error_payload(item: Any) -> tuple[Any, bool]:
+    """A rejected item as the error log keeps it: characters the database cannot store shown as U+FFFD
+    (the log is for reading), and cut to ERROR_PAYLOAD_MAX_CHARS."""
+    item = storable(item)
     text = orjson.dumps(item, default=str).decode()
     if len(text) <= ERROR_PAYLOAD_MAX_CHARS:
         return item if not _has_decimal(item) else orjson.loads(text), False

@@ -4,7 +4,8 @@ Ingestion carries no session, cookie or CSRF state and needs no URL resolution, 
 Django's middleware stack but keeps Django's own rules where they matter: the request is Django's
 `WSGIRequest`, the Host header is checked by `request.get_host()` (ALLOWED_HOSTS), and the HTTPS rule
 and security headers come from Django's `SecurityMiddleware` and `XFrameOptionsMiddleware` wrapped
-around the same handler the Django view uses. tests/usage/test_fast_route.py compares both routes on the same requests.
+around the same handler the Django view uses, with the site's `NulRejectMiddleware` (a NUL in the URL is
+a 400) where settings.MIDDLEWARE has it. tests/usage/test_fast_route.py compares both routes on the same requests.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from django.middleware.clickjacking import XFrameOptionsMiddleware
 from django.middleware.security import SecurityMiddleware
 
 from usage.ingestion.http import ingest_response
+from zenskar_site.lib.middleware import NulRejectMiddleware
 
 logger = logging.getLogger(__name__)
 JSON = "application/json"
@@ -63,7 +65,7 @@ def ingest_application(environ: dict[str, Any], start_response: Callable[..., An
     try:
         if _security is None:
             # In the order of settings.MIDDLEWARE, less what ingestion has no use for.
-            _security = SecurityMiddleware(_host_checked(XFrameOptionsMiddleware(_ingest)))
+            _security = SecurityMiddleware(NulRejectMiddleware(_host_checked(XFrameOptionsMiddleware(_ingest))))
         response = cast(HttpResponse, _security(WSGIRequest(environ)))  # sync middleware, sync handler
     except Exception:
         logger.exception("ingestion failed")

@@ -17,6 +17,7 @@ from django.utils import timezone
 from zenskar_site.accounts.actors import Actor
 from zenskar_site.accounts.models import ApiKey, ApiKeyScope, AuditEntry, Membership, Organisation, Role
 from zenskar_site.lib.errors import Forbidden, NotFound, Unauthenticated, ValidationFailed
+from zenskar_site.lib.text import unstorable_message
 
 KEY_PREFIX_ALPHABET = string.ascii_lowercase + string.digits
 KEY_PREFIX_LENGTH = 12
@@ -90,13 +91,21 @@ def api_key_snapshot(api_key: ApiKey) -> dict[str, Any]:
 
 
 @transaction.atomic
-def api_key_create(*, actor: Actor, name: str, scope: str) -> tuple[ApiKey, str]:
-    """Create a key; the returned secret is the only time it exists in clear."""
+def api_key_create(*, actor: Actor, name: Any, scope: Any) -> tuple[ApiKey, str]:
+    """Create a key; the returned secret is the only time it exists in clear. `name` and `scope` come
+    from a JSON body as given: anything but a string is refused with the field named."""
     errors: dict[str, list[str]] = {}
-    name = (name or "").strip()
-    if not name or len(name) > 100:
-        errors["name"] = ["Give the key a name of 1 to 100 characters."]
-    if scope not in ApiKeyScope.values:
+    if name is None:
+        name = ""
+    if not isinstance(name, str):
+        errors["name"] = ["Expected a string: give the key a name of 1 to 100 characters."]
+    else:
+        name = name.strip()
+        if not name or len(name) > 100:
+            errors["name"] = ["Give the key a name of 1 to 100 characters."]
+        elif (problem := unstorable_message(name)) is not None:
+            errors["name"] = [problem]
+    if not isinstance(scope, str) or scope not in ApiKeyScope.values:
         errors["scope"] = [f"Scope must be one of: {', '.join(ApiKeyScope.values)}."]
     if errors:
         raise ValidationFailed(errors)

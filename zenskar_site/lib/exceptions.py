@@ -7,12 +7,14 @@ from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.db import DatabaseError, InterfaceError, OperationalError
-from django.http import Http404
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.views import defaults
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from zenskar_site.lib.errors import DomainError
+from zenskar_site.lib.text import printable
 
 logger = logging.getLogger(__name__)
 
@@ -37,9 +39,13 @@ def flatten_errors(data: Any, path: str = "") -> dict[str, list[str]]:
 
 
 def error_body(detail: str, errors: dict[str, list[str]] | None = None) -> dict[str, Any]:
-    body: dict[str, Any] = {"detail": detail}
+    # A message may quote the input: a lone surrogate in it would make the JSON renderer fail (a 500),
+    # so unstorable characters are written as escapes.
+    body: dict[str, Any] = {"detail": printable(detail)}
     if errors:
-        body["errors"] = errors
+        body["errors"] = {
+            printable(str(key)): [printable(str(m)) for m in messages] for key, messages in errors.items()
+        }
     return body
 
 
@@ -69,3 +75,15 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     if handled is not None and isinstance(handled.data, dict) and "detail" in handled.data:
         handled.data = error_body(str(handled.data["detail"]))
     return handled
+
+
+# The management API and ingestion: their clients are programs that read JSON.
+JSON_PATH_PREFIXES = ("/api/", "/usage/")
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    """Django's handler500: an unhandled exception (logged with its traceback by Django) answers JSON with
+    `detail` on the API and ingestion, whose clients read JSON, and the HTML page elsewhere."""
+    if request.path_info.startswith(JSON_PATH_PREFIXES):
+        return JsonResponse({"detail": "Internal error; retry later."}, status=500)
+    return defaults.server_error(request)
