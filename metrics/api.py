@@ -22,7 +22,7 @@ from metrics.services import metric_value_override
 from usage.schema import InvalidValue, datetime_parse
 from zenskar_site.accounts.permissions import request_actor
 from zenskar_site.lib.errors import ValidationFailed
-from zenskar_site.lib.pagination import CursorPagination
+from zenskar_site.lib.pagination import paginated_response
 from zenskar_site.lib.periods import period_next, periods_between
 
 
@@ -163,10 +163,13 @@ class MetricListApi(APIView):
     @extend_schema(responses=MetricOutput(many=True))
     def get(self, request: Request) -> Response:
         actor = request_actor(request)
-        paginator = CursorPagination()
-        paginator.ordering = "id"
-        page = paginator.paginate_queryset(metrics_list(organisation=actor.organisation), request, view=self)
-        return paginator.get_paginated_response(MetricOutput(page, many=True).data)
+        return paginated_response(
+            request=request,
+            view=self,
+            queryset=metrics_list(organisation=actor.organisation),
+            serialize=lambda page: MetricOutput(page, many=True).data,
+            ordering="id",
+        )
 
     @extend_schema(request=MetricInput, responses={201: MetricOutput})
     def post(self, request: Request) -> Response:
