@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import random
 import shutil
 import subprocess
 import threading
@@ -65,6 +66,50 @@ def test_twenty_concurrent_requests_with_one_idempotency_key_store_exactly_one_r
     assert statuses.count("duplicate") == 19
     stored = UsageRecord.objects.get()
     assert {body["results"][0]["id"] for _, body in outcomes} == {stored.id}
+
+
+def test_concurrent_batches_with_overlapping_keys_in_random_orders_never_deadlock() -> None:
+    organisation = organisation_make(name="Overlapping")
+    usage_event_make(organisation=organisation)
+    secret = api_key_make(organisation=organisation, scope="ingest").secret
+    headers = {"x-api-key": secret, "Content-Type": "application/json"}
+    moment = (timezone.now() - dt.timedelta(minutes=1)).replace(microsecond=0).isoformat()
+    rng = random.Random(20261130)
+    clients, rounds = 8, 4
+
+    def batch(keys: list[str]) -> bytes:  # the same content for a key in every batch: a resent record is a duplicate
+        return json.dumps(
+            [
+                {"customer_id": k, "timestamp": moment, "data": {"cpu_usage_hours": 1}, "idempotency_key": k}
+                for k in keys
+            ]
+        ).encode()
+
+    # In each round every client sends the same new keys at the same moment, each in its own random order.
+    round_keys = [[f"r{r}-k{i:04d}" for i in range(1000)] for r in range(rounds)]
+    plans = [[batch(rng.sample(keys, len(keys))) for keys in round_keys] for _ in range(clients)]
+    barrier = threading.Barrier(clients)
+    statuses: list[int] = []
+    lock = threading.Lock()
+
+    with gunicorn_server(workers=2, threads=clients // 2) as url:
+
+        def client(bodies: list[bytes]) -> None:
+            for body in bodies:
+                barrier.wait()
+                status, _ = http_post(f"{url}/usage/compute_hours", body, headers)
+                with lock:
+                    statuses.append(status)
+
+        threads = [threading.Thread(target=client, args=(bodies,)) for bodies in plans]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+
+    assert statuses == [202] * (clients * rounds), statuses  # a deadlock is a 503
+    stored = list(UsageRecord.objects.values_list("idempotency_key", flat=True))
+    assert sorted(stored) == sorted(key for keys in round_keys for key in keys)  # every key once
 
 
 def _pg_ctl(action: str) -> None:

@@ -21,6 +21,7 @@ from django.db.models import Q
 
 from usage.dirty import dirty_hours, hours_mark_dirty
 from usage.ingestion.context import IngestContext, IngestError, StaleContext
+from usage.ingestion.errorlog import error_rows, errors_log
 from usage.ingestion.statements import (
     PostgresWrite,
     RecordRow,
@@ -32,7 +33,7 @@ from usage.ingestion.statements import (
     sqlite_insert_params,
     sqlite_insert_sql,
 )
-from usage.models import IngestionError, UsageEvent, UsageEventKind, UsageRecord
+from usage.models import UsageEvent, UsageEventKind, UsageRecord
 from usage.schema import (
     ValidRecord,
     dataschema_has_decimal,
@@ -43,9 +44,6 @@ from usage.schema import (
 from zenskar_site.accounts.models import ApiKeyScope
 from zenskar_site.lib.periods import period_floor
 from zenskar_site.lib.sql import hot_rows, on_postgres
-from zenskar_site.lib.text import storable
-
-ERROR_PAYLOAD_MAX_CHARS = 4096
 
 
 @dataclass
@@ -111,14 +109,6 @@ def content_hash_of(record: ValidRecord) -> str:
         [record.customer_id, datetime_format(record.timestamp), record.data], option=orjson.OPT_SORT_KEYS
     )
     return hashlib.sha256(canonical).hexdigest()
-
-
-def _error_rows(errors_to_log: list[tuple[Any, dict[str, list[str]]]]) -> list[tuple[str, bool, str]]:
-    rows = []
-    for payload, errors in errors_to_log:
-        stored, truncated = _error_payload(payload)
-        rows.append((orjson.dumps(stored, default=str).decode(), truncated, orjson.dumps(errors).decode()))
-    return rows
 
 
 def postgres_write_many(write: PostgresWrite) -> list[tuple[int, str | None]]:
@@ -204,26 +194,6 @@ def _supersede(*, usage_event_id: int, rows: list[Candidate]) -> list[dt.datetim
     return [moment for _, moment in replaced]
 
 
-def _error_payload(item: Any) -> tuple[Any, bool]:
-    """A rejected item as the error log keeps it: characters the database cannot store shown as U+FFFD
-    (the log is for reading), and cut to ERROR_PAYLOAD_MAX_CHARS."""
-    item = storable(item)
-    text = orjson.dumps(item, default=str).decode()
-    if len(text) <= ERROR_PAYLOAD_MAX_CHARS:
-        return item if not _has_decimal(item) else orjson.loads(text), False
-    return text[:ERROR_PAYLOAD_MAX_CHARS], True
-
-
-def _has_decimal(item: Any) -> bool:
-    if isinstance(item, Decimal):
-        return True
-    if isinstance(item, dict):
-        return any(_has_decimal(v) for v in item.values())
-    if isinstance(item, list):
-        return any(_has_decimal(v) for v in item)
-    return False
-
-
 def records_ingest(
     *,
     context: IngestContext,
@@ -281,16 +251,19 @@ def records_store(*, context: IngestContext, items: list[Any], backfill: bool, n
         if aggregate and to_insert:
             # Serialises aggregate writers per usage event, so "latest received wins" is well defined.
             UsageEvent.objects.select_for_update().filter(id=usage_event.id).values_list("id").first()
+        # Keyed records in one order (by key: the same in every request), so concurrent batches that share
+        # keys take the unique index's locks in the same order and never deadlock; unkeyed ones after them.
+        write_order = sorted(to_insert, key=_lock_order)
         inserted = _write(
             usage_event_id=usage_event.id,
-            rows=to_insert,
+            rows=write_order,
             received_at=now,
             aggregate=aggregate,
             rejected=rejected,
             api_key_prefix=api_key.prefix,
             guard=(api_key.id, usage_event.updated_at) if context.cached else None,
         )
-        _resolve_inserted(usage_event_id=usage_event.id, rows=to_insert, inserted=inserted)
+        _resolve_inserted(usage_event_id=usage_event.id, rows=write_order, inserted=inserted)
         if aggregate:
             hours_mark_dirty(
                 usage_event_id=usage_event.id, moments=_supersede(usage_event_id=usage_event.id, rows=to_insert)
@@ -300,8 +273,13 @@ def records_store(*, context: IngestContext, items: list[Any], backfill: bool, n
                 _follow_first(outcome)
         reused = [(items[o.index], o.errors) for o in outcomes if isinstance(o, Candidate) and o.status == "rejected"]
         if reused:  # keys found taken only after the insert: logged in a second write
-            _log_errors(usage_event_id=usage_event.id, errors_to_log=reused, now=now, api_key_prefix=api_key.prefix)
+            errors_log(usage_event_id=usage_event.id, errors_to_log=reused, now=now, api_key_prefix=api_key.prefix)
     return _result(usage_event_id=usage_event.id, outcomes=outcomes)
+
+
+def _lock_order(candidate: Candidate) -> tuple[bool, str, int]:
+    key = candidate.record.idempotency_key
+    return (key is None, key or "", candidate.index)
 
 
 def _write(
@@ -337,7 +315,7 @@ def _write(
     if on_postgres():
         write = PostgresWrite(
             records=records,
-            error_rows=_error_rows(rejected),
+            error_rows=error_rows(rejected),
             api_key_prefix=api_key_prefix,
             # A duplicate's hour marked too only costs a recompute.
             dirty_hours=dirty_hours(c.record.timestamp for c in rows),
@@ -353,29 +331,10 @@ def _write(
     if inserted:
         hours_mark_dirty(usage_event_id=usage_event_id, moments=[c.record.timestamp for c in rows])
     if rejected:
-        _log_errors(
+        errors_log(
             usage_event_id=usage_event_id, errors_to_log=rejected, now=received_at, api_key_prefix=api_key_prefix
         )
     return inserted
-
-
-def _log_errors(
-    *, usage_event_id: int, errors_to_log: list[tuple[Any, dict[str, list[str]]]], now: dt.datetime, api_key_prefix: str
-) -> None:
-    log = []
-    for payload, errors in errors_to_log:
-        stored, truncated = _error_payload(payload)
-        log.append(
-            IngestionError(
-                usage_event_id=usage_event_id,
-                received_at=now,
-                payload=stored,
-                payload_truncated=truncated,
-                errors=errors,
-                api_key_prefix=api_key_prefix,
-            )
-        )
-    IngestionError.objects.bulk_create(log)
 
 
 def _result(*, usage_event_id: int, outcomes: list[Candidate | dict[str, list[str]]]) -> IngestResult:
