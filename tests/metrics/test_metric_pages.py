@@ -563,3 +563,20 @@ def test_another_organisations_metric_is_not_found(
     theirs.refresh_from_db()
     assert theirs.override_value is None
     assert 'id="metrics-table"' not in listed
+
+
+def test_a_failed_metric_shows_its_error_and_when_it_is_retried(
+    admin: Client, organisation: Organisation, compute_hours: UsageEvent, django_capture_on_commit_callbacks: Any
+) -> None:
+    metric = metric_make(organisation, django_capture_on_commit_callbacks)
+    retry_at = dt.datetime(2026, 11, 30, 17, 45, tzinfo=dt.UTC)
+    BillableMetric.objects.filter(id=metric.id).update(
+        recompute_state="failed", recompute_error="sql: The query failed: division by zero", recompute_retry_at=retry_at
+    )
+
+    html = admin.get("/metrics/cpu/").content.decode()
+
+    banner = re.search(r'<div class="message error" id="recompute-failed">(.*?)</div>', html, re.DOTALL)
+    assert banner is not None
+    assert "Computing version 1 failed: sql: The query failed: division by zero" in banner.group(1)
+    assert "retried at 2026-11-30 17:45:00 UTC" in banner.group(1)
