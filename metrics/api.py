@@ -19,6 +19,7 @@ from metrics.engine.compute import PREVIEW_MAX_PERIODS, metric_compute
 from metrics.models import BillableMetric, MetricValue, RecomputeState
 from metrics.selectors import metric_get, metric_total, metric_values_list, metrics_list
 from metrics.services import metric_value_override
+from usage.records_api import UtcDateTimeFilter
 from usage.schema import InvalidValue, datetime_parse
 from zenskar_site.accounts.permissions import request_actor
 from zenskar_site.lib.errors import ValidationFailed
@@ -222,8 +223,8 @@ class MetricUnsavedPreviewApi(APIView):
 
 class ValueFilter(django_filters.FilterSet):
     customer_id = django_filters.CharFilter()
-    period_start_after = django_filters.IsoDateTimeFilter(field_name="period_start", lookup_expr="gte")
-    period_start_before = django_filters.IsoDateTimeFilter(field_name="period_start", lookup_expr="lt")
+    period_start_after = UtcDateTimeFilter(field_name="period_start", lookup_expr="gte")
+    period_start_before = UtcDateTimeFilter(field_name="period_start", lookup_expr="lt")
 
     class Meta:
         model = MetricValue

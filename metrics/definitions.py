@@ -17,6 +17,7 @@ from zenskar_site.accounts.actors import Actor
 from zenskar_site.accounts.services import audit_record
 from zenskar_site.lib.enqueue import enqueue_on_commit
 from zenskar_site.lib.errors import NotFound, ValidationFailed
+from zenskar_site.lib.text import has_unstorable, printable
 
 METRIC_SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}\Z", re.ASCII)
 RESERVED_SLUGS = frozenset({"new", "preview"})  # dashboard and API routes beside /metrics/<slug>/
@@ -25,8 +26,20 @@ MAX_GROUP_BY = 3
 MAX_FILTERS = 20
 
 
+def _refuse_unstorable(body: dict[str, Any]) -> None:
+    """A name, query or filter value the database cannot store (NUL, a lone surrogate) is a 400 naming its field."""
+    errors = {
+        printable(str(key)): ["Contains a character that cannot be stored (U+0000 or a lone surrogate); remove it."]
+        for key, value in body.items()
+        if has_unstorable(key) or has_unstorable(value)
+    }
+    if errors:
+        raise ValidationFailed(errors)
+
+
 def metric_definition_validate(*, organisation_id: Any, body: dict[str, Any]) -> dict[str, Any]:
     """Check a definition (builder or SQL); return the clean fields, with `sources` (usage events)."""
+    _refuse_unstorable(body)
     errors: dict[str, list[str]] = {}
     kind = body.get("kind") or (MetricKind.SQL if body.get("sql") else MetricKind.BUILDER)
     granularity = body.get("granularity", Period.DAY)
@@ -188,6 +201,7 @@ def _recompute_after_commit(metric: BillableMetric) -> None:
 
 @transaction.atomic
 def metric_create(*, actor: Actor, body: dict[str, Any]) -> BillableMetric:
+    _refuse_unstorable(body)
     errors: dict[str, list[str]] = {}
     name, slug = body.get("name"), body.get("slug")
     if not isinstance(name, str) or not name.strip() or len(name) > 200:
@@ -242,6 +256,7 @@ def _metric_locked(*, actor: Actor, slug: str) -> BillableMetric:
 @transaction.atomic
 def metric_update(*, actor: Actor, slug: str, changes: dict[str, Any], reason: str = "") -> BillableMetric:
     """Edit a metric. A change to its definition bumps the version and recomputes all history."""
+    _refuse_unstorable(changes)
     metric = _metric_locked(actor=actor, slug=slug)
     before = metric_snapshot(metric)
     unknown = changes.keys() - {"name", "slug", *DEFINITION_FIELDS}

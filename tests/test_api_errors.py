@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from django.http import HttpRequest, HttpResponse
-from django.test import Client
+from django.test import Client, override_settings
 from django.urls import path
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
@@ -37,8 +37,9 @@ urlpatterns = [
     path("dashboard-broken/", broken_view),
     *site_urls.urlpatterns,
 ]
-# The site's handler500 is the one under test (None: Django's default, as the site would have without one).
+# The site's handlers are the ones under test (None: Django's default, as the site would have without one).
 handler500 = getattr(site_urls, "handler500", None)
+handler404 = getattr(site_urls, "handler404", None)
 
 pytestmark = [pytest.mark.urls(__name__), pytest.mark.django_db]
 
@@ -66,3 +67,15 @@ def test_a_nul_in_any_path_or_an_api_query_is_400_json_before_any_view() -> None
         assert response.status_code == 400, url
         assert response["Content-Type"] == "application/json"
         assert "NUL" in response.json()["detail"]
+
+
+@override_settings(DEBUG=False)  # with DEBUG on, Django answers its technical 404 page instead of handler404
+def test_an_unknown_api_url_answers_json_404_and_a_dashboard_one_the_html_page(client: Client) -> None:
+    api = client.get("/api/v1/nope/")
+    page = client.get("/nope/")
+
+    assert api.status_code == 404
+    assert api["Content-Type"] == "application/json"
+    assert api.json() == {"detail": "No such endpoint: GET /api/v1/nope/"}
+    assert page.status_code == 404
+    assert page["Content-Type"].startswith("text/html")

@@ -63,4 +63,5 @@ urlpatterns = [
 ]
 
 # JSON with `detail` for the API and ingestion, Django's HTML page for the dashboard.
+handler404 = "zenskar_site.lib.exceptions.page_not_found"
 handler500 = "zenskar_site.lib.exceptions.server_error"

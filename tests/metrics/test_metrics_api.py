@@ -413,3 +413,30 @@ def test_a_metric_is_created_even_when_the_broker_is_unreachable(
     assert response.status_code == 201
     metric = BillableMetric.objects.get(slug="cpu")
     assert metric.recompute_state == "running"  # the sweep restarts it once it stalls
+
+
+@pytest.mark.parametrize(
+    "value", ["2026-11-20T10:00:00+22:09", "2026-11-20T10:00:00-16:00", "9999-12-31T23:00:00-05:00"]
+)
+def test_a_period_filter_the_database_cannot_take_is_400_naming_it(
+    api: APIClient, compute_hours: UsageEvent, value: str
+) -> None:
+    assert create(api).status_code == 201
+    for name in ("period_start_after", "period_start_before"):
+        response = api.get("/api/v1/metrics/cpu/values/", {name: value})
+        assert response.status_code == 400, (name, value, response.content)
+        assert list(response.json()["errors"]) == [name]
+
+
+@pytest.mark.parametrize("field", ["name", "sql"])
+def test_a_metric_field_with_a_nul_is_400_naming_it_and_nothing_is_stored(
+    api: APIClient, compute_hours: UsageEvent, field: str
+) -> None:
+    body = {"kind": "sql", "sql": "SELECT customer_id, count(*) AS quantity FROM compute_hours GROUP BY 1"}
+    body[field] = f"CPU\x00{body.get(field, 'hours')}"
+
+    response = create(api, **body)
+
+    assert response.status_code == 400
+    assert list(response.json()["errors"]) == [field]
+    assert not BillableMetric.objects.exists()

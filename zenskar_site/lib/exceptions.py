@@ -87,3 +87,10 @@ def server_error(request: HttpRequest) -> HttpResponse:
     if request.path_info.startswith(JSON_PATH_PREFIXES):
         return JsonResponse({"detail": "Internal error; retry later."}, status=500)
     return defaults.server_error(request)
+
+
+def page_not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """Django's handler404: an unknown URL on the API or ingestion answers JSON with `detail`; HTML elsewhere."""
+    if request.path_info.startswith(JSON_PATH_PREFIXES):
+        return JsonResponse({"detail": f"No such endpoint: {request.method} {request.path_info}"}, status=404)
+    return defaults.page_not_found(request, exception)
