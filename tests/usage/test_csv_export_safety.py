@@ -141,3 +141,13 @@ def test_only_a_cell_that_is_wholly_a_negative_number_keeps_its_minus() -> None:
     assert [csv_cell(value) for value in values] == [
         "-3.5", "-3.5", "-7", "-1e3", "-.5", "-2.", "'-3.5;=1", "'-3.5\n=1", "'-3.5e", "'--1"
     ]  # fmt: skip
+
+
+@pytest.mark.django_db
+def test_an_export_filtered_by_a_customer_id_with_a_nul_is_a_400_naming_it(
+    admin_client: Client, compute_hours: UsageEvent
+) -> None:
+    response = admin_client.get("/usage-events/compute_hours/export.csv", {"customer": "a\x00b"})
+
+    assert response.status_code == 400
+    assert "customer" in response.content.decode()

@@ -21,6 +21,7 @@ from django.shortcuts import render
 
 from zenskar_site.lib.errors import NotFound, ValidationFailed
 from zenskar_site.lib.forms import UtcDateTimeField
+from zenskar_site.lib.text import unstorable_message
 
 ITERATOR_CHUNK_ROWS = 2000
 STREAM_CHUNK_CHARS = 64 * 1024
@@ -114,7 +115,11 @@ def csv_filters_parse(*, query: Mapping[str, str]) -> CsvFilters:
     start, end = found["from"], found["to"]
     if start is not None and end is not None and start >= end:
         raise ValidationFailed({"to": ["“to” must be later than “from”."]})
-    return CsvFilters(customer_id=query.get("customer", "").strip() or None, start=start, end=end)
+    customer_id = query.get("customer", "").strip() or None
+    problem = unstorable_message(customer_id) if customer_id else None
+    if problem is not None:  # the database cannot compare with it (PostgreSQL refuses NUL): a 400, not a 500
+        raise ValidationFailed({"customer": [problem]})
+    return CsvFilters(customer_id=customer_id, start=start, end=end)
 
 
 def csv_download(
