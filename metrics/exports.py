@@ -5,12 +5,11 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterator
 
-from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
 
-from metrics.models import BillableMetric, MetricValue
-from metrics.selectors import metric_get, metrics_list
+from metrics.models import BillableMetric
+from metrics.selectors import metric_get, metric_values_list, metrics_list
 from usage.csv.exports import ExportSource
 from zenskar_site.accounts.models import Organisation
 from zenskar_site.lib.csvstream import ITERATOR_CHUNK_ROWS, csv_cell, csv_download
@@ -37,13 +36,7 @@ def metric_values_csv_rows(
         "value",
         "metric_version",
     ]
-    values: QuerySet[MetricValue] = MetricValue.objects.filter(metric=metric)
-    if customer_id:
-        values = values.filter(customer_id=customer_id)
-    if start is not None:
-        values = values.filter(period_start__gte=start)
-    if end is not None:
-        values = values.filter(period_start__lt=end)
+    values = metric_values_list(metric=metric, customer_id=customer_id, start=start, end=end)
     rows = values.order_by("period_start", "customer_id", "dimension_key", "id").values_list(
         "customer_id", "period_start", "period_end", "dimension", "computed_value", "override_value", "metric_version"
     )

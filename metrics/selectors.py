@@ -47,8 +47,22 @@ def metric_get(*, organisation: Organisation, slug: str) -> BillableMetric:
     return metric
 
 
-def metric_values_list(*, metric: BillableMetric) -> QuerySet[MetricValue]:
-    return MetricValue.objects.filter(metric=metric)
+def metric_values_list(
+    *,
+    metric: BillableMetric,
+    customer_id: str | None = None,
+    start: dt.datetime | None = None,
+    end: dt.datetime | None = None,
+) -> QuerySet[MetricValue]:
+    """The metric's values: one customer (when given), periods starting in [start, end)."""
+    values = MetricValue.objects.filter(metric=metric)
+    if customer_id:
+        values = values.filter(customer_id=customer_id)
+    if start is not None:
+        values = values.filter(period_start__gte=start)
+    if end is not None:
+        values = values.filter(period_start__lt=end)
+    return values
 
 
 def metric_audit_entries(*, metric: BillableMetric, limit: int = 30) -> list[AuditEntry]:
@@ -181,8 +195,7 @@ def metric_window_values(
 
 
 def _window_values(metric: BillableMetric, window: Window, customer_id: str | None) -> QuerySet[MetricValue]:
-    values = metric_values_list(metric=metric).filter(period_start__gte=window.start, period_start__lt=window.end)
-    return values.filter(customer_id=customer_id) if customer_id else values
+    return metric_values_list(metric=metric, customer_id=customer_id, start=window.start, end=window.end)
 
 
 def _period_totals(values: QuerySet[MetricValue]) -> dict[dt.datetime, Decimal]:

@@ -236,12 +236,7 @@ def _history_recompute(*, metric_id: int, version: int, progress: Callable[[int,
         # values with no record behind them are outside it.
         for usage_event_id in source_ids:
             _lock_usage_event(usage_event_id, wait=True)
-        finished = (
-            BillableMetric.objects.select_for_update(of=("self",))
-            .select_related("organisation")
-            .filter(id=metric_id, version=version)
-            .first()
-        )
+        finished = _version_locked(metric_id=metric_id, version=version)
         if finished is None:
             return False
         bounds = records_range(usage_event_ids=source_ids)
@@ -272,6 +267,16 @@ def _history_recompute(*, metric_id: int, version: int, progress: Callable[[int,
     return True
 
 
+def _version_locked(*, metric_id: int, version: int) -> BillableMetric | None:
+    """The metric, row-locked, while it is still at `version` (None once a newer version replaced it)."""
+    return (
+        BillableMetric.objects.select_for_update(of=("self",))
+        .select_related("organisation")
+        .filter(id=metric_id, version=version)
+        .first()
+    )
+
+
 def _recompute_failed(*, metric_id: int, version: int, error: Exception) -> None:
     try:
         # Its own transaction: the chunk that raised has rolled back, and the failure must outlive it.
@@ -288,12 +293,7 @@ def _failure_record(*, metric_id: int, version: int, error: Exception) -> None:
 
     A newer version is left alone: its own recompute covers everything.
     """
-    metric = (
-        BillableMetric.objects.select_for_update(of=("self",))
-        .select_related("organisation")
-        .filter(id=metric_id, version=version)
-        .first()
-    )
+    metric = _version_locked(metric_id=metric_id, version=version)
     if metric is None:
         return
     now = timezone.now()

@@ -26,7 +26,6 @@ from usage.ingestion.context import (
 )
 from usage.ingestion.store import IngestResult, records_ingest
 from zenskar_site.accounts.authentication import presented_key
-from zenskar_site.accounts.models import ApiKey
 from zenskar_site.accounts.services import api_key_touch
 from zenskar_site.lib.errors import DomainError
 from zenskar_site.lib.ratelimit import rate_limit_retry_after
@@ -101,7 +100,7 @@ def _ingest(
     if media_type != "application/json" and not media_type.endswith("+json"):
         raise IngestError(415, f"Send JSON with Content-Type: application/json (got {media_type or 'none'!r}).")
     body = _read_body(request, content_length=content_length)
-    _api_key_mark_used(api_key=context.api_key, now=now)
+    api_key_touch(api_key=context.api_key, now=now, min_interval_seconds=settings.API_KEY_TOUCH_SECONDS)
     try:
         return records_ingest(context=context, body=body, backfill=backfill, now=now)
     except StaleContext:  # revoked, archived or redefined since cached: answer from the database's state
@@ -125,8 +124,3 @@ def _read_body(request: HttpRequest, *, content_length: str) -> bytes:
     if len(body) > limit:
         raise IngestError(413, f"The body is over the limit of {limit} bytes.")
     return body
-
-
-def _api_key_mark_used(*, api_key: ApiKey, now: Any) -> None:
-    if api_key.id is not None:
-        api_key_touch(api_key=api_key, now=now, min_interval_seconds=settings.API_KEY_TOUCH_SECONDS)
