@@ -127,6 +127,7 @@ INSTALLED_APPS = [
     "zenskar_site.accounts",
     "usage",
     "metrics",
+    "billing",
 ]
 
 MIDDLEWARE = [

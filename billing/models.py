@@ -1,0 +1,1 @@
+"""Customers, products and pricings, plans, contracts and phases (SPEC §8); invoices follow (§9)."""
