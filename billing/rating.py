@@ -58,6 +58,9 @@ class PricingType(models.TextChoices):
     MATRIX = "matrix"
 
 
+# A matrix cell: one value per dimension, in the dimensions' order, as the metric stores it (None: absent).
+DimensionKey = tuple[str | None, ...]
+
 TIER_TYPES = frozenset({PricingType.TIERED, PricingType.VOLUME, PricingType.STEP})
 
 
@@ -386,7 +389,7 @@ def rate(
     *,
     model: PricingModel,
     quantity: Decimal | None = None,
-    dimensions: Mapping[tuple[str | None, ...], Decimal] | None = None,
+    dimensions: Mapping[DimensionKey, Decimal] | None = None,
 ) -> Rating:
     """The exact amount of `quantity` units (or, for matrix pricing, of each dimension value's units).
 
@@ -507,7 +510,7 @@ def _rate_volume_or_step(tiers: Sequence[Tier], quantity: Decimal, *, step: bool
     return Rating(amount=amount, parts=(part,))
 
 
-def _rate_matrix(model: PricingModel, dimensions: Mapping[tuple[str | None, ...], Decimal]) -> Rating:
+def _rate_matrix(model: PricingModel, dimensions: Mapping[DimensionKey, Decimal]) -> Rating:
     parts: list[RatingPart] = []
     flagged: list[str] = []
     names = [d.name for d in model.dimensions]

@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from billing.rating import (
+    DimensionKey,
     PricingInvalid,
     PricingType,
     currency_exponent,
@@ -182,7 +183,7 @@ def test_package_breakdown_counts_packages() -> None:
 
 def test_matrix_prices_each_cell_and_uses_the_default() -> None:
     model = pricing_parse(pricing_data={**MATRIX, "default_unit_amount": "1"})
-    quantities = {("us", "gold"): D(10), ("eu", "gold"): D("1.5"), ("ap", "gold"): D(4)}
+    quantities: dict[DimensionKey, Decimal] = {("us", "gold"): D(10), ("eu", "gold"): D("1.5"), ("ap", "gold"): D(4)}
     rating = rate(model=model, dimensions=quantities)
     assert rating.amount == D("28.5")  # 10 x 2 + 1.5 x 3 + 4 x 1 (the default)
     assert {p.dimension: (p.unit_amount, p.amount) for p in rating.parts} == {
@@ -545,7 +546,7 @@ cells = st.tuples(st.sampled_from(["us", "eu", "ap", "sa"]), st.sampled_from(["g
     used=st.dictionaries(cells, quantities(1000), max_size=8),
 )
 def test_matrix_matches_a_lookup_table(
-    priced: dict[tuple[str, str], Decimal], default: Decimal | None, used: dict[tuple[str, str], Decimal]
+    priced: dict[DimensionKey, Decimal], default: Decimal | None, used: dict[DimensionKey, Decimal]
 ) -> None:
     pricing_data: dict[str, Any] = {
         "pricing_type": "matrix",
