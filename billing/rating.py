@@ -307,6 +307,8 @@ def _amount(value: Any, field: str, *, positive: bool = False) -> Decimal:
     if isinstance(value, Decimal):
         number = value
     elif isinstance(value, int):
+        if abs(value) >= 10**AMOUNT_INTEGER_DIGITS:
+            raise PricingInvalid(field, f"Too large: at most {AMOUNT_INTEGER_DIGITS} digits before the point.")
         number = Decimal(value)
     elif isinstance(value, float):
         # repr is the shortest text that reads back as the same float: 0.1 stays 0.1.
@@ -324,24 +326,33 @@ def _amount(value: Any, field: str, *, positive: bool = False) -> Decimal:
         raise PricingInvalid(field, "Amounts cannot be negative.")
     if positive and number == 0:
         raise PricingInvalid(field, "Must be greater than 0.")
-    if number != 0:
-        if number.adjusted() >= AMOUNT_INTEGER_DIGITS:
-            raise PricingInvalid(field, f"Too large: at most {AMOUNT_INTEGER_DIGITS} digits before the point.")
-        exponent = number.normalize().as_tuple().exponent
-        assert isinstance(exponent, int)
-        if exponent < -AMOUNT_DECIMAL_PLACES:
-            raise PricingInvalid(field, f"At most {AMOUNT_DECIMAL_PLACES} decimal places.")
-    return _canonical(number)
+    if number != 0 and number.adjusted() >= AMOUNT_INTEGER_DIGITS:
+        raise PricingInvalid(field, f"Too large: at most {AMOUNT_INTEGER_DIGITS} digits before the point.")
+    number = _canonical(number)
+    exponent = number.as_tuple().exponent
+    assert isinstance(exponent, int)
+    if exponent < -AMOUNT_DECIMAL_PLACES:
+        raise PricingInvalid(field, f"At most {AMOUNT_DECIMAL_PLACES} decimal places.")
+    return number
 
 
 def _canonical(number: Decimal) -> Decimal:
-    """The same value without trailing zeros or an exponent form: 2.50 -> 2.5, 1E+3 -> 1000, -0 -> 0."""
+    """The same value without trailing zeros or an exponent form: 2.50 -> 2.5, 1E+3 -> 1000, -0 -> 0.
+
+    Built from the digits, not with normalize(), which rounds to the context's precision.
+    """
     if number == 0:
         return Decimal(0)
-    normal = number.normalize(decimal.Context(prec=_PRECISION))
-    exponent = normal.as_tuple().exponent
+    sign, digit_tuple, exponent = number.as_tuple()
     assert isinstance(exponent, int)
-    return normal.quantize(Decimal(1)) if exponent > 0 else normal
+    digits = list(digit_tuple)
+    while exponent < 0 and digits[-1] == 0:
+        digits.pop()
+        exponent += 1
+    if exponent > 0:
+        digits.extend([0] * exponent)
+        exponent = 0
+    return Decimal((sign, tuple(digits), exponent))
 
 
 def _text(number: Decimal) -> str:
