@@ -26,7 +26,11 @@ browser:
 		echo "Installing Debian's chromium for the browser tests..."; \
 		if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
 		($$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null) \
-			|| echo "Could not install chromium: browser tests will be skipped (and fail under CI=true)."; \
+			|| if [ "$$CI" = "true" ]; then \
+				echo "Could not install chromium and CI=true: the browser tests are required."; exit 1; \
+			else \
+				echo "Could not install chromium: browser tests will be skipped (and fail under CI=true)."; \
+			fi; \
 	fi
 
 run: install

@@ -6,7 +6,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from django.db import connection
+from django.db import connection, connections
+from django.db.models.signals import post_migrate
 from rest_framework.test import APIClient
 
 from tests.factories import ApiKeyBundle, api_key_make, organisation_make, usage_event_make
@@ -26,8 +27,8 @@ def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
 def _sqlite_audit_rows_removed_before_flush(request: pytest.FixtureRequest) -> Iterator[None]:
     """Let a transactional test's teardown flush empty the trigger-guarded tables on SQLite.
 
-    Migration 0002 guards the audit table with BEFORE DELETE triggers. PostgreSQL's flush uses TRUNCATE,
-    which row triggers ignore; SQLite's flush uses DELETE, which they abort. Before that flush (this
+    Migration 0002 guards the audit table with BEFORE DELETE triggers. SQLite's flush uses DELETE, which
+    they abort (PostgreSQL's flush uses TRUNCATE, refused by 0003: see the fixture below). Before that flush (this
     fixture depends on transactional_db, so it is torn down first) the triggers are dropped, the rows
     deleted and the triggers re-created with the migration's own SQL.
     """
@@ -52,6 +53,60 @@ def _sqlite_audit_rows_removed_before_flush(request: pytest.FixtureRequest) -> I
         # usage/migrations/0005 refuses to delete a usage event that still has records; the flush
         # deletes tables in no set order, so the records go first.
         cursor.execute("DELETE FROM usage_usagerecord")
+
+
+def _is_transactional(request: pytest.FixtureRequest) -> bool:
+    marker = request.node.get_closest_marker("django_db")
+    return (
+        "transactional_db" in request.fixturenames
+        or "live_server" in request.fixturenames
+        or bool(marker and marker.kwargs.get("transaction"))
+    )
+
+
+# Databases (aliases) whose audit TRUNCATE trigger is disabled for the flush under way.
+_AUDIT_TRUNCATE_DISABLED: set[str] = set()
+
+
+def _audit_truncate_trigger_set(alias: str, *, enabled: bool) -> None:
+    migration = importlib.import_module("zenskar_site.accounts.migrations.0003_audit_no_truncate")
+    with connections[alias].cursor() as cursor:
+        cursor.execute("SELECT 1 FROM pg_trigger WHERE tgname = %s", [migration.TRIGGER])
+        if cursor.fetchone() is None:  # not migrated (a test that migrated backwards failed): nothing to do
+            return
+        cursor.execute(
+            f"ALTER TABLE {migration.TABLE} {'ENABLE' if enabled else 'DISABLE'} TRIGGER {migration.TRIGGER}"
+        )
+
+
+def _audit_truncate_trigger_enabled_after_flush(*, using: str, **kwargs: Any) -> None:
+    """The flush ends by sending post_migrate (pytest-django sets no available_apps, so it is not inhibited)."""
+    if using in _AUDIT_TRUNCATE_DISABLED:
+        _AUDIT_TRUNCATE_DISABLED.discard(using)
+        _audit_truncate_trigger_set(using, enabled=True)
+
+
+post_migrate.connect(_audit_truncate_trigger_enabled_after_flush, dispatch_uid="tests-audit-truncate-after-flush")
+
+
+@pytest.fixture(autouse=True)
+def _postgres_audit_truncate_allowed_for_flush(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Let a transactional test's teardown flush empty the audit table on PostgreSQL.
+
+    Migration 0003 refuses TRUNCATE on the audit table; PostgreSQL's flush truncates every table. Before
+    that flush (this fixture depends on transactional_db, so it is torn down first) the one trigger is
+    disabled, and the flush's closing post_migrate signal enables it again, so no test runs without it.
+    """
+    if not IS_POSTGRES or not _is_transactional(request):
+        yield
+        return
+    request.getfixturevalue("transactional_db")
+    for alias in list(_AUDIT_TRUNCATE_DISABLED):  # a flush that failed before its post_migrate
+        _AUDIT_TRUNCATE_DISABLED.discard(alias)
+        _audit_truncate_trigger_set(alias, enabled=True)
+    yield
+    _audit_truncate_trigger_set(connection.alias, enabled=False)
+    _AUDIT_TRUNCATE_DISABLED.add(connection.alias)
 
 
 @pytest.fixture

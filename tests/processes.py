@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import http.client
 import os
+import secrets
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -126,3 +131,138 @@ def http_post(url: str, body: bytes, headers: dict[str, str], timeout: float = 1
             return int(response.status), response.read()
     except urllib.error.HTTPError as exc:
         return int(exc.code), exc.read()
+
+
+# --- Production mode: what a deployment runs, behind a TLS-terminating proxy ---
+
+PRODUCTION_HOST = "metering.example.com"
+# One secret for every process of a test run, as one deployment shares it.
+PRODUCTION_SECRET_KEY = secrets.token_urlsafe(64)
+
+
+def production_env(**extra: str) -> dict[str, str]:
+    """The settings a production deployment sets (README, `manage.py check --deploy` clean): DEBUG off, a
+    real secret, the public host name; HTTPS redirect, HSTS and secure cookies are production's defaults.
+    To be passed to process_env (through gunicorn_production_server, celery_worker, celery_beat)."""
+    return {
+        "DEBUG": "0",
+        "SECRET_KEY": PRODUCTION_SECRET_KEY,
+        "ALLOWED_HOSTS": PRODUCTION_HOST,
+        "CELERY_EAGER": "0",
+        **extra,
+    }
+
+
+def https_request(
+    url: str,
+    method: str,
+    path: str,
+    *,
+    body: bytes = b"",
+    headers: dict[str, str] | None = None,
+    via_proxy: bool = True,
+    timeout: float = 10,
+) -> tuple[int, dict[str, str], bytes]:
+    """One request to a web process as the TLS-terminating proxy forwards it: the public Host and, when
+    `via_proxy`, `X-Forwarded-Proto: https` (without it, the request is what plain HTTP looks like).
+    Redirects are returned, not followed. Header names are lower-cased in the answer."""
+    parsed = urllib.parse.urlsplit(url)
+    sent = {"Host": PRODUCTION_HOST, **({"X-Forwarded-Proto": "https"} if via_proxy else {}), **(headers or {})}
+    connection = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=timeout)
+    try:
+        connection.request(method, path, body=body or None, headers=sent)
+        response = connection.getresponse()
+        answer_headers: dict[str, str] = {}
+        for name, value in response.getheaders():
+            key = name.lower()
+            answer_headers[key] = f"{answer_headers[key]}\n{value}" if key in answer_headers else value
+        return response.status, answer_headers, response.read()
+    finally:
+        connection.close()
+
+
+@contextmanager
+def _stopped_at_exit(process: subprocess.Popen[bytes]) -> Iterator[subprocess.Popen[bytes]]:
+    try:
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+@contextmanager
+def gunicorn_production_server(*, workers: int = 2, threads: int = 4, **env: str) -> Iterator[str]:
+    """`zenskar_site.wsgi` under gunicorn in production mode (production_env, overridden by `env`).
+
+    Ready when it answers the OpenAPI document over HTTPS as the proxy forwards it: plain HTTP would be
+    redirected, which the probe of gunicorn_server cannot follow.
+    """
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "zenskar_site.wsgi:application",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            str(workers),
+            "--threads",
+            str(threads),
+            "--log-level",
+            "warning",
+            "--graceful-timeout",
+            "2",
+        ],
+        cwd=ROOT,
+        env=process_env(**production_env(**env)),
+    )
+    url = f"http://127.0.0.1:{port}"
+    with _stopped_at_exit(process):
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if https_request(url, "GET", "/api/v1/schema/", timeout=2)[0] == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError("gunicorn did not start in production mode")
+            time.sleep(0.2)
+        yield url
+
+
+@contextmanager
+def celery_beat(**env: str) -> Iterator[subprocess.Popen[bytes]]:
+    """A real Celery beat process sending settings.CELERY_BEAT_SCHEDULE's tasks to Redis (its schedule
+    file in a temporary folder, so no state is shared between runs)."""
+    folder = Path(tempfile.mkdtemp(prefix="celerybeat-"))
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "zenskar_site",
+            "beat",
+            "--schedule",
+            str(folder / "schedule"),
+            "--pidfile=",
+            "--loglevel=WARNING",
+        ],
+        cwd=ROOT,
+        env=process_env(**env),
+    )
+    try:
+        with _stopped_at_exit(process):
+            time.sleep(0.5)
+            if process.poll() is not None:
+                raise RuntimeError("Celery beat did not start")
+            yield process
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

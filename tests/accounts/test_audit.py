@@ -48,3 +48,28 @@ def test_the_database_itself_refuses_to_change_or_delete_audit_entries(api: APIC
         with pytest.raises(DatabaseError, match="append-only"), transaction.atomic(), connection.cursor() as cursor:
             cursor.execute(statement, [entry.pk])
     assert AuditEntry.objects.get(pk=entry.pk).reason == ""
+
+
+@pytest.mark.postgres
+# Transactional: inside the test's transaction PostgreSQL refuses the TRUNCATE for another reason (the
+# insert's pending foreign-key checks). Running after other transactional tests' flushes, this also shows
+# that the flush turns the guard off for itself only.
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    "statement",
+    [
+        pytest.param("TRUNCATE zenskar_site_auditentry", id="the-table"),
+        pytest.param("TRUNCATE zenskar_site_auditentry RESTART IDENTITY", id="restart-identity"),
+        pytest.param("TRUNCATE zenskar_site_organisation CASCADE", id="cascade-from-organisations"),
+    ],
+)
+def test_the_database_refuses_to_truncate_the_audit_trail(api: APIClient, statement: str) -> None:
+    """TRUNCATE fires no row trigger: 0003's statement trigger is what keeps it from emptying the table."""
+    api.post("/api/v1/api-keys/", {"name": "k", "scope": "ingest"}, format="json")
+    count = AuditEntry.objects.count()
+    assert count >= 1
+
+    with pytest.raises(DatabaseError, match="append-only"), transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(statement)
+
+    assert AuditEntry.objects.count() == count

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import time
 from typing import Any
 
@@ -447,28 +448,58 @@ def test_hostile_sql_is_refused_with_a_clear_message_and_runs_nothing(db: None, 
         "MERGE INTO usage_usagerecord AS r USING compute_hours AS c ON r.id = c.id WHEN MATCHED THEN DELETE",
     ],
 )
-def test_writes_are_refused_and_leave_the_records_unchanged(organisation: Organisation, stored: None, sql: str) -> None:
-    before = records_state()
-
-    with pytest.raises(SandboxError, match="Only a SELECT query is allowed"):
-        compile_for(organisation, sql)
-
-    assert records_state() == before
-
-
-def test_the_runner_is_read_only_even_for_sql_the_compiler_would_refuse(
-    organisation: Organisation, stored: None
+def test_writes_are_refused_by_the_compiler_before_any_sql_runs(
+    organisation: Organisation, stored: None, sql: str
 ) -> None:
-    columns = 'usage_event_id, customer_id, "timestamp", data, content_hash, received_at, voided, superseded'
-    write = CompiledQuery(
-        sql=f"INSERT INTO usage_usagerecord ({columns}) SELECT {columns} FROM usage_usagerecord",
-        param_names=[],
-        sources=[],
-        has_dimension=False,
-    )
+    tables = tables_of(organisation)  # read here, so that what is captured below is the compiler's alone
+
+    with (
+        CaptureQueriesContext(connection) as queries,
+        pytest.raises(SandboxError, match="Only a SELECT query is allowed"),
+    ):
+        sql_metric_compile(sql=sql, tables=tables, vendor=connection.vendor)
+
+    assert queries.captured_queries == []
+
+
+RECORD_COLUMNS = 'usage_event_id, customer_id, "timestamp", data, content_hash, received_at, voided, superseded'
+# Writes handed straight to the runner, past the compiler. Each returns rows when it is allowed to run
+# (a data-modifying WITH ... RETURNING on PostgreSQL; SQLite's INSERT ... SELECT returns no rows and no
+# error), so only the runner's read-only mode makes them fail with the database's read-only error.
+RUNNER_WRITES = {
+    "postgresql": [
+        pytest.param(
+            f"INSERT INTO usage_usagerecord ({RECORD_COLUMNS}) SELECT {RECORD_COLUMNS} FROM usage_usagerecord",
+            id="insert",
+        ),
+        pytest.param(
+            "WITH changed AS (UPDATE usage_usagerecord SET voided = true RETURNING customer_id) "
+            "SELECT customer_id, 1 AS quantity FROM changed",
+            id="update-returning",
+        ),
+        pytest.param(
+            "WITH gone AS (DELETE FROM usage_usagerecord RETURNING customer_id) SELECT customer_id, 1 AS quantity FROM gone",
+            id="delete-returning",
+        ),
+    ],
+    "sqlite": [
+        pytest.param(
+            f"INSERT INTO usage_usagerecord ({RECORD_COLUMNS}) SELECT {RECORD_COLUMNS} FROM usage_usagerecord",
+            id="insert",
+        ),
+    ],
+}
+READ_ONLY_ERROR = {"postgresql": "read-only transaction", "sqlite": "readonly database"}
+
+
+@pytest.mark.parametrize("sql", RUNNER_WRITES["postgresql" if os.environ.get("DATABASE_URL") else "sqlite"])
+def test_the_runner_is_read_only_even_for_sql_the_compiler_would_refuse(
+    organisation: Organisation, stored: None, sql: str
+) -> None:
+    write = CompiledQuery(sql=sql, param_names=[], sources=[], has_dimension=False)
     before = records_state()
 
-    with pytest.raises(SandboxError, match="The query failed"):
+    with pytest.raises(SandboxError, match=READ_ONLY_ERROR[connection.vendor]):
         sql_metric_execute(compiled=write, period_start=START, period_end=END)
 
     assert records_state() == before

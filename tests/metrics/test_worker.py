@@ -196,9 +196,19 @@ def test_running_every_task_twice_changes_nothing(not_eager: None) -> None:
             tasks.metrics_sweep_task.delay()
         assert wait_for(lambda: total() == "3.75" and not DirtyBucket.objects.exists())
         snapshot = sorted(MetricValue.objects.values_list("customer_id", "computed_value", "metric_version"))
-        for _ in range(2):
-            tasks.metric_recompute_task.delay(metric.id, metric.version)
-            tasks.metrics_refresh_task.delay(usage_event.id)
-        time.sleep(2)
+        # The second round keeps its results (the tasks ignore theirs), so the test waits until the
+        # worker has run every one of them, rather than for a while.
+        second_round = [
+            task.apply_async(args, ignore_result=False)
+            for _ in range(2)
+            for task, args in (
+                (tasks.metric_recompute_task, (metric.id, metric.version)),
+                (tasks.metrics_refresh_task, (usage_event.id,)),
+                (tasks.metrics_sweep_task, ()),
+            )
+        ]
+        outcomes = [result.get(timeout=30) for result in second_round]
+    assert [result.state for result in second_round] == ["SUCCESS"] * 6
+    assert outcomes[0] is True  # the recompute ran again (it answers False for a stale version)
     assert sorted(MetricValue.objects.values_list("customer_id", "computed_value", "metric_version")) == snapshot
     assert connection.vendor == "postgresql"

@@ -456,9 +456,13 @@ def test_a_csv_of_100k_rows_gives_the_same_records_and_metric_values_as_the_api(
     print(f"\n{count} rows: " + ", ".join(f"{step} {seconds:.1f}s" for step, seconds in timings.items()))
 
 
-def test_the_confirmed_import_runs_as_a_task_after_commit_and_refreshes_metrics(
+def test_the_confirmed_import_starts_after_commit_and_asks_for_a_metric_refresh(
     actor: Actor, compute_hours: UsageEvent, django_capture_on_commit_callbacks: Any
 ) -> None:
+    """The import is enqueued once the confirmation commits; under CELERY_EAGER its task runs inline here.
+
+    The import run by a real worker process, and the metric it refreshes, are in tests/test_production_mode.py.
+    """
     content = csv_bytes(["customer_id", "timestamp", "cpu_usage_hours"], [["a", iso(NOW), "1"], ["b", iso(NOW), "2"]])
     csv_import, _ = imported(actor, compute_hours, content)
 

@@ -1,4 +1,5 @@
-"""The error-log prune task, run by a real Celery worker on Redis (PostgreSQL pass)."""
+"""The error-log prune task: its batches, run inline (eager), and one run by a real Celery worker on Redis
+(PostgreSQL pass)."""
 
 from __future__ import annotations
 

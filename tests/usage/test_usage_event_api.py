@@ -91,7 +91,7 @@ def test_bad_definitions_get_400_naming_the_field(api: APIClient, overrides: dic
 
     assert response.status_code == 400
     assert field in response.json()["errors"], response.json()
-    assert field in response.json()["detail"] or response.json()["detail"]
+    assert field in response.json()["detail"], response.json()
     assert not UsageEvent.objects.exists()
 
 

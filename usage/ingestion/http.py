@@ -52,7 +52,7 @@ def ingest_response(request: HttpRequest, *, api_slug: str) -> HttpResponse:
     # SECURE_REDIRECT_EXEMPT keeps SecurityMiddleware from redirecting usage (a client would resend a
     # POST as a GET): plain HTTP is refused here instead, the same on both routes.
     if settings.SECURE_SSL_REDIRECT and not request.is_secure():
-        return _json(403, {"detail": "Send usage over HTTPS."})
+        return _json(403, {"detail": "HTTPS is required: send usage to this URL with https://. Nothing was stored."})
     now = timezone.now()  # one clock reading for the whole request
     meta = request.META
     try:
