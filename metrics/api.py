@@ -132,7 +132,7 @@ def parse_window(data: Any) -> tuple[dt.datetime, dt.datetime]:
 
 
 def preview_body(metric: BillableMetric, start: dt.datetime, end: dt.datetime) -> dict[str, Any]:
-    if len(periods_between(start, end, metric.granularity)) > PREVIEW_MAX_PERIODS:
+    if len(periods_between(start, end, metric.granularity, limit=PREVIEW_MAX_PERIODS + 1)) > PREVIEW_MAX_PERIODS:
         raise ValidationFailed({"end": [f"Preview at most {PREVIEW_MAX_PERIODS} {metric.granularity} periods."]})
     computed = metric_compute(metric=metric, start=start, end=end)
     computed.sort(key=lambda c: (c.period_start, c.customer_id, c.dimension_key))

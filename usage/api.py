@@ -15,6 +15,7 @@ from usage.selectors import usage_event_get, usage_events_list
 from usage.services import usage_event_archive, usage_event_create, usage_event_update
 from zenskar_site.accounts.permissions import request_actor
 from zenskar_site.lib.errors import ValidationFailed
+from zenskar_site.lib.openapi import error_response
 from zenskar_site.lib.pagination import paginated_response
 from zenskar_site.lib.text import unstorable_problems
 
@@ -119,7 +120,13 @@ class UsageEventDetailApi(APIView):
         usage_event = usage_event_get(organisation=actor.organisation, api_slug=api_slug)
         return Response(UsageEventOutput(usage_event, context={"request": request}).data)
 
-    @extend_schema(request=UsageEventUpdateInput, responses=UsageEventOutput)
+    @extend_schema(
+        request=UsageEventUpdateInput,
+        responses={
+            200: UsageEventOutput,
+            409: error_response("The schema change is not allowed (only new Nullable fields are); `errors` says why."),
+        },
+    )
     def patch(self, request: Request, api_slug: str) -> Response:
         actor = request_actor(request)
         body = request_object(request)

@@ -134,7 +134,7 @@ class RecordDetailApi(UsageEventScoped, RetrieveAPIView[UsageRecord]):
 
     @extend_schema(
         parameters=[OpenApiParameter("reason", str, description="Why the record is voided.")],
-        responses=RecordOutput,
+        responses={200: RecordOutput},  # the voided record (a bare serializer would be documented as a 204)
     )
     def delete(self, request: Request, api_slug: str, record_id: int) -> Response:
         reason = request.query_params.get("reason") or text_checked(

@@ -66,6 +66,14 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         exc = exceptions.NotFound(str(exc) or "Not found.")
     elif isinstance(exc, DjangoPermissionDenied):
         exc = exceptions.PermissionDenied(str(exc) or None)
+    if isinstance(exc, exceptions.UnsupportedMediaType):
+        # The API reads JSON only (settings' DEFAULT_PARSER_CLASSES): say so, as ingestion does.
+        request = context.get("request")
+        media_type = str(getattr(request, "content_type", "") or "").split(";", 1)[0].strip().lower()
+        return Response(
+            error_body(f"Send JSON with Content-Type: application/json (got {media_type or 'none'!r})."),
+            status=status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+        )
     if isinstance(exc, exceptions.ValidationError):
         errors = flatten_errors(exc.detail)
         first_field, messages = next(iter(errors.items())) if errors else ("", ["Invalid input."])

@@ -36,9 +36,14 @@ def period_next(start: dt.datetime, granularity: str) -> dt.datetime:
     return (start.replace(day=28) + dt.timedelta(days=4)).replace(day=1)
 
 
-def periods_between(start: dt.datetime, end: dt.datetime, granularity: str) -> list[dt.datetime]:
-    periods, current = [], period_floor(start, granularity)
-    while current < end:
+def periods_between(
+    start: dt.datetime, end: dt.datetime, granularity: str, *, limit: int | None = None
+) -> list[dt.datetime]:
+    """The periods that overlap [start, end), the first `limit` of them when given: a caller that only
+    checks a bound passes one, so a range of millennia costs no more than the bound."""
+    periods: list[dt.datetime] = []
+    current = period_floor(start, granularity)
+    while current < end and (limit is None or len(periods) < limit):
         periods.append(current)
         current = period_next(current, granularity)
     return periods

@@ -1,0 +1,218 @@
+"""The OpenAPI document tells the truth: schemathesis sends every documented operation generated requests
+(valid and invalid) on a real gunicorn over PostgreSQL, and every answer must be documented.
+
+Three checks, on every answer: `not_a_server_error` (never a 5xx), `status_code_conformance` (the
+status is one the document lists for that operation) and `response_schema_conformance` (the body
+matches the schema the document gives for that status). A failure is collected with the curl command
+that reproduces it, and the test fails naming all of them.
+
+Isolation: every operation runs against its own organisation (its own key, usage event, records,
+metric and values), so an operation that revokes, archives or voids cannot starve the others, and
+every operation must answer at least one 2xx (a real path-parameter value and a valid body are sent
+first), so none is only ever refused.
+
+Bounded: MAX_EXAMPLES generated requests per operation and generation mode, derandomized (the same
+requests on every run), no deadline; about a minute on two cores.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import requests
+import schemathesis
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+from schemathesis.checks import not_a_server_error
+from schemathesis.core.failures import FailureGroup
+from schemathesis.generation import GenerationMode
+from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
+
+from tests.factories import api_key_make, organisation_make, usage_event_make
+from tests.processes import gunicorn_server, http_post
+
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+
+CHECKS = [not_a_server_error, status_code_conformance, response_schema_conformance]
+MAX_EXAMPLES = int(os.environ.get("OPENAPI_MAX_EXAMPLES", "25"))
+HOUR = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=2)).replace(minute=0, second=0, microsecond=0)
+
+
+def iso(moment: dt.datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+METRIC = {
+    "name": "CPU",
+    "slug": "cpu",
+    "usage_event": "compute_hours",
+    "aggregation": "sum",
+    "field": "cpu_usage_hours",
+    "granularity": "hour",
+}
+WINDOW = {"start": iso(HOUR - dt.timedelta(hours=3)), "end": iso(HOUR + dt.timedelta(hours=3))}
+
+# A valid request for each operation whose valid inputs a generator would rarely hit (the path
+# parameters come from the operation's own organisation, see World.path_parameters).
+VALID: dict[str, dict[str, Any]] = {
+    "POST /api/v1/api-keys/": {"body": {"name": "CI", "scope": "ingest"}},
+    "POST /api/v1/usage-events/": {
+        "body": {"name": "Seats", "api_slug": "seats", "kind": "event", "dataschema": {"data": {"seats": "Int64"}}}
+    },
+    "PATCH /api/v1/usage-events/{api_slug}/": {"body": {"description": "Hours of CPU", "reason": "docs"}},
+    "PATCH /api/v1/usage-events/{api_slug}/records/{record_id}/": {
+        "body": {"data": {"cpu_usage_hours": 2.5}, "reason": "meter fix"}
+    },
+    "POST /api/v1/usage-events/{api_slug}/records/{record_id}/restore/": {"body": {"reason": "back"}, "voided": True},
+    "POST /api/v1/usage-events/{api_slug}/records/void/": {"body": {"customer_id": "b", "reason": "test customer"}},
+    "POST /api/v1/metrics/": {"body": {**METRIC, "name": "Peak CPU", "slug": "peak_cpu", "aggregation": "max"}},
+    "PATCH /api/v1/metrics/{slug}/": {"body": {"name": "CPU hours", "reason": "rename"}},
+    "POST /api/v1/metrics/preview/": {"body": {**METRIC, **WINDOW}},
+    "POST /api/v1/metrics/{slug}/preview/": {"body": WINDOW},
+    "GET /api/v1/metrics/{slug}/total/": {"query": {"customer_id": "a", **WINDOW}},
+    "PATCH /api/v1/metrics/{slug}/values/{value_id}/": {"body": {"override_value": "12.5", "reason": "contract"}},
+    "POST /usage/{api_slug}": {
+        "body": {"customer_id": "c", "timestamp": iso(HOUR), "data": {"cpu_usage_hours": 1}, "idempotency_key": "k1"}
+    },
+}
+
+
+@dataclass
+class World:
+    """One organisation with one of everything the API can point at."""
+
+    secret: str
+    path_parameters: dict[str, Any]
+    voided_record_id: int
+
+
+def world_make(url: str) -> World:
+    from metrics.definitions import metric_create
+    from metrics.models import MetricValue
+    from usage.corrections import record_void
+    from usage.models import UsageRecord
+    from zenskar_site.accounts.actors import system_actor
+
+    organisation = organisation_make()
+    key = api_key_make(organisation=organisation, scope="full")
+    victim = api_key_make(organisation=organisation, scope="ingest", name="to revoke")
+    usage_event = usage_event_make(organisation=organisation)
+    records = [
+        {
+            "customer_id": customer,
+            "timestamp": iso(HOUR + dt.timedelta(minutes=minute)),
+            "data": {"cpu_usage_hours": 1.5},
+        }
+        for customer, minute in (("a", 5), ("a", 10), ("b", 20))
+    ]
+    status, body = http_post(
+        f"{url}/usage/compute_hours",
+        json.dumps(records).encode(),
+        {"x-api-key": key.secret, "Content-Type": "application/json"},
+    )
+    assert status == 202, body
+    actor = system_actor(organisation=organisation)
+    metric_create(actor=actor, body=dict(METRIC))  # CELERY_EAGER: its values are computed on commit
+    record_ids = list(UsageRecord.objects.filter(usage_event=usage_event).order_by("id").values_list("id", flat=True))
+    record_void(actor=actor, api_slug="compute_hours", record_id=record_ids[1], reason="setup")
+    value = MetricValue.objects.filter(metric__organisation=organisation).order_by("id").first()
+    assert value is not None, "the metric's values were not computed"
+    return World(
+        secret=key.secret,
+        path_parameters={
+            "api_slug": "compute_hours",
+            "slug": "cpu",
+            "record_id": record_ids[0],
+            "value_id": value.id,
+            "prefix": victim.api_key.prefix,
+        },
+        voided_record_id=record_ids[1],
+    )
+
+
+@dataclass
+class Tally:
+    statuses: dict[str, list[int]] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+
+    def call(self, label: str, case: Any, secret: str) -> None:
+        try:
+            response = case.call_and_validate(checks=CHECKS, headers={"x-api-key": secret})
+        except requests.RequestException as exc:  # no answer in time: as bad as a 500
+            self.failures.append(f"{label}: no answer ({type(exc).__name__})\n{case.as_curl_command()}")
+            self.statuses.setdefault(label, []).append(0)
+            return
+        except FailureGroup as exc:
+            kinds = sorted({failure.title for failure in exc.exceptions})
+            self.failures.append(f"{label}: {', '.join(kinds)}\n{exc}")
+            self.statuses.setdefault(label, []).append(0)
+            return
+        self.statuses.setdefault(label, []).append(response.status_code)
+
+
+@pytest.fixture
+def server(transactional_db: None) -> Iterator[str]:
+    # The rate limits are off: this run measures conformance, and 429 is documented (tests/accounts/test_throttling.py).
+    with gunicorn_server(workers=1, threads=1, CELERY_EAGER="1", API_RATE_LIMIT="0", INGEST_RATE_LIMIT="0") as url:
+        yield url
+
+
+def test_every_operation_answers_what_the_openapi_document_says(server: str) -> None:
+    schema = schemathesis.openapi.from_url(f"{server}/api/v1/schema/?format=json")
+    operations = [result.ok() for result in schema.get_all_operations()]
+    tally = Tally()
+    for operation in operations:
+        label = f"{operation.method.upper()} {operation.path}"
+        world = world_make(server)
+        valid = VALID.get(label, {})
+        path_parameters = {
+            name: (world.voided_record_id if name == "record_id" and valid.get("voided") else value)
+            for name, value in world.path_parameters.items()
+            if "{" + name + "}" in operation.path
+        }
+        kwargs: dict[str, Any] = {"path_parameters": path_parameters}
+        if "body" in valid:
+            kwargs["body"] = valid["body"]
+            kwargs["media_type"] = "application/json"
+        if "query" in valid:
+            kwargs["query"] = valid["query"]
+        tally.call(label, operation.Case(**kwargs), world.secret)
+
+        strategy = st.one_of(
+            operation.as_strategy(generation_mode=GenerationMode.POSITIVE),
+            operation.as_strategy(generation_mode=GenerationMode.POSITIVE, path_parameters=path_parameters),
+            operation.as_strategy(generation_mode=GenerationMode.NEGATIVE),
+            operation.as_strategy(generation_mode=GenerationMode.NEGATIVE, path_parameters=path_parameters),
+        )
+
+        @given(case=strategy)
+        @settings(
+            max_examples=MAX_EXAMPLES,
+            deadline=None,
+            derandomize=True,
+            database=None,
+            phases=[Phase.explicit, Phase.generate],
+            suppress_health_check=list(HealthCheck),
+        )
+        def fuzz(case: Any) -> None:
+            tally.call(label, case, world.secret)  # noqa: B023  (called before the loop moves on)
+
+        fuzz()
+
+    summary = {label: sorted(set(codes)) for label, codes in tally.statuses.items()}
+    kinds = sorted({failure.split("\n", 1)[0] for failure in tally.failures})
+    assert not tally.failures, (
+        f"{len(tally.failures)} failures, of {len(kinds)} kinds:\n"
+        + "\n".join(kinds)
+        + "\n\nThe first of each kind:\n\n"
+        + "\n\n".join(next(f for f in tally.failures if f.startswith(kind)) for kind in kinds)
+    )
+    assert set(summary) == {f"{op.method.upper()} {op.path}" for op in operations}
+    never_succeeded = [label for label, codes in summary.items() if not any(200 <= c < 300 for c in codes)]
+    assert not never_succeeded, f"operations that never answered 2xx (add a valid request to VALID): {never_succeeded}"
