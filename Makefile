@@ -66,5 +66,13 @@ bench: install-dev
 	DATABASE_URL="$(PG_URL)" $(PY) -m bench.ingest
 	DATABASE_URL="$(PG_URL)" REDIS_URL=redis://127.0.0.1:6379/14 $(PY) -m bench.aggregate
 
+# Crashes and outages under load (bench/chaos.py): its own PostgreSQL and Redis on free ports, never the
+# machine's. `make chaos SEED=7 RECORDS=50000` repeats or resizes a run; the seed is printed.
+.PHONY: chaos
+SEED ?=
+RECORDS ?= 200000
+chaos: install-dev
+	$(PY) -m bench.chaos --records $(RECORDS) $(if $(SEED),--seed $(SEED))
+
 clean:
 	rm -rf $(VENV) .data staticfiles
