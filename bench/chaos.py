@@ -63,6 +63,7 @@ ORGANISATION = "Chaos Org"
 COUNTERS = (
     "records_2xx",
     "records_sent",
+    "records_resent",
     "requests",
     "responses_2xx",
     "retries",
@@ -440,6 +441,7 @@ def client_main(
         while True:
             if attempt:
                 bump("retries")
+                bump("records_resent", len(chunk))
             attempt += 1
             bump("requests")
             try:
@@ -775,7 +777,7 @@ class Chaos:
             task = self.wait_busy_worker()
             self.mid_task[kind] += task is not None
             self.worker.kill_group()
-            note = f"during {task}" if task else "worker was idle for 20 s: killed anyway"
+            note = f"master and pool SIGKILLed during {task}" if task else "the worker was idle for 20 s: killed anyway"
             self.wait_worker(60)
         elif kind == "postgres_restart":
             mode = event.params["mode"]
@@ -784,12 +786,12 @@ class Chaos:
         elif kind == "redis_outage":
             task = self.wait_busy_worker()
             self.mid_task[kind] += task is not None
+            down = time.monotonic()
             self.redis.stop()
             time.sleep(event.params["seconds"])
             self.redis.start()
-            note = f"down {time.monotonic() - started:.1f} s" + (
-                f", worker busy with {task}" if task else ", worker idle"
-            )
+            busy = f"the worker busy with {task}" if task else "the worker idle for 20 s"
+            note = f"Redis down {time.monotonic() - down:.1f} s, stopped with {busy}"
         elif kind == "metric_edit":
             api_until_2xx(
                 self.web_port,
@@ -868,12 +870,15 @@ class Chaos:
         for process in clients:
             process.start()
         pending = list(schedule)
-        next_progress = started + args.progress_seconds
-        while any(p.is_alive() for p in clients) or pending:
-            now = time.monotonic()
-            if now >= next_progress:
+        loaded = threading.Event()
+
+        def progress_loop() -> None:
+            while not loaded.wait(args.progress_seconds):
                 self.progress(started)
-                next_progress = now + args.progress_seconds
+
+        # Its own thread, so that progress shows during a fault too.
+        threading.Thread(target=progress_loop, daemon=True).start()
+        while any(p.is_alive() for p in clients) or pending:
             if pending and self.acked() >= pending[0].at * args.records:
                 event = pending.pop(0)
                 under_load = any(p.is_alive() for p in clients)
@@ -889,6 +894,7 @@ class Chaos:
             time.sleep(0.05)
         for process in clients:
             process.join()
+        loaded.set()
         if not self.ingest_end:
             self.ingest_end = time.monotonic()
         self.progress(started)
@@ -919,6 +925,7 @@ class Chaos:
             "records": args.records,
             "clients": args.clients,
             "records_sent": totals["records_sent"],
+            "records_resent": totals["records_resent"],
             "records_2xx": len(acked),
             "requests": totals["requests"],
             "responses_2xx": totals["responses_2xx"],
@@ -1059,7 +1066,8 @@ def report(summary: dict[str, Any], reasons: list[str]) -> None:
         f"CHAOS SUMMARY  seed {s['seed']}  ({s['records']} records, {s['clients']} clients, "
         f"{s['ingest_seconds']} s of load)",
         f"  records sent:                 {s['records_sent']}  "
-        f"({s['batch_requests']} batches, {s['single_requests']} single records)",
+        f"({s['batch_requests']} batches, {s['single_requests']} single records; "
+        f"{s['records_resent']} more sent again in retries)",
         f"  records with a 2xx:           {s['records_2xx']}  "
         f"(requests {s['requests']}, 2xx responses {s['responses_2xx']})",
         f"  retries:                      {s['retries']}  (429: {s['status_429']}, 503: {s['status_503']}, "
