@@ -603,7 +603,17 @@ class Chaos:
         python = sys.executable
         web = Supervised(
             "gunicorn",
-            [python, "-m", "gunicorn", "-c", "zenskar_site/gunicorn.conf.py", "zenskar_site.wsgi:application"],
+            [
+                python,
+                "-m",
+                "gunicorn",
+                "-c",
+                "zenskar_site/gunicorn.conf.py",
+                # Its own control socket: the default path is shared by every gunicorn of this user.
+                "--control-socket",
+                str(self.base / "gunicorn.ctl"),
+                "zenskar_site.wsgi:application",
+            ],
             self.env,
             self.base / "logs" / "gunicorn.log",
             ready=self.web_ready,
@@ -655,7 +665,10 @@ class Chaos:
         self.wait_worker(60)
 
         log("creating the usage event and the metrics through the management API")
-        api = lambda method, path, body=None: api_until_2xx(self.web_port, method, path, body, key, self.outside_api)  # noqa: E731
+
+        def api(method: str, path: str, body: Any = None) -> Any:
+            return api_until_2xx(self.web_port, method, path, body, key, self.outside_api)
+
         api(
             "POST",
             "/api/v1/usage-events/",
