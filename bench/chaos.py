@@ -771,41 +771,55 @@ class Chaos:
     # -- faults ------------------------------------------------------------------------------------
 
     def fire(self, event: Event) -> None:
-        started = time.monotonic()
-        share = self.acked() / self.args.records
+        """Strike (logged at that moment), then wait until the service is back; log what happened."""
         kind, note = event.kind, ""
+        struck = time.monotonic()
+
+        def strike(what: str) -> None:
+            nonlocal struck
+            struck = time.monotonic()
+            label = "EDIT" if kind == "metric_edit" else "FAULT"
+            log(f"{label} {kind} at {self.acked() / self.args.records:.1%}: {what}")
+
         if kind == "gunicorn_worker_kill":
             workers = sorted(self.web.children())
             if workers:
                 victim = workers[event.params["worker"] % len(workers)]
+                strike(f"SIGKILL gunicorn worker pid {victim} (of {len(workers)})")
                 os.kill(victim, signal.SIGKILL)
                 note = f"worker pid {victim} of {len(workers)}"
             else:
+                strike("no live gunicorn worker to kill")
                 note = "no live worker to kill"
         elif kind == "gunicorn_master_kill":
+            strike(f"SIGKILL gunicorn master pid {self.web.pid()}")
             pid = self.web.kill_leader()
             note = f"master pid {pid}"
             self.web.wait_ready(60)
         elif kind == "celery_worker_kill":
             task = self.wait_busy_worker()
             self.mid_task[kind] += task is not None
+            busy = f"during {task}" if task else "(idle for 20 s: killed anyway)"
+            strike(f"SIGKILL the Celery worker (master and pool) {busy}")
             self.worker.kill_group()
-            note = f"master and pool SIGKILLed during {task}" if task else "the worker was idle for 20 s: killed anyway"
+            note = f"master and pool SIGKILLed {busy}"
             self.wait_worker(60)
         elif kind == "postgres_restart":
             mode = event.params["mode"]
+            strike(f"pg_ctl restart -m {mode}")
             self.pg.restart(mode=mode)
             note = f"pg_ctl restart -m {mode}"
         elif kind == "redis_outage":
             task = self.wait_busy_worker()
             self.mid_task[kind] += task is not None
-            down = time.monotonic()
+            busy = f"the worker busy with {task}" if task else "the worker idle for 20 s"
+            strike(f"stop Redis for {event.params['seconds']} s, {busy}")
             self.redis.stop()
             time.sleep(event.params["seconds"])
             self.redis.start()
-            busy = f"the worker busy with {task}" if task else "the worker idle for 20 s"
-            note = f"Redis down {time.monotonic() - down:.1f} s, stopped with {busy}"
+            note = f"Redis down {time.monotonic() - struck:.1f} s, stopped with {busy}"
         elif kind == "metric_edit":
+            strike("PATCH big_units: threshold 500 -> 250")
             api_until_2xx(
                 self.web_port,
                 "PATCH",
@@ -818,9 +832,9 @@ class Chaos:
         if kind != "metric_edit":
             self.faults[kind] += 1
             self.last_fault_end = time.monotonic()
-        line = f"{kind} at {share:.1%}: {note} ({time.monotonic() - started:.1f} s)"
+        line = f"{kind} (scheduled at {event.at:.1%}): {note}; back after {time.monotonic() - struck:.1f} s"
         self.fault_log.append(line)
-        log("FAULT " + line if kind != "metric_edit" else "EDIT " + line)
+        log("  done: " + line)
 
     # -- counters ----------------------------------------------------------------------------------
 
@@ -1087,6 +1101,8 @@ def report(summary: dict[str, Any], reasons: list[str]) -> None:
         f"connection errors/resets: {s['connection_errors']})",
         f"  faults by kind:               {faults}",
         f"  faults with the worker busy:  {mid or '-'}",
+        "  events, in order:",
+        *(f"    - {line}" for line in s["fault_log"]),
         f"  events under client load:     {s['events_under_load']}/{s['events']}",
         "  metric edited mid-run:        big_units (SQL)",
         f"  records stored:               {s['records_stored']}  (count metric total {s['count_metric_total']})",
