@@ -119,3 +119,20 @@ class MetricValue(models.Model):
     @property
     def value_decimal(self) -> Decimal | None:
         return Decimal(self.value) if self.value is not None else None
+
+
+class SweepHeartbeat(models.Model):
+    """When beat's metrics sweep last finished: one row, the health signal that a worker and beat run.
+
+    The sweep runs every METRICS_SWEEP_SECONDS on a worker; an old `finished_at` means no beat, no
+    worker, or no broker, so dirty hours and stalled recomputes are no longer picked up.
+    """
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    finished_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [models.CheckConstraint(condition=Q(id=1), name="sweep_heartbeat_single_row")]
+
+    def __str__(self) -> str:
+        return f"sweep finished {self.finished_at:%Y-%m-%d %H:%M:%S}"

@@ -14,7 +14,7 @@ from django.db.models.functions import Coalesce
 from django.db.models.sql.compiler import SQLCompiler
 
 from metrics.engine.builder import decimal_text, to_decimal
-from metrics.models import BillableMetric, MetricValue
+from metrics.models import BillableMetric, MetricValue, SweepHeartbeat
 from usage.models import Period
 from zenskar_site.accounts.models import AuditEntry, Organisation
 from zenskar_site.lib.errors import NotFound
@@ -205,3 +205,9 @@ def _period_totals(values: QuerySet[MetricValue]) -> dict[dt.datetime, Decimal]:
         if amount is not None:
             totals[row["period_start"]] = amount
     return totals
+
+
+def sweep_heartbeat_age(*, now: dt.datetime) -> float | None:
+    """Seconds since beat's metrics sweep last finished; None if it never has."""
+    finished_at = SweepHeartbeat.objects.filter(id=1).values_list("finished_at", flat=True).first()
+    return None if finished_at is None else max(0.0, (now - finished_at).total_seconds())

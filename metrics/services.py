@@ -1,16 +1,18 @@
-"""Writes on metric values: an admin's override, set or cleared with a reason and audited.
+"""Writes on metric values: an admin's override, set or cleared with a reason and audited; and the
+sweep's heartbeat, the health signal.
 
 Definitions are written by `metrics.definitions`, computed values by `metrics.engine`.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from django.db import transaction
 
 from metrics.engine.builder import decimal_text, to_decimal
-from metrics.models import MetricValue
+from metrics.models import MetricValue, SweepHeartbeat
 from usage.schema import CONVERTERS, InvalidValue
 from zenskar_site.accounts.actors import Actor
 from zenskar_site.accounts.services import audit_record
@@ -56,3 +58,13 @@ def metric_value_override(
         reason=reason.strip(),
     )
     return value
+
+
+def sweep_heartbeat_record(*, finished_at: dt.datetime) -> None:
+    """Note that a sweep finished: one upsert, so two sweeps at once (two beats) both succeed."""
+    SweepHeartbeat.objects.bulk_create(
+        [SweepHeartbeat(id=1, finished_at=finished_at)],
+        update_conflicts=True,
+        unique_fields=["id"],
+        update_fields=["finished_at"],
+    )

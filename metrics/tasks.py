@@ -6,6 +6,7 @@ import logging
 
 from celery import shared_task
 from django.conf import settings
+from django.utils import timezone
 
 from metrics.engine.refresh import (
     dirty_usage_events,
@@ -15,6 +16,7 @@ from metrics.engine.refresh import (
     metric_values_refresh,
     stalled_recomputes,
 )
+from metrics.services import sweep_heartbeat_record
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +57,8 @@ def metrics_sweep_task() -> int:
             processed += metric_values_refresh(usage_event_id=usage_event_id)
         except Exception:
             logger.exception("Refreshing the metrics of usage event %s raised; its dirty hours stay", usage_event_id)
+    # Last, so the health signal says the whole sweep ran (a sweep that cannot reach the database never gets here).
+    sweep_heartbeat_record(finished_at=timezone.now())
     return processed
 
 

@@ -266,3 +266,163 @@ def celery_beat(**env: str) -> Iterator[subprocess.Popen[bytes]]:
             yield process
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+class PrivateRedis:
+    """A redis-server of the test's own on a free port, which the test may stop and start again.
+
+    Never the shared server on 6379: other people's tests run on it. No persistence, like a Redis that
+    lost its data: whatever was queued when it stops is gone, as in the worst real outage.
+    """
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while not self.ping():
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise RuntimeError(f"the private redis-server on port {self.port} did not start")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+        self.process = None
+
+
+@contextmanager
+def private_redis() -> Iterator[PrivateRedis]:
+    redis = PrivateRedis()
+    redis.start()
+    try:
+        yield redis
+    finally:
+        redis.stop()
+
+
+@contextmanager
+def celery_app_on_broker(url: str) -> Iterator[None]:
+    """Point this process's Celery app (what `.delay()`, `control.ping()` and `purge()` use) and
+    settings.REDIS_URL (what `process_env` hands to workers and web servers) at `url`, then back."""
+    from zenskar_site.celery import app
+
+    def forget_connections() -> None:
+        if app._pool is not None:
+            app._pool.force_close_all()
+        app._pool = None
+        app.amqp._producer_pool = None
+
+    saved = (app.conf.broker_url, app.conf.result_backend, app.conf.broker_transport, settings.REDIS_URL)
+    forget_connections()
+    app.conf.broker_url = url
+    app.conf.result_backend = url
+    app.conf.broker_transport = "zenskar_site.broker:Transport"
+    settings.REDIS_URL = url
+    try:
+        yield
+    finally:
+        forget_connections()
+        app.conf.broker_url, app.conf.result_backend, app.conf.broker_transport, settings.REDIS_URL = saved
+
+
+@contextmanager
+def celery_process(*args: str, log: Path, wait_for_ping: bool = True, **env: str) -> Iterator[subprocess.Popen[bytes]]:
+    """`celery -A zenskar_site ARGS` as production runs it (a prefork worker, `worker -B`, or beat), its
+    output in `log`; for a worker, returns once it answers a ping."""
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "zenskar_site", *args],
+            cwd=ROOT,
+            env=process_env(**env),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        if wait_for_ping:
+            from zenskar_site.celery import app
+
+            deadline = time.monotonic() + 30
+            while not app.control.ping(timeout=0.5):
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise RuntimeError(f"the Celery worker did not start; see {log}")
+        yield process
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+@contextmanager
+def supervisord(*, tmp: Path, port: int, **env: str) -> Iterator[Path]:
+    """The production processes (web, worker, beat) under `deploy/supervisord.conf`, as the README runs
+    them. The same file, with its pid file and control socket moved into `tmp`; web listens on `port`.
+    Returns the config's path, for `supervisorctl -c`."""
+    shipped = (ROOT / "deploy" / "supervisord.conf").read_text()
+    conf = tmp / "supervisord.conf"
+    conf.write_text(
+        shipped.replace("/tmp/metering-supervisord.pid", str(tmp / "supervisord.pid"))
+        .replace("/tmp/metering-supervisor.sock", str(tmp / "supervisor.sock"))
+        .replace("%(here)s/..", str(ROOT))
+    )
+    venv_bin = str(Path(sys.executable).parent)
+    environment = process_env(
+        BIND=f"127.0.0.1:{port}",
+        WEB_CONCURRENCY="2",
+        DATA_DIR=str(tmp / "data"),
+        PATH=f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}",
+        **env,
+    )
+    with (tmp / "supervisord.log").open("ab") as out:
+        process = subprocess.Popen(
+            [str(Path(venv_bin) / "supervisord"), "-c", str(conf)],
+            cwd=tmp,
+            env=environment,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 40
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/schema/", timeout=2)
+                break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise RuntimeError(f"supervisord's web process did not start; see {tmp / 'supervisord.log'}")
+                time.sleep(0.3)
+        yield conf
+    finally:
+        process.terminate()  # supervisord stops its programs (and their process groups) first
+        try:
+            process.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def supervised_pid(conf: Path, program: str) -> int:
+    """The pid supervisord runs `program` as (0 when it is not running)."""
+    venv_bin = Path(sys.executable).parent
+    result = subprocess.run(
+        [str(venv_bin / "supervisorctl"), "-c", str(conf), "pid", program], capture_output=True, text=True, check=False
+    )
+    text = result.stdout.strip()
+    return int(text) if text.isdigit() else 0

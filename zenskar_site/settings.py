@@ -232,7 +232,8 @@ LOGOUT_REDIRECT_URL = "/login/"
 # Behind a TLS-terminating proxy in production mode.
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 # Usage is not redirected to HTTPS (a client would resend its POST as a GET): plain HTTP gets a 403.
-SECURE_REDIRECT_EXEMPT = [r"^usage/[^/]+/?$"]
+# So is /health, for a load balancer's or monitor's plain-HTTP probe (it reads, and tells only ages).
+SECURE_REDIRECT_EXEMPT = [r"^usage/[^/]+/?$", r"^health/?$"]
 USE_X_FORWARDED_HOST = env_bool("USE_X_FORWARDED_HOST", default=False)
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
 if not DEBUG:
@@ -291,6 +292,8 @@ SPECTACULAR_SETTINGS = {
 # the worker that `manage.py runembedded` starts, so no broker server is needed.
 if REDIS_URL:
     CELERY_BROKER_URL = REDIS_URL
+    # kombu's Redis transport with the fix that keeps a worker alive through a Redis outage.
+    CELERY_BROKER_TRANSPORT: str | None = "zenskar_site.broker:Transport"
     CELERY_RESULT_BACKEND: str | None = REDIS_URL
     # Publishing must fail fast when Redis is down: ingestion has committed, the sweep catches up.
     CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {
@@ -308,6 +311,7 @@ else:
         # The exchange tables (kombu's default is "control" in the working directory).
         "control_folder": str(DATA_DIR / "broker-control"),
     }
+    CELERY_BROKER_TRANSPORT = None
     CELERY_RESULT_BACKEND = None
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_EAGER", default=False)
 CELERY_TASK_PUBLISH_RETRY = False
@@ -315,6 +319,16 @@ CELERY_BROKER_CONNECTION_TIMEOUT = 1
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
+# A worker keeps trying to reach the broker, at start and after losing it, for as long as it takes
+# (celery's default gives up after 100 attempts and exits); process supervision covers the rest.
+CELERY_BROKER_CONNECTION_RETRY = True
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_CONNECTION_MAX_RETRIES = None
+# A task running when the broker connection drops finishes (it needs only the database) and acks once
+# Redis is back (zenskar_site/broker.py); if it cannot, the message is delivered again after kombu's
+# visibility timeout, which every task here tolerates (safe to run twice). Cancelling it instead would
+# only delay the work: the sweep would restart it after METRICS_RECOMPUTE_STALL_SECONDS.
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
@@ -327,6 +341,9 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     # Enqueues again the CSV imports whose task was lost.
     "csv-imports-resume": {"task": "usage.tasks.csv_imports_resume_task", "schedule": 60.0},
 }
+# `manage.py health` and `/health` fail when beat's metrics sweep last finished longer ago than this
+# (beat or every worker is missing, or the broker is unreachable).
+HEALTH_SWEEP_MAX_AGE_SECONDS = env_seconds("HEALTH_SWEEP_MAX_AGE_SECONDS", default=60.0, allow_zero=False)
 # A CSV import that has stored no batch for this long while importing lost its task; the sweep resumes it.
 CSV_IMPORT_STALL_SECONDS = env_seconds("CSV_IMPORT_STALL_SECONDS", default=600.0, allow_zero=True)
 

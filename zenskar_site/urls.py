@@ -8,6 +8,7 @@ from metrics import api as metrics_api
 from usage import api as usage_api
 from usage import records_api
 from usage.ingestion.http import ingest
+from zenskar_site import health
 from zenskar_site.accounts import api, views
 
 api_v1 = [
@@ -60,6 +61,9 @@ urlpatterns = [
     path("metrics/", include("metrics.urls")),
     path("api/v1/", include((api_v1, "api"))),
     path("admin/", admin.site.urls),
+    # Monitoring: 503 when beat's metrics sweep is overdue (a worker or beat is missing).
+    path("health", health.health, name="health"),
+    path("health/", health.health),
 ]
 
 # JSON with `detail` for the API and ingestion, Django's HTML page for the dashboard.
