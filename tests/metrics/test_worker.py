@@ -1,4 +1,8 @@
-"""The engine with a real Celery worker on Redis and PostgreSQL: freshness, crashes, broker outages."""
+"""The engine with a real Celery worker on Redis and PostgreSQL: freshness, crashes, broker outages.
+
+Every test here runs on a private Redis of its own (tests.processes.private_redis), never the shared
+one: one test stops it.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,6 @@ import datetime as dt
 import io
 import json
 import signal
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -21,12 +24,19 @@ from metrics import tasks
 from metrics.definitions import metric_create
 from metrics.models import BillableMetric, MetricValue
 from tests.factories import api_key_make, organisation_make, usage_event_make
-from tests.processes import celery_worker
+from tests.processes import PrivateRedis, celery_app_on_broker, celery_worker, private_redis
 from usage.models import DirtyBucket, UsageRecord
 from zenskar_site.accounts.actors import system_actor
 from zenskar_site.celery import app
 
 pytestmark = [pytest.mark.celery_worker, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture(autouse=True)
+def broker() -> Iterator[PrivateRedis]:
+    """This process's enqueues, its pings and the workers it starts all use a private Redis."""
+    with private_redis() as redis, celery_app_on_broker(redis.url):
+        yield redis
 
 
 @pytest.fixture
@@ -134,49 +144,20 @@ def test_a_worker_killed_mid_recompute_leaves_values_correct_after_the_next_run(
     assert MetricValue.objects.filter(metric=metric).count() > 200
 
 
-def _redis(action: str) -> None:
-    if action == "stop":
-        subprocess.run(
-            ["redis-cli", "-h", "127.0.0.1", "-p", "6379", "shutdown", "nosave"], check=False, capture_output=True
-        )
-        assert wait_for(
-            lambda: subprocess.run(["redis-cli", "ping"], capture_output=True, check=False).returncode != 0, 10
-        )
-    else:
-        subprocess.run(
-            [
-                "redis-server",
-                "--daemonize",
-                "yes",
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                "6379",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            check=True,
-            capture_output=True,
-        )
-        assert wait_for(
-            lambda: subprocess.run(["redis-cli", "ping"], capture_output=True, check=False).returncode == 0, 10
-        )
-
-
-def test_records_ingested_while_redis_is_down_are_reflected_once_it_is_back(not_eager: None) -> None:
+def test_records_ingested_while_redis_is_down_are_reflected_once_it_is_back(
+    not_eager: None, broker: PrivateRedis
+) -> None:
     _, secret = setup_metric()
     tasks.metric_recompute_task.apply(args=(BillableMetric.objects.get().id, 1))  # in-process
     now = timezone.now() - dt.timedelta(minutes=1)
-    _redis("stop")
+    broker.stop()
     try:
         response = post(secret, [{"customer_id": "a", "timestamp": now.isoformat(), "data": {"cpu_usage_hours": 4}}])
         assert response.status_code == 202  # the record is committed; only the prompt refresh is lost
         assert UsageRecord.objects.count() == 1
         assert DirtyBucket.objects.count() == 1
     finally:
-        _redis("start")
+        broker.start()
     assert total() is None
     with celery_worker():
         tasks.metrics_sweep_task.delay()

@@ -280,3 +280,11 @@ def test_beat_survives_a_redis_outage_and_its_sweeps_resume(broker: PrivateRedis
             worker_log.read_text()[-3000:],
         )
         assert beat.poll() is None
+
+
+def test_health_with_ping_fails_when_no_worker_answers(broker: PrivateRedis) -> None:
+    SweepHeartbeat.objects.create(finished_at=timezone.now())  # a fresh sweep: only the ping is missing
+    code, report = health("--ping", "--ping-timeout", "1")
+    assert code == 1, report
+    assert "workers answering: 0" in report
+    assert "problem: no worker answered a ping" in report
