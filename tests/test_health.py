@@ -47,7 +47,9 @@ def test_a_sweep_records_its_heartbeat_and_health_passes() -> None:
     response = Client().get("/health")
     assert response.status_code == 200
     body = response.json()
-    assert body["status"] == "ok" and body["database"] == "ok" and body["problems"] == []
+    assert body["status"] == "ok"
+    assert body["database"] == "ok"
+    assert body["problems"] == []
     assert 0 <= body["sweep_age_seconds"] < 5
 
 

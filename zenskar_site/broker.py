@@ -41,7 +41,8 @@ class Channel(kombu_redis.Channel):
             if kept is None:
                 raise redis.exceptions.ConnectionError("the broker connection is closed")
             return dict(kept)
-        params: dict[str, Any] = super()._connparams(asynchronous=asynchronous)
+        # kombu's type stubs leave out this private method, which is what is being fixed.
+        params: dict[str, Any] = super()._connparams(asynchronous=asynchronous)  # type: ignore[misc]
         if self._kept_connparams is None:
             self._kept_connparams = {}
         self._kept_connparams[asynchronous] = dict(params)

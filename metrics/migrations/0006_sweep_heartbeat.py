@@ -4,20 +4,21 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('metrics', '0005_metric_failure_retry'),
+        ("metrics", "0005_metric_failure_retry"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='SweepHeartbeat',
+            name="SweepHeartbeat",
             fields=[
-                ('id', models.PositiveSmallIntegerField(default=1, primary_key=True, serialize=False)),
-                ('finished_at', models.DateTimeField()),
+                ("id", models.PositiveSmallIntegerField(default=1, primary_key=True, serialize=False)),
+                ("finished_at", models.DateTimeField()),
             ],
             options={
-                'constraints': [models.CheckConstraint(condition=models.Q(('id', 1)), name='sweep_heartbeat_single_row')],
+                "constraints": [
+                    models.CheckConstraint(condition=models.Q(("id", 1)), name="sweep_heartbeat_single_row")
+                ],
             },
         ),
     ]

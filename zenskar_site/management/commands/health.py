@@ -44,7 +44,7 @@ class Command(BaseCommand):
             from zenskar_site.celery import app
 
             try:
-                replies = app.control.ping(timeout=options["ping_timeout"])
+                replies = app.control.ping(timeout=options["ping_timeout"]) or []
             except Exception as exc:  # the broker is unreachable: that is the answer, not a crash
                 replies = []
                 problems.append(f"the broker is unreachable: {exc}")
