@@ -327,6 +327,10 @@ def celery_app_on_broker(url: str) -> Iterator[None]:
             app._pool.force_close_all()
         app._pool = None
         app.amqp._producer_pool = None
+        # The result backend (AsyncResult.get) is built again from the new URL.
+        app._backend_cache = None
+        if hasattr(app._local, "backend"):
+            del app._local.backend
 
     saved = (app.conf.broker_url, app.conf.result_backend, app.conf.broker_transport, settings.REDIS_URL)
     forget_connections()
