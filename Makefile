@@ -72,7 +72,7 @@ bench: install-dev
 SEED ?=
 RECORDS ?= 200000
 chaos: install-dev
-	$(PY) -m bench.chaos --records $(RECORDS) $(if $(SEED),--seed $(SEED))
+	$(PY) -m bench.chaos --records $(RECORDS) --fail-on-exits $(if $(SEED),--seed $(SEED))
 
 clean:
 	rm -rf $(VENV) .data staticfiles
