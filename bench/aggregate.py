@@ -4,8 +4,15 @@
 
 1. the limit: the same `sum by day` GROUP BY, written by hand in SQL, over >= 5 million records;
 2. the engine: a full recompute of a `sum` by `day` metric over the same rows (month chunks, upserts);
-3. freshness: with gunicorn, a Celery worker and beat running as in production, a steady stream of
-   >= 500 records/s, and probe records whose time from 202 to the metric value is measured.
+3. freshness: with gunicorn, a Celery worker and beat running as production runs them (every setting
+   at its production default, the ingestion rate limiter on), a steady stream of >= 500 records/s,
+   and probe records whose time from 202 to their value in the metrics is measured:
+   a. in every metric over the usage event: the `sum` above, a `count` and a SQL metric;
+   b. beside a SQL metric on the same usage event whose query always runs past the SQL time limit:
+      in the `count` metric of that usage event, and in a `count` metric of another organisation.
+A probe whose value has not appeared after PROBE_TIMEOUT seconds counts as a failure: its time is
+infinite, so the p95 includes it (more than 5% of the probes timing out makes p95 infinite).
+Each line prints PASS or FAIL against its target; the exit status is 1 when any line fails.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -21,12 +29,12 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import psycopg
 
-from bench.ingest import admin_url, gunicorn, step
+from bench.ingest import admin_url, gunicorn, step, verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH_DB = "bench_aggregate"
@@ -35,6 +43,26 @@ CUSTOMERS = 1000
 DAYS = 30
 RATE = int(os.environ.get("BENCH_RATE", "500"))
 FRESHNESS_SECONDS = int(os.environ.get("BENCH_FRESHNESS_SECONDS", "30"))
+# A probe not reflected after this long has failed (p95 counts it as infinitely late).
+PROBE_TIMEOUT = 10.0
+PROBE_INTERVAL = 0.25
+RECOMPUTE_TARGET = 0.7
+FRESHNESS_TARGET = 2.0
+# Per customer and day, as the builder's `sum` by `day` metric computes it.
+SQL_SUM_BY_DAY = """
+    SELECT customer_id, sum(cpu_usage_hours) AS quantity
+    FROM compute
+    WHERE "timestamp" >= {{ period_start }} AND "timestamp" < {{ period_end }}
+    GROUP BY customer_id
+"""
+# Every record of the period paired with every pair of records of the usage event: with millions of
+# records it cannot finish within any SQL time limit, so every evaluation of it times out.
+SQL_ALWAYS_TIMES_OUT = """
+    SELECT a.customer_id, count(*) AS quantity
+    FROM compute AS a CROSS JOIN compute AS b CROSS JOIN compute AS c
+    WHERE a."timestamp" >= {{ period_start }} AND a."timestamp" < {{ period_end }}
+    GROUP BY a.customer_id
+"""
 
 
 def bench_url() -> str:
@@ -42,7 +70,9 @@ def bench_url() -> str:
 
 
 def env() -> dict[str, str]:
-    return {
+    # Production mode with its defaults: no INGEST_RATE_LIMIT, METRICS_SWEEP_SECONDS or
+    # METRIC_SQL_TIMEOUT_MS override from the caller's environment either.
+    environment = {
         **os.environ,
         "DATABASE_URL": bench_url().replace("postgresql://", "postgres://", 1),
         "REDIS_URL": os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/14"),
@@ -50,10 +80,11 @@ def env() -> dict[str, str]:
         "SECRET_KEY": "bench-" + "x" * 60,
         "ALLOWED_HOSTS": "127.0.0.1,localhost",
         "SECURE_SSL_REDIRECT": "0",
-        "INGEST_RATE_LIMIT": "0",
         "CELERY_EAGER": "0",
-        "METRICS_SWEEP_SECONDS": "1",
     }
+    for name in ("INGEST_RATE_LIMIT", "API_RATE_LIMIT", "METRICS_SWEEP_SECONDS", "METRIC_SQL_TIMEOUT_MS"):
+        environment.pop(name, None)
+    return environment
 
 
 def manage(*args: str, capture: bool = False) -> str:
@@ -67,25 +98,38 @@ def shell(code: str) -> str:
     return manage("shell", "-c", code, capture=True).strip().splitlines()[-1]
 
 
-def setup() -> tuple[str, int]:
+def setup() -> tuple[dict[str, str], int]:
+    """Two organisations, each with a `compute` usage event and an API key; the id of Bench's event."""
     with psycopg.connect(admin_url(), autocommit=True) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
         conn.execute(f"CREATE DATABASE {BENCH_DB}")
     step("migrating the benchmark database")
     manage("migrate", "-v0")
-    key = shell(
-        "from zenskar_site.accounts.services import organisation_create, api_key_create\n"
-        "from zenskar_site.accounts.actors import system_actor\n"
-        "from usage.services import usage_event_create\n"
-        "org, _ = organisation_create(name='Bench', admin_email='bench@example.com', password='bench-password')\n"
-        "actor = system_actor(organisation=org)\n"
-        "usage_event_create(actor=actor, name='Compute', api_slug='compute', dataschema="
-        "{'data': {'cpu_usage_hours': 'Float64', 'region': 'Nullable(String)'}})\n"
-        "print(api_key_create(actor=actor, name='bench', scope='full')[1])\n"
+    keys = json.loads(
+        shell(
+            "import json\n"
+            "from zenskar_site.accounts.services import organisation_create, api_key_create\n"
+            "from zenskar_site.accounts.actors import system_actor\n"
+            "from usage.services import usage_event_create\n"
+            "keys = {}\n"
+            "for name in ('Bench', 'Other'):\n"
+            "    org, _ = organisation_create(name=name, admin_email=f'{name.lower()}@example.com', "
+            "password='bench-password')\n"
+            "    actor = system_actor(organisation=org)\n"
+            "    usage_event_create(actor=actor, name='Compute', api_slug='compute', dataschema="
+            "{'data': {'cpu_usage_hours': 'Float64', 'region': 'Nullable(String)'}})\n"
+            "    keys[name] = api_key_create(actor=actor, name='bench', scope='full')[1]\n"
+            "print(json.dumps(keys))\n"
+        )
     )
     with psycopg.connect(bench_url()) as conn:
-        event_id = int(conn.execute("SELECT id FROM usage_usageevent WHERE api_slug = 'compute'").fetchone()[0])  # type: ignore[index]
-    return key, event_id
+        event_id = int(
+            conn.execute(
+                "SELECT e.id FROM usage_usageevent e JOIN zenskar_site_organisation o ON o.id = e.organisation_id "
+                "WHERE e.api_slug = 'compute' AND o.name = 'Bench'"
+            ).fetchone()[0]  # type: ignore[index]
+        )
+    return keys, event_id
 
 
 def load(event_id: int) -> None:
@@ -135,125 +179,276 @@ def hand_written_group_by(event_id: int) -> float:
     return elapsed
 
 
+# Creates a metric in the named organisation and runs its creation's full recompute here, before
+# the deployment starts (the recompute a creation enqueues is the one measured above, not freshness).
+_METRIC_MAKE = (
+    "import time, json\n"
+    "from zenskar_site.accounts.actors import system_actor\n"
+    "from zenskar_site.accounts.models import Organisation\n"
+    "from metrics.models import BillableMetric, MetricValue\n"
+    "from metrics.definitions import metric_create\n"
+    "from metrics.engine.refresh import metric_recompute\n"
+    "from unittest import mock\n"
+    "def metric_make(organisation, body, progress=None):\n"
+    "    org = Organisation.objects.get(name=organisation)\n"
+    "    with mock.patch('metrics.definitions._recompute_after_commit'):\n"
+    "        m = metric_create(actor=system_actor(organisation=org), body=body)\n"
+    "    started = time.perf_counter()\n"
+    "    metric_recompute(metric_id=m.id, version=m.version, progress=progress)\n"
+    "    return m, time.perf_counter() - started\n"
+)
+
+
 def engine_recompute() -> tuple[float, int]:
     out = shell(
-        "import time, json\n"
-        "from zenskar_site.accounts.actors import system_actor\n"
-        "from zenskar_site.accounts.models import Organisation\n"
-        "from metrics.models import BillableMetric, MetricValue\n"
-        "from metrics.definitions import metric_create\n"
-        "from metrics.engine.refresh import metric_recompute\n"
-        "from django.db import transaction\n"
-        "from unittest import mock\n"
-        "org = Organisation.objects.get(name='Bench')\n"
-        "with mock.patch('metrics.definitions._recompute_after_commit'):\n"
-        "    m = metric_create(actor=system_actor(organisation=org), body={'name': 'CPU', 'slug': 'cpu', "
-        "'usage_event': 'compute', 'aggregation': 'sum', 'field': 'cpu_usage_hours', 'granularity': 'day'})\n"
-        "started = time.perf_counter()\n"
-        "show = lambda d, t: print(f'chunk {d}/{t}', flush=True)\n"
-        "metric_recompute(metric_id=m.id, version=m.version, progress=show)\n"
-        "print(json.dumps([time.perf_counter() - started, MetricValue.objects.filter(metric=m).count()]))\n"
+        _METRIC_MAKE + "show = lambda d, t: print(f'chunk {d}/{t}', flush=True)\n"
+        "m, elapsed = metric_make('Bench', {'name': 'CPU', 'slug': 'cpu', 'usage_event': 'compute', "
+        "'aggregation': 'sum', 'field': 'cpu_usage_hours', 'granularity': 'day'}, show)\n"
+        "print(json.dumps([elapsed, MetricValue.objects.filter(metric=m).count()]))\n"
     )
     elapsed, values = json.loads(out)
     step(f"engine full recompute: {values:,} values stored in {elapsed:.2f}s")
     return float(elapsed), int(values)
 
 
-def freshness(key: str) -> list[float]:
-    """Seconds from a probe's 202 to its value in the metric, under a steady RATE records/s stream."""
-    port = 18760
-    server = gunicorn("zenskar_site.wsgi:application", port, env())
-    worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "zenskar_site",
-            "worker",
-            "--beat",
-            "--concurrency",
-            "2",
-            "--loglevel",
-            "WARNING",
-            "--schedule",
-            "/tmp/bench-beat-schedule",
-        ],
-        cwd=ROOT,
-        env=env(),
+def metrics_make() -> dict[str, int]:
+    """The freshness phases' other metrics, each recomputed over the loaded history; their ids."""
+    out = shell(
+        _METRIC_MAKE + "ids = {'cpu': BillableMetric.objects.get(slug='cpu').id}\n"
+        "count = {'name': 'Calls', 'slug': 'calls', 'usage_event': 'compute', 'aggregation': 'count', "
+        "'granularity': 'day'}\n"
+        "ids['calls'] = metric_make('Bench', count)[0].id\n"
+        f"ids['cpu_sql'] = metric_make('Bench', {{'name': 'CPU (SQL)', 'slug': 'cpu_sql', 'granularity': 'day', "
+        f"'sql': {SQL_SUM_BY_DAY!r}}})[0].id\n"
+        "ids['other_calls'] = metric_make('Other', count)[0].id\n"
+        "print(json.dumps(ids))\n"
     )
-    url = f"http://127.0.0.1:{port}/usage/compute"
-    headers = {"x-api-key": key, "Content-Type": "application/json"}
-    stop = threading.Event()
-    sent = [0]
+    return {name: int(metric_id) for name, metric_id in json.loads(out).items()}
 
-    def post(records: list[dict[str, Any]]) -> int:
-        request = urllib.request.Request(url, data=json.dumps(records).encode(), headers=headers, method="POST")
+
+class Deployment:
+    """gunicorn, one Celery worker and beat, as production runs them, on the benchmark database."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def __enter__(self) -> Deployment:
+        self.processes.append(gunicorn("zenskar_site.wsgi:application", self.port, env()))
+        celery = [sys.executable, "-m", "celery", "-A", "zenskar_site"]
+        self.processes.append(subprocess.Popen([*celery, "worker", "--loglevel", "WARNING"], cwd=ROOT, env=env()))
+        self.processes.append(
+            subprocess.Popen(
+                [*celery, "beat", "--loglevel", "WARNING", "--schedule", f"/tmp/bench-beat-schedule-{os.getpid()}"],
+                cwd=ROOT,
+                env=env(),
+            )
+        )
+        time.sleep(5)  # the worker and beat start
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for process in self.processes:
+            process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+    def post(self, path: str, key: str, body: object) -> tuple[int, bytes]:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}{path}",
+            data=json.dumps(body).encode(),
+            headers={"x-api-key": key, "Content-Type": "application/json"},
+            method="POST",
+        )
         try:
             with urllib.request.urlopen(request, timeout=10) as response:
-                return int(response.status)
+                return int(response.status), response.read()
         except urllib.error.HTTPError as exc:
-            return int(exc.code)
+            return int(exc.code), exc.read()
 
-    def stream() -> None:
+
+class Stream:
+    """RATE records/s into Bench's usage event, in batches every 50 ms, until stopped."""
+
+    def __init__(self, deployment: Deployment, key: str) -> None:
+        self.deployment, self.key = deployment, key
+        self.stop = threading.Event()
+        self.accepted = 0
+        self.refused: dict[int, int] = {}
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
         batch, interval = max(1, RATE // 20), 0.05
         next_at = time.monotonic()
         i = 0
-        while not stop.is_set():
+        while not self.stop.is_set():
             now = dt.datetime.now(dt.UTC).isoformat()
             records = [
                 {"customer_id": f"cus_{(i + n) % CUSTOMERS}", "timestamp": now, "data": {"cpu_usage_hours": 0.25}}
                 for n in range(batch)
             ]
-            if post(records) == 202:
-                sent[0] += batch
+            status, _ = self.deployment.post("/usage/compute", self.key, records)
+            if status == 202:
+                self.accepted += batch
+            else:
+                self.refused[status] = self.refused.get(status, 0) + 1
             i += batch
             next_at += interval
             time.sleep(max(0.0, next_at - time.monotonic()))
 
-    latencies: list[float] = []
-    try:
-        time.sleep(4)  # the worker and beat start
-        threading.Thread(target=stream, daemon=True).start()
-        time.sleep(2)
-        with psycopg.connect(bench_url(), autocommit=True) as conn:
-            deadline = time.monotonic() + FRESHNESS_SECONDS
-            n = 0
-            started_at = time.monotonic()
-            while time.monotonic() < deadline:
+    def __enter__(self) -> Stream:
+        self.started = time.monotonic()
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=15)
+        self.rate = self.accepted / (time.monotonic() - self.started)
+
+
+def probe_freshness(
+    deployment: Deployment, targets: dict[str, tuple[str, list[int]]], *, seconds: float
+) -> dict[str, list[float]]:
+    """Probe for `seconds`: every PROBE_INTERVAL, one record per target (name -> (API key, metric ids))
+    with a customer of its own, and the time from each 202 until a value for that customer is in every
+    one of the target's metrics; math.inf when it is not there after PROBE_TIMEOUT.
+
+    Probes start on a fixed schedule, not one after the other's answer, so they sample the run's
+    time evenly: a stall of the refreshes weighs on the p95 as much as it lasts.
+    """
+    latencies: dict[str, list[float]] = {name: [] for name in targets}
+    slow: list[str] = []  # the probes over the target, with when they were sent
+    began = time.monotonic()
+    # customer -> (target name, metric ids, acknowledged at)
+    pending: dict[str, tuple[str, list[int], float]] = {}
+    all_ids = sorted({metric_id for _, ids in targets.values() for metric_id in ids})
+    with psycopg.connect(bench_url(), autocommit=True) as conn:
+        deadline = time.monotonic() + seconds
+        next_probe = time.monotonic()
+        n = 0
+        while pending or time.monotonic() < deadline:
+            if time.monotonic() >= next_probe and time.monotonic() < deadline:
                 n += 1
-                customer = f"probe_{n}"
-                status = post(
-                    [
-                        {
-                            "customer_id": customer,
-                            "timestamp": dt.datetime.now(dt.UTC).isoformat(),
-                            "data": {"cpu_usage_hours": 1},
-                        }
-                    ]
-                )
-                acknowledged = time.monotonic()
-                assert status == 202, status
-                while time.monotonic() - acknowledged < 30:
-                    row = conn.execute(
-                        "SELECT 1 FROM metrics_metricvalue v JOIN metrics_billablemetric m ON m.id = v.metric_id "
-                        "WHERE m.slug = 'cpu' AND v.customer_id = %s",
-                        [customer],
-                    ).fetchone()
-                    if row:
-                        latencies.append(time.monotonic() - acknowledged)
-                        break
-                    time.sleep(0.01)
-                time.sleep(0.3)
-            rate = sent[0] / (time.monotonic() - started_at)
-            step(f"stream: {sent[0]:,} records accepted in the window ({rate:,.0f} records/s)")
-    finally:
-        stop.set()
-        worker.terminate()
-        server.terminate()
-        worker.wait(timeout=30)
-        server.wait(timeout=30)
+                next_probe += PROBE_INTERVAL
+                for name, (key, metric_ids) in targets.items():
+                    customer = f"probe_{name}_{n}"
+                    record = {
+                        "customer_id": customer,
+                        "timestamp": dt.datetime.now(dt.UTC).isoformat(),
+                        "data": {"cpu_usage_hours": 1},
+                    }
+                    status, body = deployment.post("/usage/compute", key, record)
+                    if status != 202:
+                        raise RuntimeError(f"a probe was refused: {status} {body[:300]!r}")
+                    pending[customer] = (name, metric_ids, time.monotonic())
+            if pending:
+                found: dict[str, set[int]] = {}
+                for customer, metric_id in conn.execute(
+                    "SELECT customer_id, metric_id FROM metrics_metricvalue "
+                    "WHERE customer_id = ANY(%s) AND metric_id = ANY(%s)",
+                    [list(pending), all_ids],
+                ):
+                    found.setdefault(customer, set()).add(metric_id)
+                now = time.monotonic()
+                for customer, (name, metric_ids, acknowledged) in list(pending.items()):
+                    if found.get(customer, set()) >= set(metric_ids):
+                        latencies[name].append(now - acknowledged)
+                        if now - acknowledged > FRESHNESS_TARGET:
+                            slow.append(f"{name}@{acknowledged - began:.1f}s:{now - acknowledged:.1f}s")
+                    elif now - acknowledged >= PROBE_TIMEOUT:
+                        latencies[name].append(math.inf)
+                    else:
+                        continue
+                    del pending[customer]
+            time.sleep(0.01)
+    if slow:
+        step("probes over the target (target@sent:latency): " + ", ".join(slow))
     return latencies
+
+
+def metric_state(metric_id: int) -> tuple[str, int, str]:
+    with psycopg.connect(bench_url()) as conn:
+        row = conn.execute(
+            "SELECT recompute_state, recompute_failures, recompute_error FROM metrics_billablemetric WHERE id = %s",
+            [metric_id],
+        ).fetchone()
+    assert row is not None
+    return str(row[0]), int(row[1]), str(row[2])
+
+
+def wait_until(condition: Callable[[], bool], seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.2)
+    return condition()
+
+
+def freshness(keys: dict[str, str], ids: dict[str, int]) -> tuple[dict[str, list[float]], list[str]]:
+    """Both freshness phases in one deployment; the latencies by line, and notes on the run."""
+    notes: list[str] = []
+    results: dict[str, list[float]] = {}
+    with Deployment(18760) as deployment, Stream(deployment, keys["Bench"]) as stream:
+        time.sleep(2)
+        step(f"freshness a: every metric over the usage event (sum, count, SQL) for {FRESHNESS_SECONDS}s")
+        every = probe_freshness(
+            deployment,
+            {"every": (keys["Bench"], [ids["cpu"], ids["calls"], ids["cpu_sql"]])},
+            seconds=FRESHNESS_SECONDS,
+        )
+        results["every metric (sum, count, SQL), same usage event"] = every["every"]
+
+        step("freshness b: a SQL metric whose query always times out, created through the API on the same usage event")
+        status, body = deployment.post(
+            "/api/v1/metrics/",
+            keys["Bench"],
+            {"name": "Stuck", "slug": "stuck", "granularity": "day", "sql": SQL_ALWAYS_TIMES_OUT},
+        )
+        if status != 201:
+            raise RuntimeError(f"creating the timing-out metric answered {status}: {body[:300]!r}")
+        with psycopg.connect(bench_url()) as conn:
+            stuck = int(conn.execute("SELECT id FROM metrics_billablemetric WHERE slug = 'stuck'").fetchone()[0])  # type: ignore[index]
+        created = time.monotonic()
+        transitions: list[str] = []
+        watching = threading.Event()
+
+        def watch() -> None:
+            last = None
+            while not watching.is_set():
+                state = metric_state(stuck)[:2]
+                if state != last:
+                    transitions.append(f"{state[0]}({state[1]})@{time.monotonic() - created:.1f}s")
+                    last = state
+                time.sleep(0.1)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        # Probing starts at once: the creation's recompute and the first retries are the hardest time.
+        step(f"freshness b: count metrics beside it (same usage event; another organisation) for {FRESHNESS_SECONDS}s")
+        beside = probe_freshness(
+            deployment,
+            {"same": (keys["Bench"], [ids["calls"]]), "other": (keys["Other"], [ids["other_calls"]])},
+            seconds=FRESHNESS_SECONDS,
+        )
+        results["count metric beside a timing-out SQL metric, same usage event"] = beside["same"]
+        results["count metric of another organisation, meanwhile"] = beside["other"]
+        watching.set()
+        watcher.join()
+        state, failures, error = metric_state(stuck)
+        notes.append(f"the timing-out metric: {state}, {failures} failure(s), {error!r}")
+        notes.append(f"its states (failures) since its creation: {', '.join(transitions)}")
+        if state != "failed" or failures < 1:
+            notes.append("FAIL: the timing-out metric never failed, so phase b did not measure what it claims")
+            results["the timing-out metric failed (phase b is valid)"] = [math.inf]
+    notes.append(
+        f"stream: {stream.accepted:,} records accepted ({stream.rate:,.0f} records/s); refused {stream.refused}"
+    )
+    return results, notes
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -261,27 +456,59 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
+def seconds_text(value: float) -> str:
+    return "timeout" if math.isinf(value) else f"{value:.2f}s"
+
+
+def redis_flush() -> None:
+    """Empty the benchmark's Redis database: tasks queued by an earlier run (for a database that is
+    gone) would otherwise run first and delay every refresh measured here."""
+    import redis
+
+    redis.Redis.from_url(env()["REDIS_URL"]).flushdb()
+
+
 def main() -> int:
-    key, event_id = setup()
+    redis_flush()
+    keys, event_id = setup()
     step(f"loading {RECORDS:,} records ({CUSTOMERS} customers, {DAYS} days)")
     load(event_id)
     limit = hand_written_group_by(event_id)
     engine, _ = engine_recompute()
-    step(f"freshness at {RATE} records/s for {FRESHNESS_SECONDS}s")
-    latencies = freshness(key)
+    step("creating the count and SQL metrics (and another organisation's count metric) over the loaded history")
+    ids = metrics_make()
+    step(f"freshness at {RATE} records/s")
+    latencies, notes = freshness(keys, ids)
+    ratio = limit / engine
     print()
-    print(f"records: {RECORDS:,}   cores: {os.cpu_count()}")
+    print(f"records: {RECORDS:,}   cores: {os.cpu_count()}   probe timeout: {PROBE_TIMEOUT:g}s (counts as a failure)")
     print(f"hand-written GROUP BY (limit) {RECORDS / limit:12,.0f} records/s  ({limit:.2f}s)")
     print(f"engine full recompute         {RECORDS / engine:12,.0f} records/s  ({engine:.2f}s)")
-    print(f"ratio engine / GROUP BY        {limit / engine:6.2f}x   (target >= 0.50x)")
-    if latencies:
-        print(
-            f"freshness over {len(latencies)} probes: p50 {statistics.median(latencies):.2f}s  "
-            f"p95 {percentile(latencies, 0.95):.2f}s  max {max(latencies):.2f}s   (target p95 <= 2 s)"
+    for note in notes:
+        print(note)
+    lines = [
+        (
+            f"ratio engine / GROUP BY        {ratio:6.2f}x   (target >= {RECOMPUTE_TARGET:.2f}x)",
+            ratio >= RECOMPUTE_TARGET,
         )
+    ]
+    for name, values in latencies.items():
+        timeouts = sum(1 for v in values if math.isinf(v))
+        p95 = percentile(values, 0.95) if values else math.inf
+        lines.append(
+            (
+                f"freshness p95 {seconds_text(p95)} (target <= {FRESHNESS_TARGET:g} s): {name}; {len(values)} probes, "
+                f"p50 {seconds_text(statistics.median(values) if values else math.inf)}, "
+                f"max {seconds_text(max(values) if values else math.inf)}, {timeouts} timed out",
+                p95 <= FRESHNESS_TARGET,
+            )
+        )
+    for text, ok in lines:
+        print(f"{verdict(ok)}  {text}")
     with psycopg.connect(admin_url(), autocommit=True) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
-    return 0
+    redis_flush()
+    return 0 if all(ok for _, ok in lines) else 1
 
 
 if __name__ == "__main__":
