@@ -389,8 +389,9 @@ def wait_until(condition: Callable[[], bool], seconds: float) -> bool:
     return condition()
 
 
-def freshness(keys: dict[str, str], ids: dict[str, int]) -> tuple[dict[str, list[float]], list[str]]:
-    """Both freshness phases in one deployment; the latencies by line, and notes on the run."""
+def freshness(keys: dict[str, str], ids: dict[str, int]) -> tuple[dict[str, list[float]], list[str], bool]:
+    """Both freshness phases in one deployment: the latencies by line, notes on the run, and whether the
+    timing-out metric did fail during phase b."""
     notes: list[str] = []
     results: dict[str, list[float]] = {}
     with Deployment(18760) as deployment, Stream(deployment, keys["Bench"]) as stream:
@@ -442,13 +443,12 @@ def freshness(keys: dict[str, str], ids: dict[str, int]) -> tuple[dict[str, list
         state, failures, error = metric_state(stuck)
         notes.append(f"the timing-out metric: {state}, {failures} failure(s), {error!r}")
         notes.append(f"its states (failures) since its creation: {', '.join(transitions)}")
-        if state != "failed" or failures < 1:
-            notes.append("FAIL: the timing-out metric never failed, so phase b did not measure what it claims")
-            results["the timing-out metric failed (phase b is valid)"] = [math.inf]
+        # Phase b measures what it claims only if the metric did time out and fail meanwhile.
+        failed = any(t.startswith("failed") for t in transitions)
     notes.append(
         f"stream: {stream.accepted:,} records accepted ({stream.rate:,.0f} records/s); refused {stream.refused}"
     )
-    return results, notes
+    return results, notes, failed
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -478,7 +478,7 @@ def main() -> int:
     step("creating the count and SQL metrics (and another organisation's count metric) over the loaded history")
     ids = metrics_make()
     step(f"freshness at {RATE} records/s")
-    latencies, notes = freshness(keys, ids)
+    latencies, notes, stuck_failed = freshness(keys, ids)
     ratio = limit / engine
     print()
     print(f"records: {RECORDS:,}   cores: {os.cpu_count()}   probe timeout: {PROBE_TIMEOUT:g}s (counts as a failure)")
@@ -492,6 +492,7 @@ def main() -> int:
             ratio >= RECOMPUTE_TARGET,
         )
     ]
+    lines.append(("the timing-out SQL metric timed out and failed during phase b", stuck_failed))
     for name, values in latencies.items():
         timeouts = sum(1 for v in values if math.isinf(v))
         p95 = percentile(values, 0.95) if values else math.inf
