@@ -430,3 +430,44 @@ def supervised_pid(conf: Path, program: str) -> int:
     )
     text = result.stdout.strip()
     return int(text) if text.isdigit() else 0
+
+
+@contextmanager
+def celery_worker_with_beat(*, concurrency: int = 2, **env: str) -> Iterator[subprocess.Popen[bytes]]:
+    """A worker as production runs it: a prefork pool of `concurrency` processes (one per core on a
+    2-core machine) with beat embedded, so the sweep and the retries of failed metrics run too."""
+    with tempfile.TemporaryDirectory() as folder:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "zenskar_site",
+                "worker",
+                "--beat",
+                "--schedule",
+                str(Path(folder) / "beat-schedule"),
+                f"--concurrency={concurrency}",
+                "--loglevel=WARNING",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+            ],
+            cwd=ROOT,
+            env=process_env(**env),
+        )
+        try:
+            from zenskar_site.celery import app
+
+            deadline = time.monotonic() + 30
+            while not app.control.ping(timeout=0.5):
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise RuntimeError("the Celery worker did not start")
+            yield process
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
