@@ -18,7 +18,14 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from billing.catalogue import plan_create, plan_update, pricing_create, product_create, product_update
-from billing.contracts import contract_expire, contract_resume, contract_update
+from billing.contracts import (
+    contract_create,
+    contract_expire,
+    contract_phase_create,
+    contract_phase_pricing_add,
+    contract_resume,
+    contract_update,
+)
 from billing.customers import CUSTOMER_FIELDS, customer_create, customer_update
 from billing.models import Contract, ContractPhase, Customer, PhasePricing, Plan, PlanPricing, Pricing, Product
 from zenskar_site.accounts.actors import Actor
@@ -361,8 +368,8 @@ class PhaseInline(ShownInline):
 
 @admin.register(Contract)
 class ContractAdmin(ServiceAdmin):
-    """Contracts are created through the API or the dashboard (phases and pricings at once); here their
-    terms are edited, and they are resumed or expired, through the same services."""
+    """Contracts are added with their terms (phases and pricings then, below), edited, resumed or expired,
+    through the same services as the API."""
 
     api_fields = (
         "name",
@@ -379,13 +386,34 @@ class ContractAdmin(ServiceAdmin):
     list_filter = ["status", "currency", "renewal_policy"]
     list_select_related = ["customer", "organisation"]
     search_fields = ["name", "customer__customer_name", "=customer__external_id"]
-    fields = ["organisation", "customer", *api_fields, "expiry_date", "plan"]
-    readonly_fields = ["expiry_date", "plan", "customer"]
     inlines = [PhaseInline]
     actions = ["resume_selected", "expire_today"]
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        if obj is None:
+            return ["organisation", "customer", *self.api_fields]
+        return ["organisation", "customer", *self.api_fields, "expiry_date", "plan"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        if obj is None:
+            return []
+        return ["organisation", "customer", "expiry_date", "plan"]
+
+    def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
+        form_class = super().get_form(request, obj, change=change, **kwargs)
+        form_class.base_fields["anchor_date"].required = False  # the start date when left empty
+        form_class.base_fields["anchor_date"].help_text = "Billing periods step from this day; empty: the start date."
+        return form_class
+
+    def data_of(self, form: ServiceForm, *, adding: bool) -> dict[str, Any]:
+        data = super().data_of(form, adding=adding)
+        if adding:
+            customer = form.cleaned_data.get("customer")
+            data["customer_id"] = str(customer.pk) if customer is not None else None
+        return data
+
+    def create(self, actor: Actor, data: dict[str, Any]) -> Any:
+        return contract_create(actor=actor, data=data)
 
     def update(self, actor: Actor, pk: Any, data: dict[str, Any]) -> Any:
         return contract_update(actor=actor, contract_id=pk, changes=data, reason="edited in the admin")
@@ -425,16 +453,80 @@ class PhasePricingInline(ShownInline):
     readonly_fields = fields
 
 
-@admin.register(ContractPhase)
-class ContractPhaseAdmin(OrganisationScopedAdmin):
-    """Phases are shown here; they are added through the API (validated against the contract's dates)."""
+class ContractChildAdmin(ServiceAdmin):
+    """Phases and phase pricings: added through the contract services (validated against the contract's
+    dates and currency, an amendment in its audit trail), shown read-only afterwards."""
 
+    add_fields: tuple[str, ...] = ()
+    shown_fields: tuple[str, ...] = ()
+
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        return list(self.add_fields if obj is None else self.shown_fields)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        return [] if obj is None else list(self.shown_fields)
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return obj is None and super().has_change_permission(request, obj)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return super().has_change_permission(request)
+
+    def contract_actor(self, request: HttpRequest, contract: Contract | None) -> Actor:
+        # The dropdowns list the member's organisations; only those where they are an admin may change.
+        if contract is None:
+            raise ValidationFailed({"contract": ["Choose the contract."]})
+        if not request.user.is_superuser and contract.organisation_id not in organisation_ids(request, admin_only=True):
+            raise ValidationFailed({"contract": ["Only an admin of the contract's organisation may change it."]})
+        return admin_actor(request, contract.organisation)
+
+    def form_data(self, form: ServiceForm, names: tuple[str, ...]) -> dict[str, Any]:
+        return {
+            name: plain(form.cleaned_data.get(name)) for name in names if form.cleaned_data.get(name) not in (None, "")
+        }
+
+
+@admin.register(ContractPhase)
+class ContractPhaseAdmin(ContractChildAdmin):
     list_display = ["name", "contract", "organisation", "phase_type", "start_date", "end_date"]
     list_filter = ["phase_type"]
     list_select_related = ["contract", "organisation"]
-    readonly_fields = ("organisation", "contract", "name", "description", "phase_type", "start_date", "end_date")
-    fields = readonly_fields
+    add_fields = ("contract", "name", "description", "phase_type", "start_date", "end_date")
+    shown_fields = ("organisation", "contract", "name", "description", "phase_type", "start_date", "end_date")
     inlines = [PhasePricingInline]
 
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
+    def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
+        form_class = super().get_form(request, obj, change=change, **kwargs)
+        if obj is None:
+            form_class.base_fields["start_date"].required = False
+            form_class.base_fields[
+                "start_date"
+            ].help_text = "Empty: when the previous phase ends (or the contract starts)."
+        return form_class
+
+    def run(self, request: HttpRequest, form: ServiceForm) -> Any:
+        contract = form.cleaned_data.get("contract")
+        actor = self.contract_actor(request, contract)
+        assert contract is not None
+        data = self.form_data(form, ("name", "description", "phase_type", "start_date", "end_date"))
+        return contract_phase_create(actor=actor, contract_id=contract.pk, data=data, reason="added in the admin")
+
+
+@admin.register(PhasePricing)
+class PhasePricingAdmin(ContractChildAdmin):
+    list_display = ["__str__", "phase", "pricing", "organisation", "start_date", "end_date"]
+    list_select_related = ["phase", "pricing__product", "organisation"]
+    add_fields = ("phase", "pricing", "start_date", "end_date", "anchor_date", "external_id", "description")
+    shown_fields = ("organisation", *add_fields)
+
+    def run(self, request: HttpRequest, form: ServiceForm) -> Any:
+        phase = form.cleaned_data.get("phase")
+        if phase is None:
+            raise ValidationFailed({"phase": ["Choose the phase."]})
+        actor = self.contract_actor(request, phase.contract)
+        pricing = form.cleaned_data.get("pricing")
+        data = self.form_data(form, ("start_date", "end_date", "anchor_date", "external_id", "description"))
+        data["pricing_id"] = str(pricing.pk) if pricing is not None else None
+        return contract_phase_pricing_add(
+            actor=actor, contract_id=phase.contract_id, phase_id=phase.pk, data=data, reason="added in the admin"
+        )

@@ -283,7 +283,7 @@ def _phase_add(*, actor: Actor, contract: Contract, fields: Fields, plan: Plan |
     name = fields.text("name", max_length=255, required=True)
     phase_type = fields.choice("phase_type", choices=PhaseType.values, default=PhaseType.ACTIVE) or PhaseType.ACTIVE
     start = fields.date("start_date")
-    if start is None and not fields.has("start_date"):
+    if start is None and fields.get("start_date") in (None, ""):  # absent or null: after the previous phase
         latest = contract.phases.order_by("-start_date").first()
         if latest is None:
             start = contract.start_date
@@ -307,8 +307,9 @@ def _phase_add(*, actor: Actor, contract: Contract, fields: Fields, plan: Plan |
     raw_pricings = fields.get("pricings")
     if raw_pricings is not None and (not isinstance(raw_pricings, list) or len(raw_pricings) > MAX_PHASE_PRICINGS):
         fields.fail("pricings", f"Expected a list of at most {MAX_PHASE_PRICINGS} pricings.")
-    if fields.errors or start is None:
+    if fields.errors:
         return None
+    assert start is not None  # a date, or an error above
     phase = ContractPhase.objects.create(
         organisation=actor.organisation,
         contract=contract,

@@ -318,6 +318,9 @@ def test_phases_and_pricings_are_added_later_as_amendments(
 
     assert phase.status_code == 201, phase.json()
     assert phase.json()["start_date"] == "2026-01-01"
+    open_ended = api.post(f"{URL}{contract['id']}/phases/", {"name": "Next", "start_date": None}, format="json")
+    assert open_ended.status_code == 400  # null start: after the previous phase, which has no end
+    assert "start_date" in open_ended.json()["errors"]
     assert link.status_code == 201, link.json()
     assert link.json()["start_date"] == "2026-03-01"
     assert again.status_code == 400
