@@ -4,6 +4,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.permissions import AllowAny
 
+from billing.urls import api_urls as billing_api_urls
 from metrics import api as metrics_api
 from usage import api as usage_api
 from usage import records_api
@@ -37,6 +38,7 @@ api_v1 = [
     path("metrics/<str:slug>/values/", metrics_api.MetricValueListApi.as_view(), name="metric-value-list"),
     path("metrics/<str:slug>/values/<int:value_id>/", metrics_api.MetricValueDetailApi.as_view(), name="metric-value"),
     path("metrics/<str:slug>/total/", metrics_api.MetricTotalApi.as_view(), name="metric-total"),
+    *billing_api_urls,
     path(
         "schema/", SpectacularAPIView.as_view(permission_classes=[AllowAny], authentication_classes=[]), name="schema"
     ),
