@@ -226,8 +226,8 @@ def currency_value(value: Any, fields: Fields, name: str) -> str:
         return ""
     code = value.strip().upper()
     try:
-        currency_exponent(currency=code)
-    except (KeyError, ValueError):
-        fields.fail(name, f"{code!r} is not an ISO 4217 currency code.")
+        currency_exponent(currency=code, field=fields.path(name))
+    except ValidationFailed:
+        fields.fail(name, f"{code!r} is not an ISO 4217 currency code (e.g. USD, EUR, JPY).")
         return ""
     return code
