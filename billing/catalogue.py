@@ -251,16 +251,13 @@ def _cadence_read(fields: Fields, pricing_data: Mapping[str, Any]) -> tuple[str,
     text = period.get("cadence")
     if text is None:
         return DEFAULT_CADENCE, path
-    if not isinstance(text, str) or len(text) > 8:
-        fields.errors.setdefault(path, []).append("Expected an ISO 8601 duration such as P1M.")
-        return DEFAULT_CADENCE, path
     try:
-        cadence_parse(text=text)
-    except (ValueError, ValidationFailed) as exc:
-        message = next(iter(exc.errors.values()))[0] if isinstance(exc, ValidationFailed) else str(exc)
-        fields.errors.setdefault(path, []).append(message)
+        cadence = cadence_parse(text=text, field=path)
+    except ValidationFailed as exc:
+        for key, messages in exc.errors.items():
+            fields.errors.setdefault(key, []).extend(messages)
         return DEFAULT_CADENCE, path
-    return text.strip().upper(), path
+    return cadence.text, path
 
 
 def pricing_build(*, actor: Actor, product: Product, fields: Fields, return_existing: bool = False) -> Pricing | None:
