@@ -131,11 +131,17 @@ class ServiceAdmin(OrganisationScopedAdmin):
         except DomainError as exc:  # validated in the form already; a concurrent change may still land here
             messages.error(request, exc.detail)
             return
-        obj.pk = saved.pk
+        # The admin logs, shows and redirects to `obj`: make it the row the service wrote.
+        for field in obj._meta.concrete_fields:
+            setattr(obj, field.attname, getattr(saved, field.attname))
         obj._state.adding = False
+        obj._state.db = saved._state.db
 
     def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
-        pass  # related rows change through the services only
+        # Related rows change through the services only; the inlines are read-only, so this writes
+        # nothing, but it lets the admin's change message read what each formset saved (nothing).
+        for formset in formsets:
+            formset.save(commit=False)
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         readonly = list(super().get_readonly_fields(request, obj))

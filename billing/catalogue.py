@@ -15,7 +15,7 @@ from metrics.models import BillableMetric
 from zenskar_site.accounts.actors import Actor
 from zenskar_site.accounts.services import audit_record
 from zenskar_site.lib.errors import NotFound, ValidationFailed
-from zenskar_site.lib.text import printable
+from zenskar_site.lib.text import printable, unstorable_at, unstorable_problems
 
 PRODUCT_FIELDS = ("name", "sku", "description", "type", "is_active", "tax_codes", "custom_attributes")
 PRICING_FIELDS = ("name", "description", "pricing_data", "quantity", "billing_period", "is_recurring", "currency")
@@ -169,9 +169,9 @@ def _once(fields: Fields, pricing_data: Mapping[str, Any], top: str, inner: str)
     inner_value = pricing_data.get(inner) if isinstance(pricing_data, Mapping) else None
     if top_value is not None and inner_value is not None and top_value != inner_value:
         fields.fail(top, f"Given twice, differently: as {top} and as pricing_data.{inner}; give it once.")
-    if top_value is not None:
-        return top_value, fields.path(top)
-    return inner_value, fields.path(f"pricing_data.{inner}")
+    if inner_value is not None and top_value is None:
+        return inner_value, fields.path(f"pricing_data.{inner}")
+    return top_value, fields.path(top)
 
 
 def _metric_find(*, actor: Actor, reference: Any) -> BillableMetric | None:
@@ -183,7 +183,7 @@ def _metric_find(*, actor: Actor, reference: Any) -> BillableMetric | None:
         found = metrics.filter(id=int(reference)).first()
         if found is not None or isinstance(reference, int):
             return found
-    if isinstance(reference, str) and reference:
+    if isinstance(reference, str) and reference and unstorable_at(reference) is None:
         return metrics.filter(slug=reference).first()
     return None
 
@@ -276,6 +276,9 @@ def pricing_build(*, actor: Actor, product: Product, fields: Fields, return_exis
         return None
     if not isinstance(raw_data, Mapping):
         fields.fail("pricing_data", "Expected a JSON object.")
+        return None
+    if problems := unstorable_problems(raw_data, fields.path("pricing_data")):
+        fields.errors.update(problems)
         return None
     model = None
     try:

@@ -64,13 +64,16 @@ class Fields:
             self.fail(name, "Expected a string.")
             return default
         value = value.strip()
+        # A refused value is never returned: the caller may look it up before raising the errors.
         if required and not value:
             self.fail(name, "This field may not be blank.")
         elif len(value) > max_length:
             self.fail(name, f"At most {max_length} characters.")
         elif (problem := unstorable_message(value)) is not None:
             self.fail(name, problem)
-        return value
+        else:
+            return value
+        return default
 
     def identifier(self, name: str, *, max_length: int = 255) -> str | None:
         """An optional identifier unique in the organisation (external id, SKU): blank means none."""

@@ -261,6 +261,9 @@ def test_a_pricing_in_another_currency_is_a_400_and_nothing_is_stored(
         ),
         ({"plan_id": "nope"}, "plan_id"),
         ({"terms": "x"}, "terms"),
+        ({"name": "a\x00"}, "name"),
+        ({"custom_attributes": {"k\x00": 1}}, "custom_attributes.k\\u0000"),
+        ({"phases": [{"name": "P", "phase_metadata": {"k": "\x00"}}]}, "phases[0].phase_metadata.k"),
     ],
 )
 def test_a_bad_contract_is_a_400_naming_the_field_and_stores_nothing(
@@ -268,7 +271,7 @@ def test_a_bad_contract_is_a_400_naming_the_field_and_stores_nothing(
 ) -> None:
     products_before = Product.objects.count()
 
-    response = create(api, customer_id, **body)
+    response = api.post(URL, {**contract_body(customer_id), **body}, format="json")
 
     assert response.status_code == 400, response.json()
     assert field in response.json()["errors"], response.json()

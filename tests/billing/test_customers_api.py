@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -77,13 +78,16 @@ def test_defaults_are_zero_tax_and_thirty_days(api: APIClient) -> None:
         ({"custom_data": {"k": "\x00"}}, "custom_data.k"),
         ({"email": ["a"]}, "email"),
         ({"external_id": 5}, "external_id"),
+        ({"external_id": "cus\x00"}, "external_id"),
+        ({"phone_number": "\ud800"}, "phone_number"),
         ({"colour": "red"}, "colour"),
     ],
 )
 def test_bad_input_is_a_400_naming_the_field_and_stores_nothing(
     api: APIClient, body: dict[str, Any], field: str
 ) -> None:
-    response = api.post(URL, {"customer_name": "Initech", **body}, format="json")
+    # Sent as JSON text with escapes, as a client would send a lone surrogate.
+    response = api.post(URL, json.dumps({"customer_name": "Initech", **body}), content_type="application/json")
 
     assert response.status_code == 400, response.json()
     assert field in response.json()["errors"], response.json()

@@ -174,6 +174,9 @@ def test_return_existing_gives_back_an_identical_pricing(api: APIClient) -> None
         ({"currency": "XYZ"}, "currency"),
         ({"currency": "dollars"}, "currency"),
         ({"is_recurring": "no"}, "is_recurring"),
+        ({"quantity": {"type": "metered", "aggregate_id": "cpu\x00"}}, "quantity.aggregate_id"),
+        ({"quantity": {"type": "metered", "aggregate_id": "cpu_hours", "unit": "h\x00"}}, "quantity.unit"),
+        ({"pricing_data": {**TIERED, "note\x00": 1}}, "pricing_data"),
         ({"discount": 1}, "discount"),
     ],
 )
