@@ -11,6 +11,9 @@ from django.db import IntegrityError, transaction
 from billing.customers import snapshot
 from billing.inputs import Fields, currency_value, uuid_value
 from billing.models import Plan, PlanPricing, PlanStatus, Pricing, Product, ProductType, QuantityType
+from billing.periods import CADENCES, Cadence, cadence_parse
+from billing.quantities import metric_cadence_check
+from billing.rating import PricingInvalid, pricing_data_normalise, pricing_parse
 from metrics.models import BillableMetric
 from zenskar_site.accounts.actors import Actor
 from zenskar_site.accounts.services import audit_record
@@ -22,7 +25,7 @@ PRICING_FIELDS = ("name", "description", "pricing_data", "quantity", "billing_pe
 # Keys of pricing_data that are not the pricing model: read here and stored once, in their own columns.
 PRICING_DATA_EXTRAS = ("quantity", "pricing_period", "currency")
 PLAN_FIELDS = ("name", "description", "currency", "status", "custom_attributes", "pricing_ids")
-DEFAULT_CADENCE = "P1M"
+DEFAULT_CADENCE = CADENCES["P1M"]
 MAX_PLAN_PRICINGS = 200
 
 
@@ -238,9 +241,7 @@ def _quantity_read(
     return clean
 
 
-def _cadence_read(fields: Fields, pricing_data: Mapping[str, Any]) -> tuple[str, str]:
-    from billing.periods import cadence_parse
-
+def _cadence_read(fields: Fields, pricing_data: Mapping[str, Any]) -> tuple[Cadence, str]:
     period, period_path = _once(fields, pricing_data, "billing_period", "pricing_period")
     path = f"{period_path}.cadence"
     if period is None:
@@ -257,7 +258,7 @@ def _cadence_read(fields: Fields, pricing_data: Mapping[str, Any]) -> tuple[str,
         for key, messages in exc.errors.items():
             fields.errors.setdefault(key, []).extend(messages)
         return DEFAULT_CADENCE, path
-    return cadence.text, path
+    return cadence, path
 
 
 def pricing_build(*, actor: Actor, product: Product, fields: Fields, return_existing: bool = False) -> Pricing | None:
@@ -266,9 +267,6 @@ def pricing_build(*, actor: Actor, product: Product, fields: Fields, return_exis
     Shared by pricing_create and a contract's inline pricing. With `return_existing`, an identical
     pricing of the product is returned instead of a copy (Zenskar's `return_existing`).
     """
-    from billing.quantities import metric_cadence_check
-    from billing.rating import PricingInvalid, pricing_data_normalise, pricing_parse
-
     fields.refuse_unknown(PRICING_FIELDS)
     raw_data = fields.get("pricing_data")
     if raw_data is None:
@@ -330,7 +328,7 @@ def pricing_build(*, actor: Actor, product: Product, fields: Fields, return_exis
         "pricing_data": pricing_data_normalise(model=model),
         "pricing_type": model.pricing_type.value,
         "currency": currency,
-        "cadence": cadence,
+        "cadence": cadence.text,
     }
     if return_existing:
         existing = Pricing.objects.filter(organisation=actor.organisation, product=product, **values).first()

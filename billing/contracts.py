@@ -11,7 +11,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from billing.catalogue import pricing_build, product_build
+from billing.catalogue import PRODUCT_FIELDS, pricing_build, product_build
 from billing.customers import json_ready, snapshot
 from billing.inputs import Fields, uuid_value
 from billing.models import (
@@ -28,9 +28,11 @@ from billing.models import (
     RenewalPolicy,
     UnpausePolicy,
 )
+from billing.periods import cadence_parse
+from billing.quantities import metric_cadence_check
 from zenskar_site.accounts.actors import Actor
 from zenskar_site.accounts.services import audit_record
-from zenskar_site.lib.errors import Conflict, NotFound
+from zenskar_site.lib.errors import Conflict, NotFound, ValidationFailed
 from zenskar_site.lib.text import printable
 
 CONTRACT_FIELDS = (
@@ -205,8 +207,6 @@ def _phase_pricing_pricing(*, actor: Actor, fields: Fields, currency: str) -> Pr
             return None
     elif fields.has("product"):
         product_fields = Fields(fields.get("product"), prefix=fields.path("product"), errors=fields.errors)
-        from billing.catalogue import PRODUCT_FIELDS
-
         product_fields.refuse_unknown(PRODUCT_FIELDS)
         product = product_build(actor=actor, fields=product_fields)
         if product is None:
@@ -220,6 +220,23 @@ def _phase_pricing_pricing(*, actor: Actor, fields: Fields, currency: str) -> Pr
         fields.fail("pricing.currency", f"This pricing is in {pricing.currency}; the contract is in {currency}.")
         return None
     return pricing
+
+
+def _metered_anchor_check(
+    errors: dict[str, list[str]], *, pricing: Pricing, anchor: dt.date, field: str, anchor_field: str
+) -> None:
+    assert pricing.metric is not None
+    try:
+        metric_cadence_check(
+            metric=pricing.metric,
+            cadence=cadence_parse(text=pricing.cadence),
+            field=field,
+            anchor=anchor,
+            anchor_field=anchor_field,
+        )
+    except ValidationFailed as exc:
+        for path, messages in exc.errors.items():
+            errors.setdefault(path, []).extend(messages)
 
 
 def _phase_pricing_add(
@@ -238,6 +255,16 @@ def _phase_pricing_add(
     }
     if pricing is not None and phase.phase_pricings.filter(pricing=pricing).exists():
         fields.fail("pricing_id", "This pricing is already in the phase.")
+    if pricing is not None and pricing.metric is not None and not fields.errors:
+        # Monthly metric values need periods of whole calendar months: the anchor on the 1st.
+        own_anchor = anchor is not None
+        _metered_anchor_check(
+            fields.errors,
+            pricing=pricing,
+            anchor=anchor if own_anchor else phase.contract.anchor_date,
+            field=fields.path("pricing_id"),
+            anchor_field=fields.path("anchor_date") if own_anchor else "anchor_date",
+        )
     if fields.errors or pricing is None:
         return None
     return PhasePricing.objects.create(
@@ -408,6 +435,7 @@ def contract_update(*, actor: Actor, contract_id: Any, changes: Mapping[str, Any
     contract = contract_locked(actor=actor, contract_id=contract_id)
     _not_expired(contract)
     before = contract_snapshot(contract)
+    before_anchor = contract.anchor_date
     fields = Fields(changes)
     fields.refuse_unknown(set(CONTRACT_FIELDS) - {"phases", "plan_id"})
     if fields.has("name"):
@@ -458,6 +486,18 @@ def contract_update(*, actor: Actor, contract_id: Any, changes: Mapping[str, Any
         fields.fail("end_date", "end_date must be after start_date.")
     elif not fields.errors:
         _phases_fit(fields, contract)
+    if contract.anchor_date != before_anchor and not fields.errors:
+        metered = PhasePricing.objects.filter(
+            phase__contract=contract, anchor_date__isnull=True, pricing__metric__isnull=False
+        ).select_related("pricing__metric")
+        for link in metered:
+            _metered_anchor_check(
+                fields.errors,
+                pricing=link.pricing,
+                anchor=contract.anchor_date,
+                field="anchor_date",
+                anchor_field="anchor_date",
+            )
     fields.raise_if_errors()
     contract.save()
     if contract_snapshot(contract) != before:

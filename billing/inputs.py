@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from billing.rating import currency_exponent
 from zenskar_site.lib.errors import ValidationFailed
 from zenskar_site.lib.text import printable, unstorable_message, unstorable_problems
 
@@ -222,8 +223,6 @@ def date_value(value: Any, fields: Fields, name: str) -> dt.date | None:
 
 
 def currency_value(value: Any, fields: Fields, name: str) -> str:
-    from billing.rating import currency_exponent
-
     if not isinstance(value, str) or not CURRENCY_RE.match(value.strip().upper()):
         fields.fail(name, "Expected an ISO 4217 currency code such as USD.")
         return ""

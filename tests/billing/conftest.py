@@ -20,7 +20,9 @@ from zenskar_site.accounts.models import Organisation
 TIERED = {"pricing_type": "tiered", "unit_amount": ["0.10", "0.08"], "up_to": [100, None]}
 
 
-def metric_make(organisation: Organisation, *, slug: str = "cpu_hours", aggregation: str = "sum") -> BillableMetric:
+def metric_make(
+    organisation: Organisation, *, slug: str = "cpu_hours", aggregation: str = "sum", granularity: str = "day"
+) -> BillableMetric:
     if not organisation.usage_events.filter(api_slug="compute_hours").exists():
         usage_event_make(organisation=organisation, data={"cpu_usage_hours": "Float64", "region": "Nullable(String)"})
     return metric_create(
@@ -32,7 +34,7 @@ def metric_make(organisation: Organisation, *, slug: str = "cpu_hours", aggregat
             "aggregation": aggregation,
             "field": "cpu_usage_hours",
             "group_by": ["region"],
-            "granularity": "day",
+            "granularity": granularity,
         },
     )
 

@@ -494,3 +494,30 @@ def test_the_database_refuses_inconsistent_contracts(organisation: Organisation)
     ):
         with pytest.raises(IntegrityError), transaction.atomic():
             Contract.objects.create(**{**base, **values})
+
+
+def test_a_monthly_metric_needs_the_contract_anchored_on_the_first(
+    api: APIClient, organisation: Organisation, customer_id: str
+) -> None:
+    from tests.billing.conftest import metric_make
+
+    monthly = metric_make(organisation, slug="cpu_month", granularity="month")
+    pricing = metered_pricing_make(organisation, monthly)
+    phases = [{"name": "Main", "pricings": [{"pricing_id": str(pricing.id)}]}]
+
+    mid_month = create(api, customer_id, anchor_date="2026-01-15", phases=phases)
+    own_anchor = create(
+        api,
+        customer_id,
+        anchor_date="2026-01-15",
+        phases=[{"name": "Main", "pricings": [{"pricing_id": str(pricing.id), "anchor_date": "2026-02-01"}]}],
+    )
+    first = created(api, customer_id, phases=phases)
+    moved = api.patch(f"{URL}{first['id']}/", {"anchor_date": "2026-01-10"}, format="json")
+
+    assert mid_month.status_code == 400
+    assert "anchor_date" in mid_month.json()["errors"]
+    assert own_anchor.status_code == 201, own_anchor.json()
+    assert moved.status_code == 400
+    assert "anchor_date" in moved.json()["errors"]
+    assert Contract.objects.get(id=first["id"]).anchor_date.isoformat() == "2026-01-01"
