@@ -42,7 +42,7 @@ def plain(value: Any) -> Any:
     return value
 
 
-class ServiceForm(forms.ModelForm):  # type: ignore[type-arg]
+class ServiceForm(forms.ModelForm):
     """A model form whose writes go through a service; set by ServiceAdmin.get_form."""
 
     request: HttpRequest
@@ -85,8 +85,8 @@ class ServiceAdmin(OrganisationScopedAdmin):
 
     def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
         form_class = super().get_form(request, obj, change=change, **kwargs)
-        form_class.request = request
-        form_class.service_admin = self
+        form_class.request = request  # type: ignore[attr-defined]
+        form_class.service_admin = self  # type: ignore[attr-defined]
         return form_class
 
     def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
@@ -150,7 +150,7 @@ class ServiceAdmin(OrganisationScopedAdmin):
         return readonly
 
 
-class ShownInline(admin.TabularInline):  # type: ignore[type-arg]
+class ShownInline(admin.TabularInline):
     """Rows shown under their parent, whose admin already checked the organisation; changed through services."""
 
     extra = 0
@@ -187,7 +187,16 @@ class CustomerAdmin(ServiceAdmin):
 
 class PricingInline(ShownInline):
     model = Pricing
-    fields = ["name", "pricing_type", "pricing_data", "quantity_type", "metric", "quantity", "cadence", "currency"]
+    fields = (
+        "name",
+        "pricing_type",
+        "pricing_data",
+        "quantity_type",
+        "metric",
+        "quantity",
+        "cadence",
+        "currency",
+    )
     readonly_fields = fields
     show_change_link = True
 
@@ -291,7 +300,10 @@ class PricingAdmin(ServiceAdmin):
 
 class PlanPricingInline(ShownInline):
     model = PlanPricing
-    fields = ["pricing", "position"]
+    fields = (
+        "pricing",
+        "position",
+    )
     readonly_fields = fields
 
 
@@ -337,7 +349,12 @@ class PlanAdmin(ServiceAdmin):
 
 class PhaseInline(ShownInline):
     model = ContractPhase
-    fields = ["name", "phase_type", "start_date", "end_date"]
+    fields = (
+        "name",
+        "phase_type",
+        "start_date",
+        "end_date",
+    )
     readonly_fields = fields
     show_change_link = True
 
@@ -398,7 +415,13 @@ class ContractAdmin(ServiceAdmin):
 
 class PhasePricingInline(ShownInline):
     model = PhasePricing
-    fields = ["pricing", "start_date", "end_date", "anchor_date", "external_id"]
+    fields = (
+        "pricing",
+        "start_date",
+        "end_date",
+        "anchor_date",
+        "external_id",
+    )
     readonly_fields = fields
 
 
@@ -409,7 +432,7 @@ class ContractPhaseAdmin(OrganisationScopedAdmin):
     list_display = ["name", "contract", "organisation", "phase_type", "start_date", "end_date"]
     list_filter = ["phase_type"]
     list_select_related = ["contract", "organisation"]
-    readonly_fields = ["organisation", "contract", "name", "description", "phase_type", "start_date", "end_date"]
+    readonly_fields = ("organisation", "contract", "name", "description", "phase_type", "start_date", "end_date")
     fields = readonly_fields
     inlines = [PhasePricingInline]
 

@@ -408,14 +408,15 @@ def _plan_pricings_attach(plan: Plan, pricings: Sequence[Pricing]) -> None:
 def plan_create(*, actor: Actor, data: Mapping[str, Any]) -> Plan:
     fields = Fields(data)
     fields.refuse_unknown(PLAN_FIELDS)
+    currency = fields.currency("currency", required=True)
     clean = {
         "name": fields.text("name", max_length=255, required=True),
         "description": fields.text("description", max_length=10_000),
-        "currency": fields.currency("currency", required=True),
+        "currency": currency,
         "status": fields.choice("status", choices=PlanStatus.values, default=PlanStatus.ACTIVE),
         "custom_attributes": fields.json_object("custom_attributes"),
     }
-    pricings = _plan_pricings_read(actor=actor, fields=fields, name="pricing_ids", currency=clean["currency"])
+    pricings = _plan_pricings_read(actor=actor, fields=fields, name="pricing_ids", currency=currency)
     fields.raise_if_errors()
     plan = Plan.objects.create(organisation=actor.organisation, **clean)
     _plan_pricings_attach(plan, pricings)

@@ -257,13 +257,12 @@ def _phase_pricing_add(
         fields.fail("pricing_id", "This pricing is already in the phase.")
     if pricing is not None and pricing.metric is not None and not fields.errors:
         # Monthly metric values need periods of whole calendar months: the anchor on the 1st.
-        own_anchor = anchor is not None
         _metered_anchor_check(
             fields.errors,
             pricing=pricing,
-            anchor=anchor if own_anchor else phase.contract.anchor_date,
+            anchor=anchor or phase.contract.anchor_date,
             field=fields.path("pricing_id"),
-            anchor_field=fields.path("anchor_date") if own_anchor else "anchor_date",
+            anchor_field=fields.path("anchor_date") if anchor is not None else "anchor_date",
         )
     if fields.errors or pricing is None:
         return None
@@ -282,7 +281,7 @@ def _phase_add(*, actor: Actor, contract: Contract, fields: Fields, plan: Plan |
     """Validate and add one phase (with its pricings) to `contract`; errors collect in `fields`."""
     fields.refuse_unknown(PHASE_FIELDS)
     name = fields.text("name", max_length=255, required=True)
-    phase_type = fields.choice("phase_type", choices=PhaseType.values, default=PhaseType.ACTIVE)
+    phase_type = fields.choice("phase_type", choices=PhaseType.values, default=PhaseType.ACTIVE) or PhaseType.ACTIVE
     start = fields.date("start_date")
     if start is None and not fields.has("start_date"):
         latest = contract.phases.order_by("-start_date").first()

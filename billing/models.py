@@ -15,10 +15,6 @@ from django.db.models import F, Q
 from metrics.models import BillableMetric
 from zenskar_site.accounts.models import Organisation
 
-# Fixed quantities and percentages: at most 15 significant digits, which SQLite's NUMERIC storage
-# keeps exactly (PostgreSQL's numeric keeps any); money amounts live in pricing_data as decimal strings.
-QUANTITY_DIGITS = {"max_digits": 15, "decimal_places": 6}
-
 
 class Customer(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
@@ -123,7 +119,9 @@ class Pricing(models.Model):
     currency = models.CharField(max_length=3, blank=True, default="")
     quantity_type = models.CharField(max_length=8, choices=QuantityType.choices)
     metric = models.ForeignKey(BillableMetric, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
-    quantity = models.DecimalField(null=True, blank=True, **QUANTITY_DIGITS)  # type: ignore[call-overload]
+    # At most 15 significant digits, which SQLite's NUMERIC storage keeps exactly (PostgreSQL's numeric
+    # keeps any); money amounts live in pricing_data as decimal strings.
+    quantity = models.DecimalField(max_digits=15, decimal_places=6, null=True, blank=True)
     unit = models.CharField(max_length=64, blank=True, default="")
     label = models.CharField(max_length=255, blank=True, default="")
     cadence = models.CharField(max_length=8, default="P1M", help_text="ISO 8601 duration: P1D, P1W, P1M, P3M...")

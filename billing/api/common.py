@@ -33,7 +33,7 @@ def reason_of(body: dict[str, Any]) -> str:
     return reason
 
 
-class DecimalText(serializers.Field):  # type: ignore[type-arg]
+class DecimalText(serializers.Field):
     """A Decimal as its shortest exact string (`7.5`, not `7.5000`); null stays null."""
 
     def to_representation(self, value: Decimal) -> str:
@@ -44,7 +44,7 @@ class DecimalText(serializers.Field):  # type: ignore[type-arg]
         raise NotImplementedError  # output only: the services read input
 
 
-class FilteredListApi(GenericAPIView):  # type: ignore[type-arg]
+class FilteredListApi(GenericAPIView):
     """GET: the filtered, cursor-paginated list. A bad filter value is a 400 naming the filter."""
 
     ordering = "-created_at"
