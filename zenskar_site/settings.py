@@ -284,6 +284,8 @@ SPECTACULAR_SETTINGS = {
         "MetricKindEnum": "metrics.models.MetricKind",
         "AggregationEnum": "metrics.models.Aggregation",
         "ApiKeyScopeEnum": "zenskar_site.accounts.models.ApiKeyScope",
+        "ContractStatusEnum": "billing.models.ContractStatus",
+        "PlanStatusEnum": "billing.models.PlanStatus",
     },
 }
 

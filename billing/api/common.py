@@ -7,6 +7,8 @@ from decimal import Decimal
 from typing import Any
 
 from django.db.models import QuerySet
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 from rest_framework.generics import GenericAPIView
 from rest_framework.request import Request
@@ -33,6 +35,7 @@ def reason_of(body: dict[str, Any]) -> str:
     return reason
 
 
+@extend_schema_field(OpenApiTypes.STR)
 class DecimalText(serializers.Field):
     """A Decimal as its shortest exact string (`7.5`, not `7.5000`); null stays null."""
 

@@ -139,7 +139,9 @@ class ContractInput(serializers.Serializer[Any]):
     description = serializers.CharField(required=False)
     customer_id = serializers.UUIDField()
     status = serializers.ChoiceField(
-        choices=[ContractStatus.DRAFT, ContractStatus.ACTIVE, ContractStatus.DISPUTED], default=ContractStatus.DRAFT
+        choices=ContractStatus.choices,
+        default=ContractStatus.DRAFT,
+        help_text="draft, active or disputed; paused and expired come from the pause and expire actions.",
     )
     currency = serializers.CharField(help_text="ISO 4217")
     start_date = serializers.DateField()

@@ -521,3 +521,16 @@ def test_a_monthly_metric_needs_the_contract_anchored_on_the_first(
     assert moved.status_code == 400
     assert "anchor_date" in moved.json()["errors"]
     assert Contract.objects.get(id=first["id"]).anchor_date.isoformat() == "2026-01-01"
+
+
+def test_the_openapi_document_lists_the_billing_endpoints(db: None) -> None:
+    paths = APIClient().get("/api/v1/schema/", {"format": "json"}).json()["paths"]
+    for path in (
+        "/api/v1/customers/{customer_id}/",
+        "/api/v1/products/{product_id}/pricings/",
+        "/api/v1/plans/{plan_id}/pricings/",
+        "/api/v1/contracts/{contract_id}/phases/{phase_id}/pricings/",
+        "/api/v1/contracts/{contract_id}/pause/",
+        "/api/v1/contracts/{contract_id}/amendments/",
+    ):
+        assert path in paths, path
