@@ -60,6 +60,7 @@ urlpatterns = [
     path("usage/<str:api_slug>/", ingest),
     path("usage-events/", include("usage.urls")),
     path("metrics/", include("metrics.urls")),
+    path("billing/", include("billing.dashboard_urls")),
     path("api/v1/", include((api_v1, "api"))),
     path("admin/", admin.site.urls),
 ]
