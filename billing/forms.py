@@ -4,7 +4,8 @@ views put those problems next to the fields they concern (`errors_place`)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from django import forms
@@ -55,7 +56,13 @@ def _text(value: Any) -> str:
     return value.strip() if isinstance(value, str) else ""
 
 
-def errors_place(form: forms.Form, exc: ValidationFailed, *, route: Mapping[str, str]) -> None:
+def errors_place(
+    form: forms.Form,
+    exc: ValidationFailed,
+    *,
+    route: Mapping[str, str],
+    describe: Callable[[str], str | None] | None = None,
+) -> None:
     """Each service error next to its form field: `route` maps an error path (or its prefix before a
     `.` or `[`) to a field, first match wins; the path is kept in the message when it says more than the
     field does (`pricing_data.up_to[1]`)."""
@@ -69,8 +76,12 @@ def errors_place(form: forms.Form, exc: ValidationFailed, *, route: Mapping[str,
             (None, None),
         )
         field = target if target in form.fields else None
+        label = describe(path) if describe is not None else None
         for message in messages:
-            form.add_error(field, message if path == prefix or not path else f"{path}: {message}")
+            if label:
+                form.add_error(field, f"{label}: {message}")
+            else:
+                form.add_error(field, message if path == prefix or not path else f"{path}: {message}")
 
 
 # --- customers ---
@@ -309,6 +320,21 @@ class PricingForm(forms.Form):
             "currency": "currency",
             "name": "name",
         }
+
+
+TIER_PATH = re.compile(r"^pricing_data\.(up_to|unit_amount|flat_amount)\[(\d+)\]\Z")
+MATRIX_PATH = re.compile(r"^pricing_data\.(values|dimensions)\[(\d+)\]")
+TIER_COLUMNS = {"up_to": "up to", "unit_amount": "unit amount", "flat_amount": "flat amount"}
+
+
+def pricing_path_label(path: str) -> str | None:
+    """A pricing error's path as the form shows it: `pricing_data.up_to[1]` is tier 2's "up to"."""
+    if match := TIER_PATH.match(path):
+        return f"Tier {int(match.group(2)) + 1}, {TIER_COLUMNS[match.group(1)]}"
+    if match := MATRIX_PATH.match(path):
+        what = "Price line" if match.group(1) == "values" else "Dimension"
+        return f"{what} {int(match.group(2)) + 1}"
+    return None
 
 
 # --- plans ---

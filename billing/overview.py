@@ -56,6 +56,11 @@ class UsageLine:
     charges: bool = True  # False in a trial or pause phase: usage is shown, nothing is charged
     problems: tuple[str, ...] = field(default_factory=tuple)
 
+    @property
+    def last_day(self) -> dt.date | None:
+        """The period's last day (its `end` is exclusive), as a person reads a period."""
+        return self.period.end - dt.timedelta(days=1) if self.period is not None else None
+
 
 def _current_piece(contract: Contract, pricing: Pricing, phase_key: str, today: dt.date) -> BillingPeriod | None:
     """The billing-period piece of `pricing` in its phase that holds `today` (None: not billing today)."""

@@ -12,7 +12,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.contrib import messages
-from django.db.models import Q
+from django.db.models import Count, Q
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
@@ -49,6 +49,7 @@ from billing.forms import (
     ProductForm,
     errors_place,
     pricing_label,
+    pricing_path_label,
 )
 from billing.models import Contract, ContractPhase, ContractStatus, Pricing, ProductType
 from billing.overview import customer_current_usage, pricing_curves, unmatched_usage_customers
@@ -100,7 +101,7 @@ def customer_list(request: HttpRequest, actor: Actor) -> HttpResponse:
         {
             "search": search,
             "query": query,
-            "customers": list(customers[:LIST_LIMIT]),
+            "customers": list(customers.annotate(contract_count=Count("contracts"))[:LIST_LIMIT]),
             "unmatched": unmatched_usage_customers(organisation=actor.organisation, now=timezone.now()),
         },
     )
@@ -229,7 +230,7 @@ def pricing_new(request: HttpRequest, actor: Actor, product_id: str) -> HttpResp
                 )
             pricing = pricing_create(actor=actor, product_id=product.id, data=body)
         except ValidationFailed as exc:
-            errors_place(form, exc, route=form.route())
+            errors_place(form, exc, route=form.route(), describe=pricing_path_label)
         else:
             messages.success(request, f"Pricing “{pricing.name or pricing.pricing_type}” added to {product.name}.")
             return redirect("billing:product-detail", product_id=product.id)
@@ -237,7 +238,7 @@ def pricing_new(request: HttpRequest, actor: Actor, product_id: str) -> HttpResp
 
 
 def _json_errors(form: PricingForm, exc: ValidationFailed) -> dict[str, list[str]]:
-    errors_place(form, exc, route=form.route())
+    errors_place(form, exc, route=form.route(), describe=pricing_path_label)
     return {name: [str(m) for m in found] for name, found in form.errors.items()}
 
 

@@ -6,7 +6,7 @@
   const form = document.getElementById("pricing-form");
   if (!form) return;
   const SVG = "http://www.w3.org/2000/svg";
-  const W = 600, H = 340, LEFT = 62, RIGHT = 588, TOP = 14, BOTTOM = 300;
+  const H = 300, LEFT = 56, RIGHT = 448, TOP = 14, BOTTOM = 262;
   const COLOURS = ["#4f46e5", "#0d9488", "#d97706", "#db2777", "#2563eb", "#65a30d"];
   const MODEL_FIELDS = ["pricing_type", "unit_amount", "package_size", "percentage", "tiers", "matrix_dimensions", "matrix_values", "default_unit_amount"];
   const type = document.getElementById("id_pricing_type");
@@ -122,7 +122,8 @@
     }
     for (let v = 0; v <= xTop + xStep / 1e6; v += xStep) {
       chart.appendChild(el("line", { class: "axis", x1: x(v), x2: x(v), y1: BOTTOM, y2: BOTTOM + 4 }));
-      chart.appendChild(el("text", { class: "axis-label", x: x(v), y: BOTTOM + 18, "text-anchor": "middle" }, label(v, xStep)));
+      const last = v + xStep > xTop + xStep / 1e6;
+      chart.appendChild(el("text", { class: "axis-label", x: x(v), y: BOTTOM + 18, "text-anchor": last ? "end" : "middle" }, label(v, xStep)));
     }
     chart.appendChild(el("text", { class: "axis-title", x: (LEFT + RIGHT) / 2, y: H - 4, "text-anchor": "middle" }, "quantity"));
     chart.appendChild(el("text", { class: "axis-title", x: 12, y: (TOP + BOTTOM) / 2, "text-anchor": "middle", transform: "rotate(-90 12 " + (TOP + BOTTOM) / 2 + ")" }, "amount"));
