@@ -20,6 +20,7 @@ from playwright.sync_api import Page, expect
 
 from billing.models import Contract, Customer, Plan, Pricing
 from metrics.definitions import metric_create
+from tests.browser.conftest import SCREENSHOTS
 from tests.browser.pages import PASSWORD, sign_in
 from tests.factories import api_key_make, organisation_make, usage_event_make
 from zenskar_site.accounts.actors import system_actor
@@ -28,8 +29,8 @@ from zenskar_site.accounts.models import Organisation
 pytestmark = pytest.mark.browser
 
 ADMIN_EMAIL = "bill@example.com"
-# Where the screenshots go (also tests/browser/screenshots through the shared fixture's folder name).
-SCREENS = Path(os.environ.get("BILLING_SCREENS", "/work/screens-billing"))
+# Where the screenshots go: the browser tests' folder (git-ignored), or BILLING_SCREENS when set.
+SCREENS = Path(os.environ.get("BILLING_SCREENS") or SCREENSHOTS)
 UPDATE_TIMEOUT_SECONDS = 15
 
 
