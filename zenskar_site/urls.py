@@ -61,6 +61,7 @@ urlpatterns = [
     path("usage/<str:api_slug>/", ingest),
     path("usage-events/", include("usage.urls")),
     path("metrics/", include("metrics.urls")),
+    path("billing/", include("billing.dashboard_urls")),
     path("api/v1/", include((api_v1, "api"))),
     path("admin/", admin.site.urls),
     # Monitoring: 503 when beat's metrics sweep is overdue (a worker or beat is missing).
