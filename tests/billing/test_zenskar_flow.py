@@ -31,7 +31,9 @@ def test_a_full_flow_through_zenskar_paths_gives_the_hand_computed_estimate(
 ) -> None:
     settings.CELERY_TASK_ALWAYS_EAGER = True
     # Given a raw metric and an aggregate over it (the aggregate first, so ingestion refreshes it).
-    raw = created(zenskar.post("/rawmetric", {"name": "Compute hours", "api_slug": "compute_hours", "dataschema": SCHEMA}))
+    raw = created(
+        zenskar.post("/rawmetric", {"name": "Compute hours", "api_slug": "compute_hours", "dataschema": SCHEMA})
+    )
     assert zenskar.get(f"/rawmetric/{raw['id']}").json()["api_slug"] == "compute_hours"
     assert zenskar.get("/rawmetric/slug/compute_hours").json()["id"] == raw["id"]
     with django_capture_on_commit_callbacks(execute=True):
@@ -54,7 +56,11 @@ def test_a_full_flow_through_zenskar_paths_gives_the_hand_computed_estimate(
     start, end = days_ago(3), days_ago(1)
     records = [
         {"customer_id": "cus_acme", "timestamp": iso(start + dt.timedelta(hours=1)), "data": {"cpu_usage_hours": 1.5}},
-        {"customer_id": "cus_acme", "timestamp": iso(start + dt.timedelta(hours=30)), "data": {"cpu_usage_hours": 2.25}},
+        {
+            "customer_id": "cus_acme",
+            "timestamp": iso(start + dt.timedelta(hours=30)),
+            "data": {"cpu_usage_hours": 2.25},
+        },
         {"customer_id": "cus_acme", "timestamp": iso(end - dt.timedelta(seconds=1)), "data": {"cpu_usage_hours": 4}},
         {"customer_id": "cus_acme", "timestamp": iso(start - dt.timedelta(hours=1)), "data": {"cpu_usage_hours": 100}},
         {"customer_id": "cus_other", "timestamp": iso(start + dt.timedelta(hours=2)), "data": {"cpu_usage_hours": 50}},
@@ -72,7 +78,11 @@ def test_a_full_flow_through_zenskar_paths_gives_the_hand_computed_estimate(
     per_unit = created(
         zenskar.post(
             f"/products/{product['id']}/pricing",
-            {"name": "Per hour", "pricing_data": {"pricing_type": "per_unit", "unit_amount": "0.5"}, "quantity": metered},
+            {
+                "name": "Per hour",
+                "pricing_data": {"pricing_type": "per_unit", "unit_amount": "0.5"},
+                "quantity": metered,
+            },
         )
     )
     tiered = created(
@@ -110,7 +120,12 @@ def test_a_full_flow_through_zenskar_paths_gives_the_hand_computed_estimate(
     # Then the estimate is the records' sum in [start, end) for that customer: 1.5 + 2.25 + 4.
     estimate = zenskar.get(
         "/aggregates/estimates",
-        {"aggregate_id": aggregate["id"], "customer_id": customer["id"], "start_date": iso(start), "end_date": iso(end)},
+        {
+            "aggregate_id": aggregate["id"],
+            "customer_id": customer["id"],
+            "start_date": iso(start),
+            "end_date": iso(end),
+        },
     )
     assert estimate.status_code == 200, estimate.json()
     assert Decimal(estimate.json()["quantity"]) == Decimal("7.75")

@@ -12,7 +12,11 @@ from django.utils import timezone
 
 from tests.factories import ApiKeyBundle
 
-SCHEMA = {"customer_id": "String", "timestamp": "DateTime64", "data": {"cpu_usage_hours": "Float64", "region": "Nullable(String)"}}
+SCHEMA = {
+    "customer_id": "String",
+    "timestamp": "DateTime64",
+    "data": {"cpu_usage_hours": "Float64", "region": "Nullable(String)"},
+}
 
 
 class ZenskarClient:
