@@ -217,13 +217,15 @@ def plan_preview(*, plan: Plan, start: dt.date, end: dt.date | None) -> dict[str
             if not pricing.is_recurring:
                 periods = periods[:1]
             full = rate(model=model, quantity=pricing.quantity).amount
-            charges = []
+            charges: list[dict[str, Any]] = []
+            amount_total = Decimal(0)
             for period in periods:
                 amount = money_round(amount=period.prorate(amount=full), currency=plan.currency)
                 charges.append({"start_date": period.start, "end_date": period.end, "amount": text(amount)})
-                fixed_total += amount
+                amount_total += amount
+            fixed_total += amount_total
             line["periods"] = charges
-            line["amount"] = text(sum((Decimal(c["amount"]) for c in charges), Decimal(0)))
+            line["amount"] = text(amount_total)
         lines.append(line)
     return {
         "plan_id": str(plan.id),
@@ -249,6 +251,6 @@ class PlanPreviewApi(ZenskarApi):
             raise ValidationFailed({"end_date": [f"Preview at most {MAX_PREVIEW_DAYS} days."]})
         try:
             preview = plan_preview(plan=plan, start=start, end=end)
-        except OverflowError:  # a billing period past year 9999
+        except (OverflowError, ValueError):  # a billing period past year 9999
             raise ValidationFailed({"start_date": [f"{printable(str(body['start_date']))!r} is too late."]}) from None
         return Response(preview)

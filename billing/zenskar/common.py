@@ -48,8 +48,8 @@ class ZenskarApi(APIView):
 
 
 def body_object(request: Request, *, optional: bool = False) -> dict[str, Any]:
-    data = request.data
-    if optional and (data is None or data == {} or data == b"" or data == ""):
+    data: Any = request.data
+    if optional and data in (None, {}, b"", ""):
         return {}
     if not isinstance(data, Mapping):
         raise ValidationFailed({"": ["Expected a JSON object."]})
@@ -217,7 +217,7 @@ def zenskar_page(
         limit_checked(request)
     else:
         paginator.page_size = limit
-        paginator.page_size_query_param = None
+        paginator.page_size_query_param = None  # type: ignore[assignment]  # DRF reads None as "no argument"
     try:
         page = paginator.paginate_queryset(queryset, request, view=view)
     except (DjangoValidationError, ValueError, TypeError, OverflowError):

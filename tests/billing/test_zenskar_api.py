@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
-from billing.catalogue import plan_create
 from billing.contracts import contract_create
 from billing.models import Contract, Customer
 from metrics.models import BillableMetric, MetricValue
