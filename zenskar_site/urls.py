@@ -67,6 +67,7 @@ urlpatterns = [
     # Monitoring: 503 when beat's metrics sweep is overdue (a worker or beat is missing).
     path("health", health.health, name="health"),
     path("health/", health.health),
+    path("", include("billing.zenskar.urls")),  # SPEC §10: Zenskar-compatible paths at the site root
 ]
 
 # JSON with `detail` for the API and ingestion, Django's HTML page for the dashboard.
