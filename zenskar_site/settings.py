@@ -328,6 +328,11 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     },
     # Enqueues again the CSV imports whose task was lost.
     "csv-imports-resume": {"task": "usage.tasks.csv_imports_resume_task", "schedule": 60.0},
+    # Drafts for the billing periods that closed (periods close at UTC midnight; catches up after downtime).
+    "invoices-generate-due": {
+        "task": "billing.tasks.invoices_generate_due_task",
+        "schedule": env_seconds("INVOICES_GENERATE_SECONDS", default=300.0, allow_zero=False),
+    },
 }
 # A CSV import that has stored no batch for this long while importing lost its task; the sweep resumes it.
 CSV_IMPORT_STALL_SECONDS = env_seconds("CSV_IMPORT_STALL_SECONDS", default=600.0, allow_zero=True)

@@ -109,7 +109,7 @@ class Invoice(models.Model):
         ]
 
     def __str__(self) -> str:
-        return self.number or f"Draft {self.period_start}–{self.period_end}"
+        return self.number or f"Draft {self.period_start} to {self.period_end}"
 
 
 class InvoiceLine(models.Model):
