@@ -18,7 +18,8 @@ from django.db.models import F, Q
 from billing.models import Contract, Customer, Pricing, Product
 from zenskar_site.accounts.models import Organisation
 
-MONEY = {"max_digits": 15, "decimal_places": 4}
+MONEY_DIGITS = 15
+MONEY_PLACES = 4
 
 
 class InvoiceStatus(models.TextChoices):
@@ -56,13 +57,13 @@ class Invoice(models.Model):
     number = models.CharField(max_length=32, null=True, blank=True)
     issue_date = models.DateField(null=True, blank=True)
     due_date = models.DateField(null=True, blank=True)
-    subtotal = models.DecimalField(**MONEY, default=0)
+    subtotal = models.DecimalField(max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES, default=0)
     tax_rate = models.DecimalField(max_digits=7, decimal_places=4, default=0)
-    tax = models.DecimalField(**MONEY, default=0)
-    total = models.DecimalField(**MONEY, default=0)
-    amount_credited = models.DecimalField(**MONEY, default=0)
-    amount_paid = models.DecimalField(**MONEY, default=0)
-    amount_due = models.DecimalField(**MONEY, default=0)
+    tax = models.DecimalField(max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES, default=0)
+    total = models.DecimalField(max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES, default=0)
+    amount_credited = models.DecimalField(max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES, default=0)
+    amount_paid = models.DecimalField(max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES, default=0)
+    amount_due = models.DecimalField(max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES, default=0)
     flagged = models.JSONField(default=list, blank=True)  # what a person must look at before approving
     void_reason = models.TextField(blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)
@@ -127,7 +128,7 @@ class InvoiceLine(models.Model):
     unit_amount = models.CharField(max_length=80, blank=True, default="")  # exact decimal text; blank with a breakdown
     # Proration, tiers, packages or matrix cells: each part with its quantity, unit amount and exact amount.
     breakdown = models.JSONField(default=dict, blank=True)
-    amount = models.DecimalField(**MONEY)
+    amount = models.DecimalField(max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES)
     # An adjustment line corrects an earlier, approved period: it names it.
     adjustment_of_start = models.DateField(null=True, blank=True)
     adjustment_of_end = models.DateField(null=True, blank=True)
@@ -166,7 +167,7 @@ class CreditNote(models.Model):
     organisation = models.ForeignKey(Organisation, on_delete=models.CASCADE, related_name="+")
     invoice = models.ForeignKey(Invoice, on_delete=models.PROTECT, related_name="credit_notes")
     number = models.CharField(max_length=32)
-    amount = models.DecimalField(**MONEY)
+    amount = models.DecimalField(max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES)
     currency = models.CharField(max_length=3)
     reason = models.TextField()
     created_at = models.DateTimeField(auto_now_add=True)
@@ -185,7 +186,7 @@ class CreditNote(models.Model):
 class Payment(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     organisation = models.ForeignKey(Organisation, on_delete=models.CASCADE, related_name="+")
-    amount = models.DecimalField(**MONEY)
+    amount = models.DecimalField(max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES)
     currency_code = models.CharField(max_length=3)
     payment_method = models.CharField(max_length=64, blank=True, default="")
     timestamp = models.DateTimeField()
@@ -202,7 +203,7 @@ class Payment(models.Model):
 class PaymentPart(models.Model):
     payment = models.ForeignKey(Payment, on_delete=models.CASCADE, related_name="parts")
     invoice = models.ForeignKey(Invoice, on_delete=models.PROTECT, related_name="payment_parts")
-    amount = models.DecimalField(**MONEY)
+    amount = models.DecimalField(max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES)
 
     class Meta:
         constraints = [

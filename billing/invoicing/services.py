@@ -277,6 +277,7 @@ def invoice_generate(*, actor: Actor, contract_id: Any, from_date: Any, to_date:
     if start is not None and end is not None and end <= start:
         fields.fail("to_date", "to_date must be after from_date.")
     fields.raise_if_errors()
+    assert key is not None
     assert start is not None
     assert end is not None
     contract = (
@@ -576,7 +577,7 @@ def _timestamp(fields: Fields, name: str) -> dt.datetime | None:
 # --- reconcile ---
 
 
-def invoices_reconcile(*, organisation_ids: Sequence[int] | None = None) -> tuple[list[Invoice], list[Invoice]]:
+def invoices_reconcile(*, organisation_ids: Sequence[Any] | None = None) -> tuple[list[Invoice], list[Invoice]]:
     """(drafts whose lines differ from a fresh computation, approved invoices whose usage has drifted)."""
     invoices = Invoice.objects.select_related("contract__customer").exclude(status=InvoiceStatus.DISCARDED)
     if organisation_ids is not None:

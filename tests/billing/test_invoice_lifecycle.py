@@ -10,15 +10,16 @@ from typing import Any
 
 import pytest
 from django.core.management import call_command
-from django.db import DatabaseError, IntegrityError, connection, transaction
+from django.db import DatabaseError, IntegrityError, transaction
 from django.test import Client
 
-from billing.invoicing.models import Invoice, InvoiceLine, InvoiceStatus
+from billing.invoicing.models import Invoice, InvoiceLine
 from billing.invoicing.services import (
     credit_note_create,
     invoice_approve,
     invoice_discard,
     invoice_generate,
+    invoice_refresh,
     invoice_void,
     invoices_generate_due,
     payment_record,
@@ -145,8 +146,6 @@ def test_approval_numbers_dates_and_freezes_the_invoice(organisation: Organisati
     MetricValue.objects.filter(customer_id="cus_1", period_start=dt.datetime(2024, 1, 20, tzinfo=UTC)).update(
         computed_value="9999"
     )
-    from billing.invoicing.services import invoice_refresh
-
     assert invoice_refresh(invoice_id=first.id) is False
     first.refresh_from_db()
     assert first.total == total
@@ -292,4 +291,3 @@ def test_reconcile_exits_1_when_a_draft_differs(organisation: Organisation) -> N
     call_command("reconcile_invoices")
     draft.refresh_from_db()
     assert draft.subtotal < Decimal("137.71")
-    _ = connection
