@@ -83,6 +83,98 @@ VALID: dict[str, dict[str, Any]] = {
 }
 
 
+def billing_world_make(organisation: Any) -> dict[str, Any]:
+    """Billing rows to point at: a customer without contracts (so that DELETE succeeds), another with an
+    active contract whose one phase ends on 2027-01-01, and a fixed product's pricing in no plan or phase."""
+    from billing.catalogue import plan_create, pricing_create, product_create
+    from billing.contracts import contract_create
+    from billing.customers import customer_create
+    from zenskar_site.accounts.actors import system_actor
+
+    actor = system_actor(organisation=organisation)
+    customer = customer_create(actor=actor, data={"customer_name": "Initech", "external_id": "cus_1"})
+    holder = customer_create(actor=actor, data={"customer_name": "Globex", "external_id": "cus_2"})
+    product = product_create(actor=actor, data={"name": "Platform", "type": "fixed"})
+    pricing = pricing_create(
+        actor=actor, product_id=product.id, data={"pricing_data": {"pricing_type": "flat_fee", "unit_amount": "49"}}
+    )
+    plan = plan_create(actor=actor, data={"name": "Starter", "currency": "USD"})
+    contract = contract_create(
+        actor=actor,
+        data={
+            "name": "Globex 2026",
+            "customer_id": str(holder.id),
+            "currency": "USD",
+            "status": "active",
+            "start_date": "2026-01-01",
+            "phases": [{"name": "Main", "end_date": "2027-01-01"}],
+        },
+    )
+    return {
+        "customer_id": str(customer.id),
+        "product_id": str(product.id),
+        "pricing_id": str(pricing.id),
+        "plan_id": str(plan.id),
+        "contract_id": str(contract.id),
+        "phase_id": str(contract.phases.get().id),
+        "holder_id": str(holder.id),
+    }
+
+
+def contract_status_set(parameters: dict[str, Any], status: str) -> None:
+    from billing.models import Contract, ContractPause
+
+    if status == "paused":
+        ContractPause.objects.create(
+            contract_id=parameters["contract_id"], start_date=dt.date(2026, 3, 1), unpause_extension_policy="overlap"
+        )
+    Contract.objects.filter(id=parameters["contract_id"]).update(status=status)
+
+
+# Billing: bodies that name the world's rows are functions of its path parameters; `prepare` puts the
+# world's contract in the status the operation needs.
+VALID.update(
+    {
+        "POST /api/v1/customers/": {"body": {"customer_name": "Hooli", "external_id": "cus_new", "tax_rate": "7.5"}},
+        "PATCH /api/v1/customers/{customer_id}/": {"body": {"email": "billing@initech.example", "reason": "moved"}},
+        "POST /api/v1/products/": {"body": {"name": "Seats", "type": "fixed", "sku": "SEATS"}},
+        "PATCH /api/v1/products/{product_id}/": {"body": {"name": "Platform fee"}},
+        "POST /api/v1/products/{product_id}/pricings/": {
+            "body": {
+                "pricing_data": {"pricing_type": "per_unit", "unit_amount": "5"},
+                "quantity": {"type": "fixed", "quantity": 3},
+            }
+        },
+        "POST /api/v1/plans/": {"body": {"name": "Pro", "currency": "USD"}},
+        "PATCH /api/v1/plans/{plan_id}/": {"body": {"name": "Starter+"}},
+        "POST /api/v1/plans/{plan_id}/pricings/": {"body": lambda p: {"pricing_ids": [p["pricing_id"]]}},
+        "POST /api/v1/contracts/": {
+            "body": lambda p: {
+                "name": "Initech 2026",
+                "customer_id": p["customer_id"],
+                "currency": "USD",
+                "start_date": "2026-01-01",
+                "phases": [{"name": "Main", "pricings": [{"pricing_id": p["pricing_id"]}]}],
+            }
+        },
+        "PATCH /api/v1/contracts/{contract_id}/": {"body": {"name": "Globex 2026-27", "reason": "renewal"}},
+        "DELETE /api/v1/contracts/{contract_id}/": {"prepare": lambda p: contract_status_set(p, "draft")},
+        "POST /api/v1/contracts/{contract_id}/phases/": {"body": {"name": "Year 2", "start_date": "2027-01-01"}},
+        "POST /api/v1/contracts/{contract_id}/phases/{phase_id}/pricings/": {
+            "body": lambda p: {"pricing_id": p["pricing_id"]}
+        },
+        "POST /api/v1/contracts/{contract_id}/pause/": {
+            "body": {"start_date": "2026-03-01", "end_date": "2026-04-01", "unpause_extension_policy": "extend"}
+        },
+        "POST /api/v1/contracts/{contract_id}/resume/": {
+            "body": {"resume_date": "2026-03-15"},
+            "prepare": lambda p: contract_status_set(p, "paused"),
+        },
+        "POST /api/v1/contracts/{contract_id}/expire/": {"body": {"expiry_date": "2026-06-01", "reason": "churned"}},
+    }
+)
+
+
 @dataclass
 class World:
     """One organisation with one of everything the API can point at."""
@@ -131,6 +223,7 @@ def world_make(url: str) -> World:
             "record_id": record_ids[0],
             "value_id": value.id,
             "prefix": victim.api_key.prefix,
+            **billing_world_make(organisation),
         },
         voided_record_id=record_ids[1],
     )
@@ -171,6 +264,8 @@ def test_every_operation_answers_what_the_openapi_document_says(server: str) -> 
         label = f"{operation.method.upper()} {operation.path}"
         world = world_make(server)
         valid = VALID.get(label, {})
+        if "prepare" in valid:
+            valid["prepare"](world.path_parameters)
         path_parameters = {
             name: (world.voided_record_id if name == "record_id" and valid.get("voided") else value)
             for name, value in world.path_parameters.items()
@@ -178,7 +273,8 @@ def test_every_operation_answers_what_the_openapi_document_says(server: str) -> 
         }
         kwargs: dict[str, Any] = {"path_parameters": path_parameters}
         if "body" in valid:
-            kwargs["body"] = valid["body"]
+            body = valid["body"]
+            kwargs["body"] = body(world.path_parameters) if callable(body) else body
             kwargs["media_type"] = "application/json"
         if "query" in valid:
             kwargs["query"] = valid["query"]

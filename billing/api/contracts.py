@@ -38,7 +38,10 @@ from billing.selectors import contract_amendments, contract_get, contract_phase_
 from zenskar_site.accounts.api import AuditEntryOutput
 from zenskar_site.accounts.permissions import request_actor
 from zenskar_site.lib.errors import ValidationFailed
+from zenskar_site.lib.openapi import error_response
 from zenskar_site.lib.pagination import paginated_response
+
+EXPIRED = error_response("The contract has expired: it can no longer change.")
 
 
 class PhasePricingOutput(serializers.ModelSerializer[PhasePricing]):
@@ -213,7 +216,7 @@ class ContractDetailApi(APIView):
     def get(self, request: Request, contract_id: str) -> Response:
         return Response(contract_body(request, contract_id))
 
-    @extend_schema(request=ContractInput, responses=ContractOutput)
+    @extend_schema(request=ContractInput, responses={200: ContractOutput, 409: EXPIRED})
     def patch(self, request: Request, contract_id: str) -> Response:
         body = body_object(request)
         reason = reason_of(body)
@@ -222,7 +225,7 @@ class ContractDetailApi(APIView):
 
     @extend_schema(
         parameters=[OpenApiParameter("reason", str, description="Why (kept in the audit trail).")],
-        responses={204: None, 409: dict},
+        responses={204: None, 409: error_response("Only a draft contract can be deleted; expire it instead.")},
     )
     def delete(self, request: Request, contract_id: str) -> Response:
         reason = reason_of({"reason": request.query_params.get("reason", "")})
@@ -234,9 +237,17 @@ class ContractPhaseListApi(APIView):
     @extend_schema(responses=PhaseOutput(many=True))
     def get(self, request: Request, contract_id: str) -> Response:
         contract = contract_get(organisation=request_actor(request).organisation, contract_id=contract_id)
-        return Response(PhaseOutput(contract.phases.all(), many=True).data)
+        return paginated_response(
+            request=request,
+            view=self,
+            queryset=contract.phases.prefetch_related(
+                "phase_pricings__pricing__product", "phase_pricings__pricing__metric"
+            ),
+            serialize=lambda page: PhaseOutput(page, many=True).data,
+            ordering="created_at",
+        )
 
-    @extend_schema(request=PhaseInput, responses={201: PhaseOutput})
+    @extend_schema(request=PhaseInput, responses={201: PhaseOutput, 409: EXPIRED})
     def post(self, request: Request, contract_id: str) -> Response:
         body = body_object(request)
         reason = reason_of(body)
@@ -245,7 +256,7 @@ class ContractPhaseListApi(APIView):
 
 
 class ContractPhasePricingApi(APIView):
-    @extend_schema(request=PhasePricingInput, responses={201: PhasePricingOutput})
+    @extend_schema(request=PhasePricingInput, responses={201: PhasePricingOutput, 409: EXPIRED})
     def post(self, request: Request, contract_id: str, phase_id: str) -> Response:
         actor = request_actor(request)
         contract_phase_get(
@@ -260,7 +271,10 @@ class ContractPhasePricingApi(APIView):
 
 
 class ContractPauseApi(APIView):
-    @extend_schema(request=PauseInput, responses=ContractOutput)
+    @extend_schema(
+        request=PauseInput,
+        responses={200: ContractOutput, 409: error_response("Only an active contract can be paused.")},
+    )
     def post(self, request: Request, contract_id: str) -> Response:
         body = body_object(request)
         reason = reason_of(body)
@@ -279,7 +293,10 @@ class ContractPauseApi(APIView):
 
 
 class ContractResumeApi(APIView):
-    @extend_schema(request=ResumeInput, responses=ContractOutput)
+    @extend_schema(
+        request=ResumeInput,
+        responses={200: ContractOutput, 409: error_response("Only a paused contract can be resumed.")},
+    )
     def post(self, request: Request, contract_id: str) -> Response:
         body = body_object(request) if request.data else {}
         reason = reason_of(body)
@@ -290,7 +307,7 @@ class ContractResumeApi(APIView):
 
 
 class ContractExpireApi(APIView):
-    @extend_schema(request=ExpireInput, responses=ContractOutput)
+    @extend_schema(request=ExpireInput, responses={200: ContractOutput, 409: EXPIRED})
     def post(self, request: Request, contract_id: str) -> Response:
         body = body_object(request) if request.data else {}
         reason = reason_of(body)

@@ -18,6 +18,7 @@ from billing.models import Customer
 from billing.selectors import customer_get, customers_list
 from usage.records_api import UtcDateTimeFilter
 from zenskar_site.accounts.permissions import request_actor
+from zenskar_site.lib.openapi import error_response
 
 
 class CustomerOutput(serializers.ModelSerializer[Customer]):
@@ -128,7 +129,7 @@ class CustomerDetailApi(APIView):
 
     @extend_schema(
         parameters=[OpenApiParameter("reason", str, description="Why (kept in the audit trail).")],
-        responses={204: None, 409: dict},
+        responses={204: None, 409: error_response("The customer has contracts (or invoices): it cannot be deleted.")},
     )
     def delete(self, request: Request, customer_id: str) -> Response:
         customer_archive(
