@@ -62,6 +62,7 @@ urlpatterns = [
     path("metrics/", include("metrics.urls")),
     path("api/v1/", include((api_v1, "api"))),
     path("admin/", admin.site.urls),
+    path("", include("billing.zenskar.urls")),  # SPEC §10: Zenskar-compatible paths at the site root
 ]
 
 # JSON with `detail` for the API and ingestion, Django's HTML page for the dashboard.

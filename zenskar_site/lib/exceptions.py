@@ -85,8 +85,18 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     return handled
 
 
-# The management API and ingestion: their clients are programs that read JSON.
-JSON_PATH_PREFIXES = ("/api/", "/usage/")
+# The Zenskar-compatible paths (billing/zenskar/urls.py, SPEC §10) at the site root, with or without a slash.
+ZENSKAR_PATH_PREFIXES = (
+    "/rawmetric",
+    "/aggregates",
+    "/customer",
+    "/products",
+    "/templates/plan",
+    "/contract_v2",
+    "/system/",
+)
+# The management API, ingestion and the Zenskar-compatible paths: their clients are programs that read JSON.
+JSON_PATH_PREFIXES = ("/api/", "/usage/", *ZENSKAR_PATH_PREFIXES)
 
 
 def server_error(request: HttpRequest) -> HttpResponse:
