@@ -286,6 +286,8 @@ SPECTACULAR_SETTINGS = {
         "ApiKeyScopeEnum": "zenskar_site.accounts.models.ApiKeyScope",
         "ContractStatusEnum": "billing.models.ContractStatus",
         "PlanStatusEnum": "billing.models.PlanStatus",
+        "InvoiceStatusEnum": "billing.invoicing.models.InvoiceStatus",
+        "InvoiceKindEnum": "billing.invoicing.models.InvoiceKind",
     },
 }
 
