@@ -297,7 +297,11 @@ class InvoiceListApi(FilteredListApi):
 class InvoiceGenerateApi(APIView):
     @extend_schema(
         request=GenerateInput,
-        responses={201: InvoiceDetailOutput, 409: error_response("A draft contract bills nothing: activate it.")},
+        responses={
+            201: InvoiceDetailOutput,
+            404: error_response("No contract with that `contract_id` in this organisation."),
+            409: error_response("A draft contract bills nothing: activate it."),
+        },
     )
     def post(self, request: Request) -> Response:
         body = body_object(request)
