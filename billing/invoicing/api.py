@@ -56,7 +56,7 @@ def money_text(amount: Decimal, currency: str) -> str:
 
 
 @extend_schema_field(OpenApiTypes.STR)
-class Money(serializers.Field):  # type: ignore[type-arg]
+class Money(serializers.Field):
     """An amount of the object's currency (`currency_of` reads it from the object), as a string."""
 
     def __init__(self, *, currency_of: Any = lambda obj: obj.currency, **kwargs: Any) -> None:
@@ -66,7 +66,7 @@ class Money(serializers.Field):  # type: ignore[type-arg]
         super().__init__(**kwargs)
 
     def to_representation(self, value: Any) -> str:
-        return money_text(getattr(value, self.field_name), self.currency_of(value))
+        return money_text(getattr(value, str(self.field_name)), self.currency_of(value))
 
 
 class InvoiceLineOutput(serializers.ModelSerializer[InvoiceLine]):

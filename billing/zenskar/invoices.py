@@ -372,7 +372,8 @@ class PaymentsApi(ZenskarApi):
         customer = body.get("customer_id")
         if customer not in (None, ""):
             customer_key = uuid_argument(customer, "customer_id")
-            parts = data.get("payment_parts") if isinstance(data.get("payment_parts"), list) else []
+            raw_parts = data.get("payment_parts")
+            parts: list[Any] = raw_parts if isinstance(raw_parts, list) else []
             keys = [uuid_value(part.get("invoice_id")) for part in parts if isinstance(part, dict)]
             others = (
                 invoices_list(organisation=actor.organisation)
