@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db.models import Model, Prefetch, Q, QuerySet
+from django.db.models import Prefetch, QuerySet
 
 from billing.inputs import uuid_value
 from billing.models import (
@@ -107,9 +107,5 @@ def contract_phase_get(*, contract: Contract, phase_id: Any) -> ContractPhase:
 def contract_amendments(*, contract: Contract) -> QuerySet[AuditEntry]:
     """Every change to the contract, its phases, pricings and pauses: the audit entries filed under it."""
     return AuditEntry.objects.filter(
-        Q(organisation_id=contract.organisation_id, object_type="contract", object_id=str(contract.id))
+        organisation_id=contract.organisation_id, object_type="contract", object_id=str(contract.id)
     ).order_by("at", "id")
-
-
-def model_ids(rows: list[Model]) -> list[str]:
-    return [str(row.pk) for row in rows]

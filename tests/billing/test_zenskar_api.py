@@ -21,6 +21,13 @@ from zenskar_site.accounts.actors import system_actor
 from zenskar_site.accounts.models import AuditEntry, Organisation
 
 
+@pytest.fixture(autouse=True)
+def _unthrottled(settings: Any) -> None:
+    """These tests send many requests a second; the rate limits have their own tests."""
+    settings.API_RATE_LIMIT = 0
+    settings.INGEST_RATE_LIMIT = 0
+
+
 @pytest.fixture
 def zenskar(full_key: ApiKeyBundle) -> ZenskarClient:
     return ZenskarClient(full_key)

@@ -21,6 +21,13 @@ HUGE = 10**30
 NUL = "a\x00b"
 
 
+@pytest.fixture(autouse=True)
+def _unthrottled(settings: Any) -> None:
+    """These tests send many requests a second; the rate limits have their own tests."""
+    settings.API_RATE_LIMIT = 0
+    settings.INGEST_RATE_LIMIT = 0
+
+
 @pytest.fixture
 def zenskar(full_key: ApiKeyBundle) -> ZenskarClient:
     return ZenskarClient(full_key)

@@ -66,6 +66,13 @@ def theirs(other_organisation: Organisation) -> Theirs:
     )
 
 
+@pytest.fixture(autouse=True)
+def _unthrottled(settings: Any) -> None:
+    """These tests send many requests a second; the rate limits have their own tests."""
+    settings.API_RATE_LIMIT = 0
+    settings.INGEST_RATE_LIMIT = 0
+
+
 @pytest.fixture
 def zenskar(full_key: ApiKeyBundle) -> ZenskarClient:
     return ZenskarClient(full_key)
