@@ -336,3 +336,14 @@ class ContractPause(models.Model):
 
     def __str__(self) -> str:
         return f"{self.contract_id} paused {self.start_date}"
+
+
+# Invoices live in their own module; Django finds models through the app's models module.
+from billing.invoicing.models import (  # noqa: E402, F401
+    CreditNote,
+    DocumentSequence,
+    Invoice,
+    InvoiceLine,
+    Payment,
+    PaymentPart,
+)

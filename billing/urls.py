@@ -3,6 +3,7 @@
 from django.urls import path
 
 from billing.api import catalogue, contracts, customers
+from billing.invoicing.urls import api_urls as invoicing_api_urls
 
 CONTRACT = "contracts/<str:contract_id>/"
 
@@ -32,4 +33,5 @@ api_urls = [
     path(CONTRACT + "resume/", contracts.ContractResumeApi.as_view(), name="contract-resume"),
     path(CONTRACT + "expire/", contracts.ContractExpireApi.as_view(), name="contract-expire"),
     path(CONTRACT + "amendments/", contracts.ContractAmendmentListApi.as_view(), name="contract-amendments"),
+    *invoicing_api_urls,
 ]

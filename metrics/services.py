@@ -13,6 +13,7 @@ from django.db import transaction
 
 from metrics.engine.builder import decimal_text, to_decimal
 from metrics.models import MetricValue, SweepHeartbeat
+from metrics.signals import metric_values_changed_announce
 from usage.schema import CONVERTERS, InvalidValue
 from zenskar_site.accounts.actors import Actor
 from zenskar_site.accounts.services import audit_record
@@ -48,6 +49,7 @@ def metric_value_override(
     value.override_value = override_value
     value.override_reason = reason.strip() if override_value is not None else ""
     value.save(update_fields=["override_value", "override_reason", "updated_at"])
+    metric_values_changed_announce(metric_id=value.metric_id, customer_ids=[value.customer_id])
     audit_record(
         actor=actor,
         action="metric_value.override" if override_value is not None else "metric_value.clear_override",

@@ -175,6 +175,91 @@ VALID.update(
 )
 
 
+def invoice_world_make(organisation: Any) -> dict[str, Any]:
+    """Invoicing rows to point at: a contract billing 100 USD a month, January's draft (`invoice_id`), and
+    February's approved invoice with a credit note and a payment (`credit_note_id`, `payment_id`)."""
+    from billing.catalogue import pricing_create, product_create
+    from billing.contracts import contract_create
+    from billing.customers import customer_create
+    from billing.invoicing.services import credit_note_create, invoice_approve, invoice_generate, payment_record
+    from zenskar_site.accounts.actors import system_actor
+
+    actor = system_actor(organisation=organisation)
+    customer = customer_create(actor=actor, data={"customer_name": "Umbrella", "external_id": "cus_inv"})
+    product = product_create(actor=actor, data={"name": "Support", "type": "fixed"})
+    pricing = pricing_create(
+        actor=actor, product_id=product.id, data={"pricing_data": {"pricing_type": "flat_fee", "unit_amount": "100"}}
+    )
+    contract = contract_create(
+        actor=actor,
+        data={
+            "name": "Umbrella 2026",
+            "customer_id": str(customer.id),
+            "currency": "USD",
+            "status": "active",
+            "start_date": "2026-01-01",
+            "phases": [{"name": "Main", "pricings": [{"pricing_id": str(pricing.id)}]}],
+        },
+    )
+    draft = invoice_generate(actor=actor, contract_id=contract.id, from_date="2026-01-01", to_date="2026-02-01")
+    billed = invoice_generate(actor=actor, contract_id=contract.id, from_date="2026-02-01", to_date="2026-03-01")
+    invoice_approve(actor=actor, invoice_id=billed.id)
+    note = credit_note_create(actor=actor, invoice_id=billed.id, data={"credit_note_amount": "10", "reason": "setup"})
+    payment = payment_record(
+        actor=actor,
+        data={
+            "amount": "20",
+            "currency_code": "USD",
+            "payment_parts": [{"invoice_id": str(billed.id), "amount": "20"}],
+        },
+    )
+    return {
+        "invoiced_contract_id": str(contract.id),
+        "invoice_id": str(draft.id),
+        "credit_note_id": str(note.id),
+        "payment_id": str(payment.id),
+    }
+
+
+def invoice_approved(parameters: dict[str, Any]) -> None:
+    """The world's draft approved, for the operations that need an approved invoice."""
+    from billing.invoicing.models import Invoice
+    from billing.invoicing.services import invoice_approve
+    from zenskar_site.accounts.actors import system_actor
+
+    invoice = Invoice.objects.select_related("organisation").get(id=parameters["invoice_id"])
+    invoice_approve(actor=system_actor(organisation=invoice.organisation), invoice_id=invoice.id)
+
+
+VALID.update(
+    {
+        "POST /api/v1/invoices/generate/": {
+            "body": lambda p: {
+                "contract_id": p["invoiced_contract_id"],
+                "from_date": "2026-03-01",
+                "to_date": "2026-04-01",
+            }
+        },
+        "POST /api/v1/invoices/{invoice_id}/void/": {"body": {"reason": "wrong customer"}, "prepare": invoice_approved},
+        "POST /api/v1/invoices/{invoice_id}/discard/": {"body": {"reason": "duplicate"}},
+        "POST /api/v1/invoices/{invoice_id}/credit-notes/": {
+            "body": {"credit_note_amount": "10", "reason": "SLA breach"},
+            "prepare": invoice_approved,
+        },
+        "POST /api/v1/payments/": {
+            "body": lambda p: {
+                "amount": "25.50",
+                "currency_code": "USD",
+                "payment_method": "bank_transfer",
+                "timestamp": "2026-02-10T12:00:00Z",
+                "payment_parts": [{"invoice_id": p["invoice_id"], "amount": "25.50"}],
+            },
+            "prepare": invoice_approved,
+        },
+    }
+)
+
+
 @dataclass
 class World:
     """One organisation with one of everything the API can point at."""
@@ -224,6 +309,7 @@ def world_make(url: str) -> World:
             "value_id": value.id,
             "prefix": victim.api_key.prefix,
             **billing_world_make(organisation),
+            **invoice_world_make(organisation),
         },
         voided_record_id=record_ids[1],
     )

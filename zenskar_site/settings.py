@@ -287,6 +287,8 @@ SPECTACULAR_SETTINGS = {
         "ApiKeyScopeEnum": "zenskar_site.accounts.models.ApiKeyScope",
         "ContractStatusEnum": "billing.models.ContractStatus",
         "PlanStatusEnum": "billing.models.PlanStatus",
+        "InvoiceStatusEnum": "billing.invoicing.models.InvoiceStatus",
+        "InvoiceKindEnum": "billing.invoicing.models.InvoiceKind",
     },
 }
 
@@ -342,6 +344,11 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     },
     # Enqueues again the CSV imports whose task was lost.
     "csv-imports-resume": {"task": "usage.tasks.csv_imports_resume_task", "schedule": 60.0},
+    # Drafts for the billing periods that closed (periods close at UTC midnight; catches up after downtime).
+    "invoices-generate-due": {
+        "task": "billing.tasks.invoices_generate_due_task",
+        "schedule": env_seconds("INVOICES_GENERATE_SECONDS", default=300.0, allow_zero=False),
+    },
 }
 # `manage.py health` and `/health` fail when beat's metrics sweep last finished longer ago than this
 # (beat or every worker is missing, or the broker is unreachable).

@@ -11,7 +11,7 @@ from typing import Any
 
 from django.urls import URLPattern, re_path
 
-from billing.zenskar import catalogue, contracts, customers, metrics, system, usage_events
+from billing.zenskar import catalogue, contracts, customers, invoices, metrics, system, usage_events
 
 ID = r"(?P<{}>[^/]+)"
 
@@ -50,4 +50,5 @@ urlpatterns = [
     route(CONTRACT + "/resume", contracts.ContractResumeApi.as_view()),
     route(CONTRACT, contracts.ContractApi.as_view(), "zenskar-contract"),
     route("system/datetime", system.SystemDatetimeApi.as_view(), "zenskar-system-datetime"),
+    *invoices.urlpatterns,
 ]

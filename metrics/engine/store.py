@@ -9,6 +9,7 @@ from django.db import connection
 
 from metrics.engine.builder import ComputedValue
 from metrics.models import BillableMetric, MetricValue
+from metrics.signals import metric_values_changed_announce
 from zenskar_site.lib.periods import period_next
 
 
@@ -51,6 +52,8 @@ def metric_values_store(
     removable = [row[0] for row in gone if row[4] is None]
     if removable:
         MetricValue.objects.filter(id__in=removable).delete()
+    customers = {value.customer_id for value in to_write} | {key[0] for key, row in stored.items() if key not in fresh}
+    metric_values_changed_announce(metric_id=metric.id, customer_ids=customers)
     return len(to_write)
 
 

@@ -1,0 +1,437 @@
+"""Management API for invoices, credit notes and payments (SPEC §9): /api/v1/invoices/, /credit-notes/,
+/payments/.
+
+Thin views over billing.invoicing.services (which validate the bodies, name each bad field and refuse
+wrong transitions with a 409 naming the status) and billing.invoicing.selectors (organisation-scoped:
+another organisation's id is a 404). Money is a string with the currency's minor-unit digits (`53.90`,
+`1200` for JPY); quantities and unit amounts are the exact decimal texts the computation used.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import django_filters
+from django.db.models import QuerySet
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema, extend_schema_field
+from rest_framework import serializers, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from billing.api.common import FilteredListApi, body_object
+from billing.invoicing.models import CreditNote, Invoice, InvoiceLine, InvoiceStatus, Payment, PaymentPart
+from billing.invoicing.selectors import (
+    credit_note_get,
+    credit_notes_list,
+    invoice_get,
+    invoices_list,
+    payment_get,
+    payments_list,
+)
+from billing.invoicing.services import (
+    credit_note_create,
+    invoice_approve,
+    invoice_discard,
+    invoice_generate,
+    invoice_void,
+    payment_record,
+)
+from billing.rating import CURRENCY_EXPONENTS
+from zenskar_site.accounts.permissions import request_actor
+from zenskar_site.lib.errors import Conflict, ValidationFailed
+from zenskar_site.lib.openapi import error_response
+from zenskar_site.lib.pagination import paginated_response
+from zenskar_site.lib.text import printable
+
+GENERATE_FIELDS = ("contract_id", "from_date", "to_date")
+
+
+def money_text(amount: Decimal, currency: str) -> str:
+    """`amount` with exactly the currency's minor-unit digits (stored with 4 places: `53.9000` -> `53.90`)."""
+    places = CURRENCY_EXPONENTS.get(currency.upper(), 4)
+    return format(Decimal(amount).quantize(Decimal(1).scaleb(-places)), "f")
+
+
+@extend_schema_field(OpenApiTypes.STR)
+class Money(serializers.Field):
+    """An amount of the object's currency (`currency_of` reads it from the object), as a string."""
+
+    def __init__(self, *, currency_of: Any = lambda obj: obj.currency, **kwargs: Any) -> None:
+        kwargs["source"] = "*"
+        kwargs["read_only"] = True
+        self.currency_of = currency_of
+        super().__init__(**kwargs)
+
+    def to_representation(self, value: Any) -> str:
+        return money_text(getattr(value, str(self.field_name)), self.currency_of(value))
+
+
+class InvoiceLineOutput(serializers.ModelSerializer[InvoiceLine]):
+    product_id = serializers.UUIDField(read_only=True, allow_null=True)
+    pricing_id = serializers.UUIDField(read_only=True, allow_null=True)
+    amount = Money(currency_of=lambda line: line.invoice.currency)
+    breakdown = serializers.JSONField(help_text="Proration, tiers, packages or matrix cells, each with its amount.")
+
+    class Meta:
+        model = InvoiceLine
+        fields = [
+            "id",
+            "position",
+            "description",
+            "product_id",
+            "pricing_id",
+            "pricing_type",
+            "period_start",
+            "period_end",
+            "quantity",
+            "unit",
+            "unit_amount",
+            "breakdown",
+            "amount",
+            "adjustment_of_start",
+            "adjustment_of_end",
+        ]
+
+
+INVOICE_MONEY = ("subtotal", "tax", "total", "amount_credited", "amount_paid", "amount_due")
+
+
+class InvoiceOutput(serializers.ModelSerializer[Invoice]):
+    customer_id = serializers.UUIDField(read_only=True)
+    contract_id = serializers.UUIDField(read_only=True)
+    tax_rate = serializers.SerializerMethodField(help_text="Percent.")
+    subtotal = Money()
+    tax = Money()
+    total = Money()
+    amount_credited = Money()
+    amount_paid = Money()
+    amount_due = Money()
+    flagged = serializers.JSONField(help_text="What a person must look at before approving.")
+
+    class Meta:
+        model = Invoice
+        fields = [
+            "id",
+            "number",
+            "status",
+            "kind",
+            "customer_id",
+            "contract_id",
+            "currency",
+            "period_start",
+            "period_end",
+            "issue_date",
+            "due_date",
+            "tax_rate",
+            *INVOICE_MONEY,
+            "flagged",
+            "void_reason",
+            "created_at",
+            "updated_at",
+            "computed_at",
+            "approved_at",
+            "voided_at",
+        ]
+
+    def get_tax_rate(self, obj: Invoice) -> str:
+        return format(Decimal(obj.tax_rate).normalize(), "f")
+
+
+class InvoiceDetailOutput(InvoiceOutput):
+    line_items = InvoiceLineOutput(many=True, source="lines", read_only=True)
+
+    class Meta(InvoiceOutput.Meta):
+        fields = [*InvoiceOutput.Meta.fields, "line_items"]
+
+
+class CreditNoteOutput(serializers.ModelSerializer[CreditNote]):
+    invoice_id = serializers.UUIDField(read_only=True)
+    invoice_number = serializers.CharField(source="invoice.number", read_only=True)
+    customer_id = serializers.UUIDField(source="invoice.customer_id", read_only=True)
+    amount = Money()
+
+    class Meta:
+        model = CreditNote
+        fields = ["id", "number", "invoice_id", "invoice_number", "customer_id", "amount", "currency", "reason"]
+        fields += ["created_at"]
+
+
+class PaymentPartOutput(serializers.ModelSerializer[PaymentPart]):
+    invoice_id = serializers.UUIDField(read_only=True)
+    amount = Money(currency_of=lambda part: part.payment.currency_code)
+
+    class Meta:
+        model = PaymentPart
+        fields = ["invoice_id", "amount"]
+
+
+class PaymentOutput(serializers.ModelSerializer[Payment]):
+    amount = Money(currency_of=lambda payment: payment.currency_code)
+    payment_parts = PaymentPartOutput(many=True, source="parts", read_only=True)
+
+    class Meta:
+        model = Payment
+        fields = ["id", "amount", "currency_code", "payment_method", "timestamp", "payment_parts", "created_at"]
+
+
+# --- request bodies (documentation: the services validate and name each bad field) ---
+
+
+class GenerateInput(serializers.Serializer[Any]):
+    contract_id = serializers.UUIDField()
+    from_date = serializers.DateField(help_text="First day billed (or Unix seconds).")
+    to_date = serializers.DateField(help_text="Exclusive: the day after the last day billed (or Unix seconds).")
+
+
+class VoidInput(serializers.Serializer[Any]):
+    reason = serializers.CharField(help_text="Why (kept on the invoice and in the audit trail).")
+
+
+class DiscardInput(serializers.Serializer[Any]):
+    reason = serializers.CharField(required=False, help_text="Why (kept in the audit trail).")
+
+
+class CreditNoteInput(serializers.Serializer[Any]):
+    credit_note_amount = serializers.DecimalField(
+        max_digits=15, decimal_places=4, coerce_to_string=True, help_text="At most what the invoice still owes."
+    )
+    reason = serializers.CharField()
+
+
+class PaymentPartInput(serializers.Serializer[Any]):
+    invoice_id = serializers.UUIDField()
+    amount = serializers.DecimalField(max_digits=15, decimal_places=4, coerce_to_string=True)
+
+
+class PaymentInput(serializers.Serializer[Any]):
+    amount = serializers.DecimalField(
+        max_digits=15, decimal_places=4, coerce_to_string=True, help_text="The sum of the parts."
+    )
+    currency_code = serializers.CharField(help_text="ISO 4217; every invoice paid must be in it.")
+    payment_method = serializers.CharField(required=False, help_text="card, cash, bank_transfer, ...")
+    timestamp = serializers.DateTimeField(required=False, help_text="When it was paid (now if absent).")
+    payment_parts = PaymentPartInput(many=True, help_text="Each part at most what its invoice still owes.")
+
+
+# --- filters ---
+
+
+class InvoiceFilter(django_filters.FilterSet):
+    status = django_filters.ChoiceFilter(choices=InvoiceStatus.choices)
+    customer_id = django_filters.UUIDFilter()
+    contract_id = django_filters.UUIDFilter()
+    number = django_filters.CharFilter()
+
+    class Meta:
+        model = Invoice
+        fields = ["status", "customer_id", "contract_id", "number"]
+
+
+class CreditNoteFilter(django_filters.FilterSet):
+    invoice_id = django_filters.UUIDFilter()
+    customer_id = django_filters.UUIDFilter(field_name="invoice__customer_id")
+
+    class Meta:
+        model = CreditNote
+        fields = ["invoice_id"]
+
+
+class PaymentFilter(django_filters.FilterSet):
+    invoice_id = django_filters.UUIDFilter(method="filter_invoice", help_text="Payments with a part on this invoice.")
+    customer_id = django_filters.UUIDFilter(method="filter_customer", help_text="Payments of this customer's invoices.")
+    currency_code = django_filters.CharFilter(lookup_expr="iexact")
+
+    class Meta:
+        model = Payment
+        fields = ["currency_code"]
+
+    # A subquery, not a join: a payment with two parts would otherwise be listed twice.
+    def filter_invoice(self, queryset: QuerySet[Payment], name: str, value: Any) -> QuerySet[Payment]:
+        return queryset.filter(id__in=PaymentPart.objects.filter(invoice_id=value).values("payment_id"))
+
+    def filter_customer(self, queryset: QuerySet[Payment], name: str, value: Any) -> QuerySet[Payment]:
+        return queryset.filter(id__in=PaymentPart.objects.filter(invoice__customer_id=value).values("payment_id"))
+
+
+def fields_refused(body: dict[str, Any], known: tuple[str, ...]) -> None:
+    """A 400 naming every field the operation does not read (a typo is not silently ignored)."""
+    unknown = sorted((printable(str(key)) for key in body if key not in known), key=str)
+    if unknown:
+        raise ValidationFailed({key: ["Unknown field."] for key in unknown})
+
+
+def invoice_approve_refusing_void(*, request: Request, invoice_id: Any) -> Invoice:
+    """Approve; a void invoice is a 409 (the service returns any frozen invoice unchanged, which suits
+    approving twice, but a client that approves a void invoice must not read a 200 as done). Nothing
+    changed when the service returned it, so refusing afterwards leaves no partial state."""
+    invoice = invoice_approve(actor=request_actor(request), invoice_id=invoice_id)
+    if invoice.status == InvoiceStatus.VOID:
+        raise Conflict("Only a draft invoice can be approved; this one is void.")
+    return invoice
+
+
+def invoice_body(request: Request, invoice_id: Any) -> dict[str, Any]:
+    invoice = invoice_get(organisation=request_actor(request).organisation, invoice_id=invoice_id)
+    return dict(InvoiceDetailOutput(invoice).data)
+
+
+# --- views ---
+
+
+class InvoiceListApi(FilteredListApi):
+    filterset_class = InvoiceFilter
+
+    def get_queryset(self) -> QuerySet[Invoice]:
+        if getattr(self, "swagger_fake_view", False):
+            return Invoice.objects.none()
+        return invoices_list(organisation=request_actor(self.request).organisation)
+
+    @extend_schema(responses=InvoiceOutput(many=True))
+    def get(self, request: Request) -> Response:
+        return self.list_response(request, lambda page: InvoiceOutput(page, many=True).data)
+
+
+class InvoiceGenerateApi(APIView):
+    @extend_schema(
+        request=GenerateInput,
+        responses={
+            201: InvoiceDetailOutput,
+            404: error_response("No contract with that `contract_id` in this organisation."),
+            409: error_response("A draft contract bills nothing: activate it."),
+        },
+    )
+    def post(self, request: Request) -> Response:
+        body = body_object(request)
+        fields_refused(body, GENERATE_FIELDS)
+        invoice = invoice_generate(
+            actor=request_actor(request),
+            contract_id=body.get("contract_id"),
+            from_date=body.get("from_date"),
+            to_date=body.get("to_date"),
+        )
+        return Response(invoice_body(request, invoice.id), status=status.HTTP_201_CREATED)
+
+
+class InvoiceDetailApi(APIView):
+    @extend_schema(responses=InvoiceDetailOutput)
+    def get(self, request: Request, invoice_id: str) -> Response:
+        return Response(invoice_body(request, invoice_id))
+
+
+class InvoiceApproveApi(APIView):
+    @extend_schema(
+        request=None,
+        responses={
+            200: InvoiceDetailOutput,
+            409: error_response("Only a draft can be approved (approving an approved invoice returns it)."),
+        },
+    )
+    def post(self, request: Request, invoice_id: str) -> Response:
+        invoice = invoice_approve_refusing_void(request=request, invoice_id=invoice_id)
+        return Response(invoice_body(request, invoice.id))
+
+
+class InvoiceVoidApi(APIView):
+    @extend_schema(
+        request=VoidInput,
+        responses={200: InvoiceDetailOutput, 409: error_response("Only an approved invoice without payments.")},
+    )
+    def post(self, request: Request, invoice_id: str) -> Response:
+        body = body_object(request)
+        fields_refused(body, ("reason",))
+        invoice = invoice_void(actor=request_actor(request), invoice_id=invoice_id, reason=body.get("reason"))
+        return Response(invoice_body(request, invoice.id))
+
+
+class InvoiceDiscardApi(APIView):
+    @extend_schema(
+        request=DiscardInput,
+        responses={200: InvoiceDetailOutput, 409: error_response("Only a draft (or upcoming) invoice.")},
+    )
+    def post(self, request: Request, invoice_id: str) -> Response:
+        body = body_object(request)
+        fields_refused(body, ("reason",))
+        invoice = invoice_discard(actor=request_actor(request), invoice_id=invoice_id, reason=body.get("reason", ""))
+        return Response(invoice_body(request, invoice.id))
+
+
+class InvoiceCreditNoteListApi(APIView):
+    @extend_schema(responses=CreditNoteOutput(many=True))
+    def get(self, request: Request, invoice_id: str) -> Response:
+        organisation = request_actor(request).organisation
+        invoice = invoice_get(organisation=organisation, invoice_id=invoice_id)
+        return paginated_response(
+            request=request,
+            view=self,
+            queryset=credit_notes_list(organisation=organisation).filter(invoice=invoice),
+            serialize=lambda page: CreditNoteOutput(page, many=True).data,
+            ordering="-created_at",
+        )
+
+    @extend_schema(
+        request=CreditNoteInput,
+        responses={
+            201: CreditNoteOutput,
+            409: error_response("The invoice is not approved and unpaid, or the amount is more than remains."),
+        },
+    )
+    def post(self, request: Request, invoice_id: str) -> Response:
+        note = credit_note_create(actor=request_actor(request), invoice_id=invoice_id, data=body_object(request))
+        found = credit_note_get(organisation=request_actor(request).organisation, credit_note_id=note.id)
+        return Response(CreditNoteOutput(found).data, status=status.HTTP_201_CREATED)
+
+
+class CreditNoteListApi(FilteredListApi):
+    filterset_class = CreditNoteFilter
+
+    def get_queryset(self) -> QuerySet[CreditNote]:
+        if getattr(self, "swagger_fake_view", False):
+            return CreditNote.objects.none()
+        return credit_notes_list(organisation=request_actor(self.request).organisation)
+
+    @extend_schema(responses=CreditNoteOutput(many=True))
+    def get(self, request: Request) -> Response:
+        return self.list_response(request, lambda page: CreditNoteOutput(page, many=True).data)
+
+
+class CreditNoteDetailApi(APIView):
+    @extend_schema(responses=CreditNoteOutput)
+    def get(self, request: Request, credit_note_id: str) -> Response:
+        note = credit_note_get(organisation=request_actor(request).organisation, credit_note_id=credit_note_id)
+        return Response(CreditNoteOutput(note).data)
+
+
+class PaymentListApi(FilteredListApi):
+    filterset_class = PaymentFilter
+    ordering = "-timestamp"
+
+    def get_queryset(self) -> QuerySet[Payment]:
+        if getattr(self, "swagger_fake_view", False):
+            return Payment.objects.none()
+        return payments_list(organisation=request_actor(self.request).organisation)
+
+    @extend_schema(responses=PaymentOutput(many=True))
+    def get(self, request: Request) -> Response:
+        return self.list_response(request, lambda page: PaymentOutput(page, many=True).data)
+
+    @extend_schema(
+        request=PaymentInput,
+        responses={201: PaymentOutput, 409: error_response("An invoice is not payable, or a part is more than due.")},
+    )
+    def post(self, request: Request) -> Response:
+        actor = request_actor(request)
+        payment = payment_record(actor=actor, data=body_object(request))
+        return Response(
+            PaymentOutput(payment_get(organisation=actor.organisation, payment_id=payment.id)).data,
+            status=status.HTTP_201_CREATED,
+        )
+
+
+class PaymentDetailApi(APIView):
+    @extend_schema(responses=PaymentOutput)
+    def get(self, request: Request, payment_id: str) -> Response:
+        payment = payment_get(organisation=request_actor(request).organisation, payment_id=payment_id)
+        return Response(PaymentOutput(payment).data)

@@ -1,0 +1,284 @@
+"""An invoice's lines and totals from a contract over a period (SPEC §8, §9): pure reading, no writes.
+
+`invoice_compute` is the one computation: the generator, on-demand invoices, the live-draft refresh and
+the reconcile command all call it, so a draft always equals a fresh computation.
+
+Which charges an invoice holds: each phase pricing has its own billing periods (its cadence from the
+contract's anchor, or the phase pricing's own anchor, clipped to the contract, to its phase and to the
+phase pricing's dates). A piece belongs to the invoice whose range holds the start of the piece's
+billing period: with one cadence throughout that is exactly the invoice's period; a yearly fee on
+monthly invoices is charged on the invoice of the month its year starts (in advance). Fixed fees are
+prorated by the piece's unpaused days; metered quantities are the metric's values over the piece.
+Trial and pause phases charge nothing. A pricing that is not recurring charges on its first period only.
+
+Money: each line is the exact rating of its quantity, prorated, rounded half-up once to the currency
+(money_round); subtotal = the sum of lines; tax = the customer's tax_rate percent of the subtotal,
+rounded the same way; total = subtotal + tax.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from billing.models import Contract, ContractPhase, PhasePricing, Pricing, QuantityType
+from billing.periods import (
+    CADENCES,
+    BillingPeriod,
+    Cadence,
+    PauseSpan,
+    PhaseSpan,
+    billing_periods,
+    cadence_parse,
+)
+from billing.quantities import metered_quantities_by_dimension, period_datetimes
+from billing.rating import (
+    DimensionKey,
+    PricingModel,
+    PricingType,
+    Rating,
+    RatingPart,
+    money_round,
+    pricing_parse,
+    rate,
+)
+
+DEFAULT_CADENCE = CADENCES["P1M"]
+BREAKDOWN_TYPES = frozenset(
+    {PricingType.TIERED, PricingType.VOLUME, PricingType.STEP, PricingType.MATRIX, PricingType.PACKAGE}
+)
+
+
+def decimal_text(number: Decimal) -> str:
+    """The shortest exact text of a decimal (`7.5`, `100`, `0`)."""
+    if number == 0:
+        return "0"
+    return format(number.normalize(), "f")
+
+
+@dataclass(frozen=True)
+class ComputedLine:
+    description: str
+    product_id: Any
+    pricing_id: Any
+    pricing_type: str
+    period_start: dt.date
+    period_end: dt.date
+    quantity: str  # exact decimal text
+    unit: str
+    unit_amount: str  # exact decimal text; "" when the breakdown carries the prices
+    breakdown: dict[str, Any]
+    amount: Decimal  # rounded to the currency
+
+    def signature(self) -> tuple[Any, ...]:
+        """What a stored line must equal to be up to date (drift check)."""
+        return (
+            self.description,
+            str(self.product_id) if self.product_id else None,
+            str(self.pricing_id) if self.pricing_id else None,
+            self.pricing_type,
+            self.period_start,
+            self.period_end,
+            self.quantity,
+            self.unit,
+            self.unit_amount,
+            self.breakdown,
+            self.amount,
+        )
+
+
+@dataclass(frozen=True)
+class InvoiceComputation:
+    currency: str
+    lines: tuple[ComputedLine, ...]
+    subtotal: Decimal
+    tax_rate: Decimal
+    tax: Decimal
+    total: Decimal
+    flagged: tuple[str, ...] = field(default=())
+
+
+def cadence_order(cadence: Cadence) -> int:
+    return cadence.months * 31 + cadence.days
+
+
+def contract_pricing_links(*, contract: Contract) -> list[PhasePricing]:
+    return list(
+        PhasePricing.objects.filter(phase__contract=contract)
+        .select_related("phase", "pricing", "pricing__product", "pricing__metric")
+        .order_by("phase__start_date", "created_at", "id")
+    )
+
+
+def invoice_cadence(*, links: Sequence[PhasePricing]) -> Cadence:
+    """A contract is invoiced at its shortest pricing cadence (monthly when it has no pricing)."""
+    cadences = [cadence_parse(text=link.pricing.cadence) for link in links]
+    return min(cadences, key=cadence_order) if cadences else DEFAULT_CADENCE
+
+
+def contract_end(contract: Contract) -> dt.date | None:
+    """Exclusive: billing stops at the expiry date, or the end date."""
+    ends = [day for day in (contract.expiry_date, contract.end_date) if day is not None]
+    return min(ends) if ends else None
+
+
+def contract_pauses(contract: Contract) -> list[PauseSpan]:
+    return [PauseSpan(start=p.start_date, end=p.end_date) for p in contract.pauses.all()]
+
+
+def invoice_periods(
+    *, contract: Contract, until: dt.date, links: Sequence[PhasePricing] | None = None
+) -> list[BillingPeriod]:
+    """The contract's invoice periods starting before `until` (the last may still be open)."""
+    if links is None:
+        links = contract_pricing_links(contract=contract)
+    return billing_periods(
+        cadence=invoice_cadence(links=links),
+        anchor=contract.anchor_date,
+        start=contract.start_date,
+        end=contract_end(contract),
+        until=until,
+    )
+
+
+def _link_span(link: PhasePricing) -> PhaseSpan:
+    phase: ContractPhase = link.phase
+    start = max(phase.start_date, link.start_date) if link.start_date else phase.start_date
+    ends = [day for day in (phase.end_date, link.end_date) if day is not None]
+    return PhaseSpan(start=start, end=min(ends) if ends else None, phase_type=phase.phase_type, key=link.id)
+
+
+def _part_json(part: RatingPart) -> dict[str, Any]:
+    data: dict[str, Any] = {"description": part.description, "quantity": decimal_text(part.quantity)}
+    if part.unit_amount is not None:
+        data["unit_amount"] = decimal_text(part.unit_amount)
+    if part.flat_amount is not None and part.flat_amount != 0:
+        data["flat_amount"] = decimal_text(part.flat_amount)
+    data["amount"] = decimal_text(part.amount)
+    if part.tier is not None:
+        data["tier"] = part.tier + 1
+        data["tier_from"] = None if part.tier_from is None else decimal_text(part.tier_from)
+        data["tier_up_to"] = None if part.tier_up_to is None else decimal_text(part.tier_up_to)
+    if part.packages is not None:
+        data["packages"] = decimal_text(part.packages)
+    if part.dimension is not None:
+        data["dimension_values"] = list(part.dimension)
+    return data
+
+
+def _customer_keys(contract: Contract) -> list[str]:
+    """A record belongs to the customer whose external_id, or id, it names (SPEC §8)."""
+    keys = [contract.customer.external_id] if contract.customer.external_id else []
+    return [*keys, str(contract.customer_id)]
+
+
+def _metered(
+    contract: Contract, pricing: Pricing, model: PricingModel, piece: BillingPeriod
+) -> tuple[Decimal, dict[DimensionKey, Decimal] | None]:
+    assert pricing.metric is not None
+    start, end = period_datetimes(start=piece.start, end=piece.end)
+    columns = [d.column_name for d in model.dimensions] if model.pricing_type == PricingType.MATRIX else None
+    totals: dict[DimensionKey, Decimal] = {}
+    for key in _customer_keys(contract):
+        found = metered_quantities_by_dimension(
+            metric=pricing.metric, customer_id=key, start=start, end=end, columns=columns
+        )
+        for cell, amount in found.items():
+            totals[cell] = totals.get(cell, Decimal(0)) + amount
+    quantity = sum(totals.values(), Decimal(0))
+    return quantity, (totals if columns is not None else None)
+
+
+def _line(contract: Contract, link: PhasePricing, piece: BillingPeriod) -> tuple[ComputedLine, tuple[str, ...]]:
+    pricing: Pricing = link.pricing
+    model = pricing_parse(pricing_data=pricing.pricing_data)
+    breakdown: dict[str, Any] = {}
+    rating: Rating
+    if pricing.quantity_type == QuantityType.METERED:
+        quantity, cells = _metered(contract, pricing, model, piece)
+        rating = rate(model=model, dimensions=cells) if cells is not None else rate(model=model, quantity=quantity)
+        exact = rating.amount
+    else:
+        quantity = pricing.quantity if pricing.quantity is not None else Decimal(1)
+        rating = rate(model=model, quantity=quantity)
+        exact = piece.fixed_prorate(amount=rating.amount)
+        if piece.fixed_days != piece.full_days:
+            breakdown["proration"] = {
+                "days": piece.fixed_days,
+                "period_days": piece.full_days,
+                "full_amount": decimal_text(rating.amount),
+            }
+    if model.pricing_type in BREAKDOWN_TYPES:
+        breakdown["parts"] = [_part_json(part) for part in rating.parts]
+    if rating.flagged:
+        breakdown["flagged"] = list(rating.flagged)
+    unit_amount = ""
+    if model.pricing_type not in BREAKDOWN_TYPES and len(rating.parts) == 1 and rating.parts[0].unit_amount is not None:
+        unit_amount = decimal_text(rating.parts[0].unit_amount)
+    name = pricing.product.name
+    detail = pricing.name or pricing.label or link.description
+    line = ComputedLine(
+        description=f"{name}: {detail}"[:500] if detail else name[:500],
+        product_id=pricing.product_id,
+        pricing_id=pricing.id,
+        pricing_type=pricing.pricing_type,
+        period_start=piece.start,
+        period_end=piece.end,
+        quantity=decimal_text(quantity),
+        unit=pricing.unit,
+        unit_amount=unit_amount,
+        breakdown=breakdown,
+        amount=money_round(amount=exact, currency=contract.currency),
+    )
+    flagged = tuple(f"{line.description}: {message}" for message in rating.flagged)
+    return line, flagged
+
+
+def invoice_compute(
+    *, contract: Contract, period_start: dt.date, period_end: dt.date, links: Sequence[PhasePricing] | None = None
+) -> InvoiceComputation:
+    """The lines and totals of `contract`'s invoice for [period_start, period_end), from current values."""
+    if links is None:
+        links = contract_pricing_links(contract=contract)
+    end = contract_end(contract)
+    pauses = contract_pauses(contract)
+    lines: list[ComputedLine] = []
+    flagged: list[str] = []
+    for link in links:
+        pricing = link.pricing
+        pieces = billing_periods(
+            cadence=cadence_parse(text=pricing.cadence),
+            anchor=link.anchor_date or contract.anchor_date,
+            start=contract.start_date,
+            end=end,
+            until=period_end,
+            phases=[_link_span(link)],
+            pauses=pauses,
+        )
+        first_index = pieces[0].index if pieces else None
+        for piece in pieces:
+            if not (period_start <= piece.period_start < period_end) or not piece.charges:
+                continue
+            if not pricing.is_recurring and piece.index != first_index:
+                continue
+            line, line_flags = _line(contract, link, piece)
+            lines.append(line)
+            flagged.extend(line_flags)
+    lines.sort(key=lambda line: (line.period_start, line.description, str(line.pricing_id)))
+    currency = contract.currency
+    subtotal = sum((line.amount for line in lines), Decimal(0))
+    tax_rate = Decimal(contract.customer.tax_rate)
+    tax = money_round(amount=subtotal * tax_rate / 100, currency=currency)
+    subtotal = money_round(amount=subtotal, currency=currency)
+    return InvoiceComputation(
+        currency=currency,
+        lines=tuple(lines),
+        subtotal=subtotal,
+        tax_rate=tax_rate,
+        tax=tax,
+        total=subtotal + tax,
+        flagged=tuple(flagged),
+    )

@@ -1,0 +1,18 @@
+"""Live drafts: when metric values change, the drafts that bill them are recomputed (SPEC §9)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from zenskar_site.lib.enqueue import enqueue_on_commit
+
+
+def metric_values_changed_receiver(sender: Any, metric_id: int, customer_ids: list[str], **kwargs: Any) -> None:
+    """metrics.signals.metric_values_changed (sent after commit): refresh the affected drafts in a task.
+
+    If the broker is down the drafts stay behind until the next change or `reconcile_invoices --fix`;
+    approval recomputes a draft before freezing it, so nothing stale is ever approved.
+    """
+    from billing.tasks import invoice_drafts_refresh_task
+
+    enqueue_on_commit(invoice_drafts_refresh_task, (metric_id, list(customer_ids)))

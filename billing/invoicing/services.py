@@ -1,0 +1,591 @@
+"""Writes for invoices (SPEC §9): generation, live drafts, approval, void, discard, credit notes, payments.
+
+Every change is audited (object type `invoice`, `credit_note`, `payment`). Transitions that the invoice's
+status does not allow are a Conflict (409) naming the status; bad input is a 400 naming the field.
+Settlement amounts are recomputed from the credit notes and payment parts under the invoice's row lock,
+never added to a stored total.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from decimal import Decimal
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.db.models import F, Q, Sum
+from django.utils import timezone
+
+from billing.customers import json_ready
+from billing.inputs import Fields, uuid_value
+from billing.invoicing.compute import (
+    InvoiceComputation,
+    contract_pricing_links,
+    invoice_compute,
+    invoice_periods,
+)
+from billing.invoicing.models import (
+    FROZEN_STATUSES,
+    LIVE_STATUSES,
+    CreditNote,
+    DocumentKind,
+    DocumentSequence,
+    Invoice,
+    InvoiceKind,
+    InvoiceLine,
+    InvoiceStatus,
+    Payment,
+    PaymentPart,
+)
+from billing.models import Contract, ContractStatus, PhasePricing
+from billing.rating import currency_exponent
+from zenskar_site.accounts.actors import Actor, system_actor
+from zenskar_site.accounts.models import Organisation
+from zenskar_site.accounts.services import audit_record
+from zenskar_site.lib.errors import Conflict, NotFound, ValidationFailed
+from zenskar_site.lib.text import printable
+
+logger = logging.getLogger(__name__)
+
+# Contracts the generator bills: a paused contract still bills its usage, an expired one its last period.
+BILLED_CONTRACT_STATUSES = (ContractStatus.ACTIVE, ContractStatus.PAUSED, ContractStatus.EXPIRED)
+GENERATE_BATCH = 200
+PAYABLE_STATUSES = (InvoiceStatus.APPROVED, InvoiceStatus.PARTIALLY_PAID)
+MAX_PAYMENT_PARTS = 100
+MONEY_MAX = Decimal("99999999999")
+
+
+def invoice_snapshot(invoice: Invoice) -> dict[str, Any]:
+    return {
+        "id": str(invoice.id),
+        "status": invoice.status,
+        "number": invoice.number,
+        "contract_id": str(invoice.contract_id),
+        "customer_id": str(invoice.customer_id),
+        "currency": invoice.currency,
+        "period_start": json_ready(invoice.period_start),
+        "period_end": json_ready(invoice.period_end),
+        "issue_date": json_ready(invoice.issue_date),
+        "due_date": json_ready(invoice.due_date),
+        **{
+            name: str(getattr(invoice, name))
+            for name in ("subtotal", "tax", "total", "amount_credited", "amount_paid", "amount_due")
+        },
+    }
+
+
+def _audit(*, actor: Actor, invoice: Invoice, action: str, before: dict[str, Any] | None, reason: str = "") -> None:
+    audit_record(
+        actor=actor,
+        action=action,
+        object_type="invoice",
+        object_id=str(invoice.id),
+        before=before,
+        after=invoice_snapshot(invoice),
+        reason=reason,
+    )
+
+
+# --- lines ---
+
+
+def _lines_write(invoice: Invoice, computation: InvoiceComputation) -> None:
+    """Replace a live invoice's lines and totals with `computation` (the caller holds its row lock)."""
+    invoice.lines.all().delete()
+    InvoiceLine.objects.bulk_create(
+        InvoiceLine(
+            invoice=invoice,
+            position=position,
+            description=line.description,
+            product_id=line.product_id,
+            pricing_id=line.pricing_id,
+            pricing_type=line.pricing_type,
+            period_start=line.period_start,
+            period_end=line.period_end,
+            quantity=line.quantity,
+            unit=line.unit,
+            unit_amount=line.unit_amount,
+            breakdown=line.breakdown,
+            amount=line.amount,
+        )
+        for position, line in enumerate(computation.lines)
+    )
+    invoice.currency = computation.currency
+    invoice.subtotal = computation.subtotal
+    invoice.tax_rate = computation.tax_rate
+    invoice.tax = computation.tax
+    invoice.total = computation.total
+    invoice.amount_due = computation.total - invoice.amount_credited - invoice.amount_paid
+    invoice.flagged = list(computation.flagged)
+    invoice.computed_at = timezone.now()
+    invoice.save()
+
+
+def invoice_line_signatures(invoice: Invoice) -> list[tuple[Any, ...]]:
+    return [
+        (
+            line.description,
+            str(line.product_id) if line.product_id else None,
+            str(line.pricing_id) if line.pricing_id else None,
+            line.pricing_type,
+            line.period_start,
+            line.period_end,
+            line.quantity,
+            line.unit,
+            line.unit_amount,
+            line.breakdown,
+            Decimal(line.amount),
+        )
+        for line in invoice.lines.order_by("position", "id")
+    ]
+
+
+def invoice_differs(invoice: Invoice, computation: InvoiceComputation) -> bool:
+    """Whether the stored lines or totals differ from a fresh computation."""
+    if (invoice.subtotal, invoice.tax, invoice.total) != (computation.subtotal, computation.tax, computation.total):
+        return True
+    return invoice_line_signatures(invoice) != [line.signature() for line in computation.lines]
+
+
+def _compute(invoice: Invoice) -> InvoiceComputation:
+    return invoice_compute(contract=invoice.contract, period_start=invoice.period_start, period_end=invoice.period_end)
+
+
+@transaction.atomic
+def invoice_refresh(*, invoice_id: Any) -> bool:
+    """Recompute a live (upcoming or draft) invoice from the current metric values; True if it changed.
+
+    A frozen or discarded invoice is left alone (False): approval froze it.
+    """
+    invoice = Invoice.objects.select_for_update().select_related("contract__customer").filter(id=invoice_id).first()
+    if invoice is None or invoice.status not in LIVE_STATUSES:
+        return False
+    computation = _compute(invoice)
+    if not invoice_differs(invoice, computation):
+        return False
+    before = invoice_snapshot(invoice)
+    _lines_write(invoice, computation)
+    if before["total"] != str(invoice.total):
+        _audit(
+            actor=system_actor(organisation=invoice.contract.organisation),
+            invoice=invoice,
+            action="invoice.recompute",
+            before=before,
+        )
+    return True
+
+
+def invoice_drafts_refresh(*, metric_id: int, customer_ids: Iterable[str]) -> int:
+    """Recompute the live invoices that bill `metric_id` to any of `customer_ids`; returns how many changed."""
+    keys = [str(key) for key in customer_ids]
+    uuids = [key for key in keys if uuid_value(key) is not None]
+    contracts = (
+        PhasePricing.objects.filter(pricing__metric_id=metric_id)
+        .filter(Q(phase__contract__customer__external_id__in=keys) | Q(phase__contract__customer_id__in=uuids))
+        .values_list("phase__contract_id", flat=True)
+        .distinct()
+    )
+    changed = 0
+    for invoice_id in Invoice.objects.filter(contract_id__in=contracts, status__in=LIVE_STATUSES).values_list(
+        "id", flat=True
+    ):
+        changed += invoice_refresh(invoice_id=invoice_id)
+    return changed
+
+
+# --- generation ---
+
+
+def _invoice_create(*, contract: Contract, start: dt.date, end: dt.date, kind: str, actor: Actor) -> Invoice | None:
+    """Insert the invoice and its lines in one transaction; None when the period's invoice exists."""
+    try:
+        with transaction.atomic():
+            invoice = Invoice.objects.create(
+                organisation=contract.organisation,
+                customer=contract.customer,
+                contract=contract,
+                kind=kind,
+                status=InvoiceStatus.DRAFT,
+                currency=contract.currency,
+                period_start=start,
+                period_end=end,
+            )
+            _lines_write(invoice, invoice_compute(contract=contract, period_start=start, period_end=end))
+            _audit(actor=actor, invoice=invoice, action="invoice.generate", before=None)
+    except IntegrityError:
+        # The unique constraint on (contract, period) for generated invoices: another run made it first.
+        if (
+            kind == InvoiceKind.PERIOD
+            and Invoice.objects.filter(contract=contract, kind=kind, period_start=start, period_end=end).exists()
+        ):
+            return None
+        raise
+    return invoice
+
+
+def invoices_generate_due(*, now: dt.datetime, limit: int = GENERATE_BATCH) -> int:
+    """Create the draft of every billed contract's closed periods that have none; returns how many.
+
+    A period closes at UTC midnight of its end day. Catches up on every closed period since the
+    contract's start. Safe to run twice or concurrently: the invoice's insert is the claim, refused by
+    the unique constraint when the period has its invoice. At most `limit` invoices per call.
+    """
+    today = now.astimezone(dt.UTC).date()
+    made = 0
+    contracts = (
+        Contract.objects.filter(status__in=BILLED_CONTRACT_STATUSES, start_date__lt=today)
+        .select_related("customer", "organisation")
+        .order_by("id")
+    )
+    for contract in contracts.iterator(chunk_size=200):
+        links = contract_pricing_links(contract=contract)
+        closed = [
+            period
+            for period in invoice_periods(contract=contract, until=today, links=links)
+            if period.period_end <= today
+        ]
+        if not closed:
+            continue
+        existing = set(
+            Invoice.objects.filter(contract=contract, kind=InvoiceKind.PERIOD).values_list("period_start", "period_end")
+        )
+        for period in closed:
+            if (period.period_start, period.period_end) in existing:
+                continue
+            invoice = _invoice_create(
+                contract=contract,
+                start=period.period_start,
+                end=period.period_end,
+                kind=InvoiceKind.PERIOD,
+                actor=system_actor(organisation=contract.organisation),
+            )
+            if invoice is not None:
+                made += 1
+                if made >= limit:
+                    return made
+    return made
+
+
+def invoice_generate(*, actor: Actor, contract_id: Any, from_date: Any, to_date: Any) -> Invoice:
+    """A draft for any range of a contract, on demand (dates, or Unix seconds as Zenskar sends them)."""
+    fields = Fields({"contract_id": contract_id, "from_date": from_date, "to_date": to_date})
+    key = fields.uuid("contract_id", required=True)
+    start = _date_or_seconds(fields, "from_date")
+    end = _date_or_seconds(fields, "to_date")
+    if start is not None and end is not None and end <= start:
+        fields.fail("to_date", "to_date must be after from_date.")
+    fields.raise_if_errors()
+    assert key is not None
+    assert start is not None
+    assert end is not None
+    contract = (
+        Contract.objects.select_related("customer", "organisation")
+        .filter(organisation=actor.organisation, id=key)
+        .first()
+    )
+    if contract is None:
+        raise NotFound(f"No contract with id {printable(str(contract_id))[:100]!r} in this organisation.")
+    if contract.status == ContractStatus.DRAFT:
+        raise Conflict("A draft contract bills nothing: activate it first.")
+    invoice = _invoice_create(contract=contract, start=start, end=end, kind=InvoiceKind.ON_DEMAND, actor=actor)
+    assert invoice is not None
+    return invoice
+
+
+def _date_or_seconds(fields: Fields, name: str) -> dt.date | None:
+    value = fields.get(name)
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            return dt.datetime.fromtimestamp(value, tz=dt.UTC).date()
+        except (OverflowError, OSError, ValueError):
+            fields.fail(name, "Expected Unix seconds or a date (YYYY-MM-DD).")
+            return None
+    return fields.date(name, required=True)
+
+
+# --- approval, void, discard ---
+
+
+def invoice_locked(*, actor: Actor, invoice_id: Any) -> Invoice:
+    key = uuid_value(invoice_id)
+    invoice = (
+        Invoice.objects.select_for_update()
+        .select_related("contract__customer")
+        .filter(organisation=actor.organisation, id=key)
+        .first()
+        if key is not None
+        else None
+    )
+    if invoice is None:
+        raise NotFound(f"No invoice with id {printable(str(invoice_id))[:100]!r} in this organisation.")
+    return invoice
+
+
+def document_number_take(*, organisation: Organisation, kind: str) -> str:
+    """The next number of the organisation's sequence, in the caller's transaction (gap-free: a rollback
+    returns it). The UPDATE locks the counter row until commit, so concurrent takers queue."""
+    for _ in range(2):
+        if DocumentSequence.objects.filter(organisation=organisation, kind=kind).update(next_value=F("next_value") + 1):
+            value = (
+                DocumentSequence.objects.filter(organisation=organisation, kind=kind)
+                .values_list("next_value", flat=True)
+                .get()
+            )
+            return f"{DocumentKind(kind).label}-{value - 1:06d}"
+        # First document of the kind: create the counter (a concurrent creator wins; then update it).
+        DocumentSequence.objects.bulk_create(
+            [DocumentSequence(organisation=organisation, kind=kind, next_value=1)], ignore_conflicts=True
+        )
+    raise RuntimeError("the document sequence could not be created")
+
+
+@transaction.atomic
+def invoice_approve(*, actor: Actor, invoice_id: Any) -> Invoice:
+    """Freeze a draft: recompute it once more, number it, date it. Approving again returns it unchanged."""
+    invoice = invoice_locked(actor=actor, invoice_id=invoice_id)
+    if invoice.status in FROZEN_STATUSES:
+        return invoice
+    if invoice.status != InvoiceStatus.DRAFT:
+        raise Conflict(f"Only a draft invoice can be approved; this one is {invoice.status}.")
+    before = invoice_snapshot(invoice)
+    computation = _compute(invoice)
+    if invoice_differs(invoice, computation):
+        _lines_write(invoice, computation)
+    now = timezone.now()
+    invoice.number = document_number_take(organisation=actor.organisation, kind=DocumentKind.INVOICE)
+    invoice.issue_date = now.astimezone(dt.UTC).date()
+    invoice.due_date = invoice.issue_date + dt.timedelta(days=invoice.contract.customer.payment_terms_days)
+    invoice.approved_at = now
+    invoice.status = InvoiceStatus.APPROVED if invoice.amount_due > 0 else InvoiceStatus.PAID
+    invoice.save()
+    _audit(actor=actor, invoice=invoice, action="invoice.approve", before=before)
+    return invoice
+
+
+def _reason(reason: Any, *, required: bool) -> str:
+    fields = Fields({"reason": reason})
+    text = fields.text("reason", max_length=10_000, required=required)
+    fields.raise_if_errors()
+    return text
+
+
+@transaction.atomic
+def invoice_void(*, actor: Actor, invoice_id: Any, reason: Any) -> Invoice:
+    """Void an approved invoice: it owes nothing more, its number stays."""
+    text = _reason(reason, required=True)
+    invoice = invoice_locked(actor=actor, invoice_id=invoice_id)
+    if invoice.status != InvoiceStatus.APPROVED:
+        detail = " (it has payments: record a credit note instead)" if invoice.amount_paid else ""
+        raise Conflict(f"Only an approved invoice can be voided; this one is {invoice.status}{detail}.")
+    before = invoice_snapshot(invoice)
+    invoice.status = InvoiceStatus.VOID
+    invoice.amount_due = Decimal(0)
+    invoice.void_reason = text
+    invoice.voided_at = timezone.now()
+    invoice.save(update_fields=["status", "amount_due", "void_reason", "voided_at", "updated_at"])
+    _audit(actor=actor, invoice=invoice, action="invoice.void", before=before, reason=text)
+    return invoice
+
+
+@transaction.atomic
+def invoice_discard(*, actor: Actor, invoice_id: Any, reason: Any = "") -> Invoice:
+    """Discard a draft: it is never approved (and the generator does not make its period again)."""
+    text = _reason(reason, required=False)
+    invoice = invoice_locked(actor=actor, invoice_id=invoice_id)
+    if invoice.status not in LIVE_STATUSES:
+        raise Conflict(f"Only a draft invoice can be discarded; this one is {invoice.status}.")
+    before = invoice_snapshot(invoice)
+    invoice.status = InvoiceStatus.DISCARDED
+    invoice.save(update_fields=["status", "updated_at"])
+    _audit(actor=actor, invoice=invoice, action="invoice.discard", before=before, reason=text)
+    return invoice
+
+
+# --- credit notes and payments ---
+
+
+def _settle(invoice: Invoice) -> None:
+    """Amounts credited, paid and due from the invoice's credit notes and payment parts; its status."""
+    credited = invoice.credit_notes.aggregate(total=Sum("amount"))["total"] or Decimal(0)
+    paid = invoice.payment_parts.aggregate(total=Sum("amount"))["total"] or Decimal(0)
+    invoice.amount_credited = Decimal(credited)
+    invoice.amount_paid = Decimal(paid)
+    invoice.amount_due = invoice.total - invoice.amount_credited - invoice.amount_paid
+    if invoice.amount_due <= 0:
+        invoice.status = InvoiceStatus.PAID
+    elif invoice.amount_paid > 0:
+        invoice.status = InvoiceStatus.PARTIALLY_PAID
+    else:
+        invoice.status = InvoiceStatus.APPROVED
+    invoice.save(update_fields=["amount_credited", "amount_paid", "amount_due", "status", "updated_at"])
+
+
+def _money(fields: Fields, name: str, currency: str) -> Decimal | None:
+    places = currency_exponent(currency=currency)
+    amount = fields.decimal(name, default=None, minimum=Decimal(0), maximum=MONEY_MAX, places=places)
+    if amount is None and not fields.errors.get(fields.path(name)):
+        fields.fail(name, "This field is required: an amount in the currency's major unit.")
+    elif amount is not None and amount <= 0:
+        fields.fail(name, "Must be more than 0.")
+        return None
+    return amount
+
+
+@transaction.atomic
+def credit_note_create(*, actor: Actor, invoice_id: Any, data: Mapping[str, Any]) -> CreditNote:
+    """A credit note of up to what remains due on an approved invoice (CN-000001), with a reason."""
+    invoice = invoice_locked(actor=actor, invoice_id=invoice_id)
+    fields = Fields(data)
+    fields.refuse_unknown(("credit_note_amount", "amount", "reason"))
+    name = "credit_note_amount" if fields.has("credit_note_amount") or not fields.has("amount") else "amount"
+    amount = _money(fields, name, invoice.currency)
+    reason = fields.text("reason", max_length=10_000, required=True)
+    fields.raise_if_errors()
+    assert amount is not None
+    if invoice.status not in PAYABLE_STATUSES:
+        raise Conflict(f"A credit note needs an approved, unpaid invoice; this one is {invoice.status}.")
+    if amount > invoice.amount_due:
+        raise Conflict(f"The credit note ({amount}) is more than what remains of the invoice ({invoice.amount_due}).")
+    before = invoice_snapshot(invoice)
+    note = CreditNote.objects.create(
+        organisation=actor.organisation,
+        invoice=invoice,
+        number=document_number_take(organisation=actor.organisation, kind=DocumentKind.CREDIT_NOTE),
+        amount=amount,
+        currency=invoice.currency,
+        reason=reason,
+    )
+    _settle(invoice)
+    audit_record(
+        actor=actor,
+        action="credit_note.create",
+        object_type="credit_note",
+        object_id=str(note.id),
+        after={"number": note.number, "invoice_id": str(invoice.id), "amount": str(amount)},
+        reason=reason,
+    )
+    _audit(actor=actor, invoice=invoice, action="invoice.credit", before=before, reason=reason)
+    return note
+
+
+PAYMENT_FIELDS = ("amount", "currency_code", "payment_method", "timestamp", "payment_parts")
+
+
+@transaction.atomic
+def payment_record(*, actor: Actor, data: Mapping[str, Any]) -> Payment:
+    """A payment recorded by hand, split over invoices; each part at most what its invoice still owes."""
+    fields = Fields(data)
+    fields.refuse_unknown(PAYMENT_FIELDS)
+    currency = fields.currency("currency_code", required=True)
+    amount = _money(fields, "amount", currency) if currency else None
+    method = fields.text("payment_method", max_length=64)
+    timestamp = _timestamp(fields, "timestamp")
+    raw_parts = fields.get("payment_parts")
+    if not isinstance(raw_parts, list) or not raw_parts or len(raw_parts) > MAX_PAYMENT_PARTS:
+        fields.fail("payment_parts", f"Expected a list of 1 to {MAX_PAYMENT_PARTS} {{invoice_id, amount}} objects.")
+        raw_parts = []
+    parts: list[tuple[Any, Decimal]] = []
+    for index, raw in enumerate(raw_parts):
+        part = Fields(raw, prefix=f"payment_parts[{index}]", errors=fields.errors)
+        if not isinstance(raw, dict):
+            fields.fail(f"payment_parts[{index}]", "Expected an object {invoice_id, amount}.")
+            continue
+        part.refuse_unknown(("invoice_id", "amount"))
+        invoice_key = part.uuid("invoice_id", required=True)
+        part_amount = _money(part, "amount", currency) if currency else None
+        if invoice_key is not None and part_amount is not None:
+            if any(key == invoice_key for key, _ in parts):
+                part.fail("invoice_id", "This invoice is already in another part of the payment.")
+            parts.append((invoice_key, part_amount))
+    if amount is not None and parts and sum(a for _, a in parts) != amount:
+        fields.fail("payment_parts", f"The parts add up to {sum(a for _, a in parts)}, not the amount {amount}.")
+    fields.raise_if_errors()
+    assert amount is not None
+    # Locked in one order, so two payments over the same invoices never deadlock.
+    invoices = {
+        invoice.id: invoice
+        for invoice in Invoice.objects.select_for_update()
+        .filter(organisation=actor.organisation, id__in=[key for key, _ in parts])
+        .order_by("id")
+    }
+    for index, (key, part_amount) in enumerate(parts):
+        found = invoices.get(key)
+        if found is None:
+            raise ValidationFailed({f"payment_parts[{index}].invoice_id": [f"No invoice {key} in this organisation."]})
+        if found.currency != currency:
+            raise ValidationFailed(
+                {f"payment_parts[{index}].amount": [f"The invoice is in {found.currency}, the payment in {currency}."]}
+            )
+        if found.status not in PAYABLE_STATUSES:
+            raise Conflict(f"Invoice {found.number or found.id} cannot be paid: it is {found.status}.")
+        if part_amount > found.amount_due:
+            raise Conflict(
+                f"Paying {part_amount} is more than invoice {found.number} owes ({found.amount_due} {currency})."
+            )
+    payment = Payment.objects.create(
+        organisation=actor.organisation,
+        amount=amount,
+        currency_code=currency,
+        payment_method=method,
+        timestamp=timestamp or timezone.now(),
+    )
+    PaymentPart.objects.bulk_create(
+        PaymentPart(payment=payment, invoice=invoices[key], amount=part_amount) for key, part_amount in parts
+    )
+    for key, _ in parts:
+        invoice = invoices[key]
+        before = invoice_snapshot(invoice)
+        _settle(invoice)
+        _audit(actor=actor, invoice=invoice, action="invoice.payment", before=before)
+    audit_record(
+        actor=actor,
+        action="payment.record",
+        object_type="payment",
+        object_id=str(payment.id),
+        after={
+            "amount": str(amount),
+            "currency_code": currency,
+            "payment_method": method,
+            "payment_parts": [{"invoice_id": str(key), "amount": str(a)} for key, a in parts],
+        },
+    )
+    return payment
+
+
+def _timestamp(fields: Fields, name: str) -> dt.datetime | None:
+    value = fields.get(name)
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            return dt.datetime.fromtimestamp(value, tz=dt.UTC)
+        except (OverflowError, OSError, ValueError):
+            pass
+    elif isinstance(value, str):
+        try:
+            parsed = dt.datetime.fromisoformat(value)
+        except ValueError:
+            pass
+        else:
+            return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+    fields.fail(name, "Expected Unix seconds or an ISO 8601 date-time.")
+    return None
+
+
+# --- reconcile ---
+
+
+def invoices_reconcile(*, organisation_ids: Sequence[Any] | None = None) -> tuple[list[Invoice], list[Invoice]]:
+    """(drafts whose lines differ from a fresh computation, approved invoices whose usage has drifted)."""
+    invoices = Invoice.objects.select_related("contract__customer").exclude(status=InvoiceStatus.DISCARDED)
+    if organisation_ids is not None:
+        invoices = invoices.filter(organisation_id__in=organisation_ids)
+    drafts: list[Invoice] = []
+    drifted: list[Invoice] = []
+    for invoice in invoices.order_by("created_at", "id").iterator(chunk_size=200):
+        if not invoice_differs(invoice, _compute(invoice)):
+            continue
+        (drafts if invoice.status in LIVE_STATUSES else drifted).append(invoice)
+    return drafts, drifted
