@@ -353,6 +353,10 @@ CSV_IMPORT_STALL_SECONDS = env_seconds("CSV_IMPORT_STALL_SECONDS", default=600.0
 # the sweep covers the rest.
 METRICS_REFRESH_DEBOUNCE_SECONDS = env_seconds("METRICS_REFRESH_DEBOUNCE_SECONDS", default=0.25, allow_zero=True)
 METRIC_SQL_TIMEOUT_MS = env_int("METRIC_SQL_TIMEOUT_MS", default=5000, allow_zero=False)
+# A metric preview (API or dashboard) has this much time in all: checking the definition, compiling it and
+# computing every period. Past it the preview is a 400 and the web worker is free again, well inside
+# gunicorn's 30-second worker timeout.
+METRIC_PREVIEW_BUDGET_MS = env_int("METRIC_PREVIEW_BUDGET_MS", default=10000, allow_zero=False)
 # A recompute with no progress for this long is restarted by the sweep (its worker died).
 METRICS_RECOMPUTE_STALL_SECONDS = env_seconds("METRICS_RECOMPUTE_STALL_SECONDS", default=120.0, allow_zero=True)
 # Pause between the month chunks of a history recompute, to spare a busy database.
