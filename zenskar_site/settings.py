@@ -373,6 +373,15 @@ INGEST_RATE_LIMIT = env_int("INGEST_RATE_LIMIT", default=0 if EMBEDDED else 1000
 API_RATE_LIMIT = env_int("API_RATE_LIMIT", default=0 if EMBEDDED else 50, allow_zero=True)
 DATA_UPLOAD_MAX_MEMORY_SIZE = max(INGEST_MAX_BODY_BYTES * 2, 2621440)
 
+# Request bodies under gunicorn are read before dispatch, under a deadline (zenskar_site/lib/bodies.py):
+# REQUEST_BODY_GRACE_SECONDS plus the length at REQUEST_BODY_MIN_BYTES_PER_SECOND, at most
+# REQUEST_BODY_TIMEOUT_SECONDS (under gunicorn's 30-second worker timeout). Later is a 408; a body over
+# REQUEST_BODY_MAX_BYTES is a 413 unread (the largest upload, a CSV import, is 50 MiB).
+REQUEST_BODY_GRACE_SECONDS = env_seconds("REQUEST_BODY_GRACE_SECONDS", default=2.0, allow_zero=True)
+REQUEST_BODY_MIN_BYTES_PER_SECOND = env_int("REQUEST_BODY_MIN_BYTES_PER_SECOND", default=16384, allow_zero=False)
+REQUEST_BODY_TIMEOUT_SECONDS = env_seconds("REQUEST_BODY_TIMEOUT_SECONDS", default=20.0, allow_zero=False)
+REQUEST_BODY_MAX_BYTES = env_int("REQUEST_BODY_MAX_BYTES", default=64 * 1024 * 1024, allow_zero=False)
+
 # The ingestion error log keeps this many days of rejected records.
 INGEST_ERROR_RETENTION_DAYS = env_int("INGEST_ERROR_RETENTION_DAYS", default=30, allow_zero=True)
 
