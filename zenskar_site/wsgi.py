@@ -21,6 +21,7 @@ from django.conf import settings  # noqa: E402
 
 from usage.ingestion.wsgi import ingest_application  # noqa: E402  (after Django is set up)
 from zenskar_site.lib.bodies import body_refusal_send, request_body_read  # noqa: E402
+from zenskar_site.lib.sql import connection_retire_if_dropped  # noqa: E402
 
 
 def application(environ, start_response):  # type: ignore[no-untyped-def]
@@ -36,4 +37,7 @@ def application(environ, start_response):  # type: ignore[no-untyped-def]
     refusal = request_body_read(environ, max_bytes=settings.REQUEST_BODY_MAX_BYTES, refuse_over_limit=True)
     if refusal is not None:
         return body_refusal_send(refusal, start_response)
+    # A connection the server dropped while idle (a restart) is replaced before the request, not
+    # discovered by its first query (a 500); ingestion's route does the same.
+    connection_retire_if_dropped()
     return django_application(environ, start_response)
