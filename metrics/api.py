@@ -69,6 +69,12 @@ class MetricOutput(serializers.ModelSerializer[BillableMetric]):
             "retry_at": serializers.DateTimeField().to_representation(obj.recompute_retry_at)
             if failed and obj.recompute_retry_at is not None
             else None,
+            # Periods a SQL metric owes because its organisation had used its SQL budget, and when the
+            # sweep computes them (not a failure).
+            "deferred_until": serializers.DateTimeField().to_representation(obj.deferred_until)
+            if obj.deferred_until is not None
+            else None,
+            "deferred_ranges": obj.deferred_ranges,
         }
 
     def to_representation(self, instance: BillableMetric) -> dict[str, Any]:

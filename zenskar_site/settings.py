@@ -353,6 +353,10 @@ CSV_IMPORT_STALL_SECONDS = env_seconds("CSV_IMPORT_STALL_SECONDS", default=600.0
 # the sweep covers the rest.
 METRICS_REFRESH_DEBOUNCE_SECONDS = env_seconds("METRICS_REFRESH_DEBOUNCE_SECONDS", default=0.25, allow_zero=True)
 METRIC_SQL_TIMEOUT_MS = env_int("METRIC_SQL_TIMEOUT_MS", default=5000, allow_zero=False)
+# Each organisation may spend this many milliseconds per minute evaluating its SQL metrics (timeouts
+# included); past it their periods are deferred to the next minute, so one organisation's heavy queries
+# cannot take the workers every organisation shares. 0 turns the budget off.
+METRIC_SQL_BUDGET_MS_PER_MINUTE = env_int("METRIC_SQL_BUDGET_MS_PER_MINUTE", default=20000, allow_zero=True)
 # A metric preview (API or dashboard) has this much time in all: checking the definition, compiling it and
 # computing every period. Past it the preview is a 400 and the web worker is free again, well inside
 # gunicorn's 30-second worker timeout.
