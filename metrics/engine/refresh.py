@@ -153,7 +153,7 @@ def metric_deferred_refresh(*, metric_id: int) -> bool:
     """
     with transaction.atomic():
         source_ids = sorted(
-            BillableMetric.objects.filter(id=metric_id).values_list("sources__id", flat=True).exclude(sources__id=None)
+            BillableMetric.objects.filter(id=metric_id, sources__isnull=False).values_list("sources__id", flat=True)
         )
         for usage_event_id in source_ids:
             _lock_usage_event(usage_event_id, wait=True)

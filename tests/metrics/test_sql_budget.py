@@ -168,3 +168,20 @@ def test_a_budget_of_zero_turns_it_off(organisation: Organisation, compute_hours
 
     assert values_of(cpu) == {"c0": "1", "c1": "1", "c2": "1"}
     assert SqlBudgetCharge.objects.count() == 1  # nothing charged either
+
+
+@pytest.mark.django_db
+def test_a_deferred_metric_shows_as_deferred_on_the_dashboard(
+    organisation: Organisation, compute_hours: UsageEvent, client: Any
+) -> None:
+    from tests.factories import organisation_admin
+
+    metric = metric_make(organisation, "cpu", sql=SUM_PER_CUSTOMER)
+    until = timezone.now().replace(microsecond=0) + dt.timedelta(seconds=30)
+    BillableMetric.objects.filter(id=metric.id).update(deferred_until=until, deferred_ranges=[["a", "b"]])
+    client.force_login(organisation_admin(organisation))
+
+    page = client.get("/metrics/").content.decode()
+
+    assert "Deferred" in page
+    assert f"computed from {until.astimezone(dt.UTC):%Y-%m-%d %H:%M:%S} UTC" in page
