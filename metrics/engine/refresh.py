@@ -43,7 +43,7 @@ from metrics.models import BillableMetric, MetricKind, MetricValue, RecomputeSta
 from usage.models import DirtyBucket, Period, UsageRecord
 from zenskar_site.accounts.actors import system_actor
 from zenskar_site.accounts.services import audit_record
-from zenskar_site.lib.periods import merge_ranges, period_floor, period_next
+from zenskar_site.lib.periods import merge_ranges, period_floor, period_next, periods_between
 
 logger = logging.getLogger(__name__)
 REFRESH_BATCH = 5000
@@ -168,14 +168,20 @@ def metric_deferred_refresh(*, metric_id: int) -> bool:
             return False  # gone, or done (or pushed back) by another sweep meanwhile
         if metric.recompute_state == RecomputeState.FAILED:
             return False  # its retry comes first; the sweep asks again after it
-        ranges = deferred_ranges_read(metric)
+        periods = [
+            period
+            for start, end in deferred_ranges_read(metric)
+            for period in periods_between(start, end, metric.granularity)
+        ]
         BillableMetric.objects.filter(id=metric_id).update(deferred_ranges=[], deferred_until=None)
-        if not _metric_ranges_refresh(metric=metric, ranges=ranges):
-            # Deferred again (it is on the metric once more) or failed (its retry recomputes everything;
-            # the ranges are kept all the same, cheap to compute once more).
-            if BillableMetric.objects.filter(id=metric_id, deferred_until__isnull=True).exists():
-                metric_defer(metric_id=metric_id, ranges=ranges)
-            return False
+        # A period at a time, each its own savepoint: what is owed may cost more than one minute's
+        # budget, and what is done stays done.
+        for index, period in enumerate(periods):
+            if not _metric_ranges_refresh(metric=metric, ranges=[(period, period_next(period, metric.granularity))]):
+                # Deferred (the period is owed again) or failed (its retry recomputes everything; the
+                # rest is owed all the same, cheap to compute once more): the rest waits.
+                metric_defer(metric_id=metric_id, ranges=merge_ranges(periods[index:], metric.granularity))
+                return False
     return True
 
 
