@@ -19,7 +19,8 @@ from metrics.definitions import metric_create
 from metrics.engine.budget import sql_budget_window
 from metrics.engine.refresh import metric_recompute, metric_values_refresh
 from metrics.models import BillableMetric, MetricValue, SqlBudgetCharge
-from tests.factories import organisation_make, usage_event_make
+from tests.factories import api_key_make, organisation_make, usage_event_make
+from tests.metrics.test_worker import not_eager  # noqa: F401 (a fixture, used by name)
 from usage.dirty import hours_mark_dirty
 from usage.models import DirtyBucket, UsageEvent, UsageRecord
 from zenskar_site.accounts.actors import system_actor
@@ -185,3 +186,53 @@ def test_a_deferred_metric_shows_as_deferred_on_the_dashboard(
 
     assert "Deferred" in page
     assert f"computed from {until.astimezone(dt.UTC):%Y-%m-%d %H:%M:%S} UTC" in page
+
+
+@pytest.mark.celery_worker
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("not_eager")
+def test_on_a_real_worker_an_organisation_with_heavy_sql_metrics_cannot_hold_back_another() -> None:
+    from django.test import Client
+
+    from tests.metrics.test_worker import wait_for
+    from tests.processes import celery_worker
+    from zenskar_site.celery import app
+
+    # Given one worker, an organisation with five SQL metrics that each run far past the budget of a
+    # minute (10 s of statements unbudgeted, 2 s each), and another organisation with a count metric
+    heavy_org, other_org = organisation_make(), organisation_make()
+    heavy_event = usage_event_make(organisation=heavy_org)
+    usage_event_make(organisation=other_org)
+    heavy = [metric_make(heavy_org, f"heavy{i}", sql=ALWAYS_TIMES_OUT) for i in range(5)]
+    other_calls = metric_make(other_org, "calls")
+    other_secret = api_key_make(organisation=other_org).secret
+    records_add(heavy_event, 300)
+    app.control.purge()
+
+    with celery_worker(METRIC_SQL_BUDGET_MS_PER_MINUTE="1000", METRIC_SQL_TIMEOUT_MS="2000"):
+        # When the heavy organisation's refresh is queued first, then a record of the other arrives
+        tasks.metrics_refresh_task.delay(heavy_event.id)
+        time.sleep(0.5)  # the worker has taken the heavy refresh
+        began = time.monotonic()
+        moment = iso(timezone.now() - dt.timedelta(minutes=5))
+        response = Client().post(
+            "/usage/compute_hours",
+            data=f'{{"customer_id": "x", "timestamp": "{moment}", "data": {{"cpu_usage_hours": 1}}}}',
+            content_type="application/json",
+            HTTP_X_API_KEY=other_secret,
+        )
+        assert response.status_code == 202
+
+        # Then the other organisation's value is stored within about the heavy one's budget
+        assert wait_for(lambda: values_of(other_calls) == {"x": "1"}, 5), values_of(other_calls)
+        waited = time.monotonic() - began
+        # and the heavy organisation's metrics are deferred, none failed, its spending held to the budget
+        assert wait_for(
+            lambda: (
+                BillableMetric.objects.filter(id__in=[m.id for m in heavy], deferred_until__isnull=False).count() == 5
+            ),
+            5,
+        )
+    assert waited < 4, waited
+    assert not BillableMetric.objects.filter(recompute_state="failed").exists()
+    assert charged_ms(heavy_org) <= 1000 + 300, charged_ms(heavy_org)
