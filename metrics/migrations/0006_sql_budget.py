@@ -5,33 +5,37 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('metrics', '0005_metric_failure_retry'),
-        ('zenskar_site', '0002_audit_append_only_triggers'),
+        ("metrics", "0005_metric_failure_retry"),
+        ("zenskar_site", "0002_audit_append_only_triggers"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='billablemetric',
-            name='deferred_ranges',
+            model_name="billablemetric",
+            name="deferred_ranges",
             field=models.JSONField(blank=True, default=list),
         ),
         migrations.AddField(
-            model_name='billablemetric',
-            name='deferred_until',
+            model_name="billablemetric",
+            name="deferred_until",
             field=models.DateTimeField(blank=True, null=True),
         ),
         migrations.CreateModel(
-            name='SqlBudgetCharge',
+            name="SqlBudgetCharge",
             fields=[
-                ('id', models.BigAutoField(primary_key=True, serialize=False)),
-                ('charged_at', models.DateTimeField()),
-                ('milliseconds', models.PositiveIntegerField()),
-                ('organisation', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='zenskar_site.organisation')),
+                ("id", models.BigAutoField(primary_key=True, serialize=False)),
+                ("charged_at", models.DateTimeField()),
+                ("milliseconds", models.PositiveIntegerField()),
+                (
+                    "organisation",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="+", to="zenskar_site.organisation"
+                    ),
+                ),
             ],
             options={
-                'indexes': [models.Index(fields=['organisation', 'charged_at'], name='sql_budget_org_time_idx')],
+                "indexes": [models.Index(fields=["organisation", "charged_at"], name="sql_budget_org_time_idx")],
             },
         ),
     ]
