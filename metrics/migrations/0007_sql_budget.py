@@ -6,7 +6,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("metrics", "0005_metric_failure_retry"),
+        ("metrics", "0006_sweep_heartbeat"),
         ("zenskar_site", "0002_audit_append_only_triggers"),
     ]
 
