@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 from typing import Any
 
 import django_filters
+from django.conf import settings
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
 from rest_framework.generics import ListAPIView
@@ -15,7 +17,7 @@ from rest_framework.views import APIView
 
 from metrics.definitions import metric_archive, metric_create, metric_definition_validate, metric_update
 from metrics.engine.builder import ComputedValue
-from metrics.engine.compute import PREVIEW_MAX_PERIODS, metric_compute
+from metrics.engine.compute import PREVIEW_MAX_PERIODS, DeadlinePassed, metric_compute
 from metrics.models import BillableMetric, MetricValue, RecomputeState
 from metrics.selectors import metric_get, metric_total, metric_values_list, metrics_list
 from metrics.services import metric_value_override
@@ -67,6 +69,12 @@ class MetricOutput(serializers.ModelSerializer[BillableMetric]):
             "retry_at": serializers.DateTimeField().to_representation(obj.recompute_retry_at)
             if failed and obj.recompute_retry_at is not None
             else None,
+            # Periods a SQL metric owes because its organisation had used its SQL budget, and when the
+            # sweep computes them (not a failure).
+            "deferred_until": serializers.DateTimeField().to_representation(obj.deferred_until)
+            if obj.deferred_until is not None
+            else None,
+            "deferred_ranges": obj.deferred_ranges,
         }
 
     def to_representation(self, instance: BillableMetric) -> dict[str, Any]:
@@ -131,10 +139,30 @@ def parse_window(data: Any) -> tuple[dt.datetime, dt.datetime]:
     return start, end
 
 
-def preview_body(metric: BillableMetric, start: dt.datetime, end: dt.datetime) -> dict[str, Any]:
+def preview_deadline() -> float:
+    """When a preview starting now must be done: one budget for parsing, compiling and every period.
+
+    Taken when the request starts, so the checks of an unsaved definition count against it too.
+    """
+    return time.monotonic() + settings.METRIC_PREVIEW_BUDGET_MS / 1000
+
+
+def preview_body(metric: BillableMetric, start: dt.datetime, end: dt.datetime, *, deadline: float) -> dict[str, Any]:
     if len(periods_between(start, end, metric.granularity, limit=PREVIEW_MAX_PERIODS + 1)) > PREVIEW_MAX_PERIODS:
         raise ValidationFailed({"end": [f"Preview at most {PREVIEW_MAX_PERIODS} {metric.granularity} periods."]})
-    computed = metric_compute(metric=metric, start=start, end=end)
+    try:
+        computed = metric_compute(metric=metric, start=start, end=end, deadline=deadline)
+    except DeadlinePassed as exc:
+        budget = settings.METRIC_PREVIEW_BUDGET_MS
+        raise ValidationFailed(
+            {
+                "end": [
+                    f"The preview took longer than its budget of {budget} ms and was stopped after "
+                    f"{exc.periods_done} of {exc.periods_total} {metric.granularity} periods: "
+                    "preview a shorter window, or make the query cheaper."
+                ]
+            }
+        ) from None
     computed.sort(key=lambda c: (c.period_start, c.customer_id, c.dimension_key))
     return {"start": start, "end": end, "values": [preview_value(metric, c) for c in computed]}
 
@@ -204,21 +232,23 @@ class PreviewInput(serializers.Serializer[Any]):
 class MetricPreviewApi(APIView):
     @extend_schema(request=PreviewInput, responses={200: dict})
     def post(self, request: Request, slug: str) -> Response:
+        deadline = preview_deadline()
         metric = metric_get(organisation=request_actor(request).organisation, slug=slug)
         start, end = parse_window(body_object(request))
-        return Response(render_times(preview_body(metric, start, end)))
+        return Response(render_times(preview_body(metric, start, end, deadline=deadline)))
 
 
 class MetricUnsavedPreviewApi(APIView):
     @extend_schema(request=MetricInput, responses={200: dict}, operation_id="metrics_preview_unsaved")
     def post(self, request: Request) -> Response:
+        deadline = preview_deadline()
         actor = request_actor(request)
         body = body_object(request)
         start, end = parse_window(body)
         clean = metric_definition_validate(organisation_id=actor.organisation.id, body=body)
         clean.pop("sources")
         metric = BillableMetric(organisation=actor.organisation, name="preview", slug="preview", **clean)
-        return Response(render_times(preview_body(metric, start, end)))
+        return Response(render_times(preview_body(metric, start, end, deadline=deadline)))
 
 
 class ValueFilter(django_filters.FilterSet):

@@ -61,6 +61,11 @@ class BillableMetric(models.Model):
     # success sets the backoff.
     recompute_failures = models.PositiveIntegerField(default=0)
     recompute_retry_at = models.DateTimeField(null=True, blank=True)
+    # A SQL metric whose organisation had used its SQL budget (METRIC_SQL_BUDGET_MS_PER_MINUTE) when its
+    # periods were to be refreshed: the [start, end) ranges it still owes, as ISO 8601 pairs, computed
+    # by the sweep from `deferred_until` on (metrics.engine.budget). Deferred is not failed.
+    deferred_ranges = models.JSONField(default=list, blank=True)
+    deferred_until = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["name"]
@@ -77,6 +82,20 @@ class BillableMetric(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.slug})"
+
+
+class SqlBudgetCharge(models.Model):
+    """Time an organisation's SQL metrics spent evaluating (timeouts included), one row per evaluation:
+    insert-only, so concurrent workers never wait on each other to charge. Rows older than the
+    window are pruned by the sweep."""
+
+    id = models.BigAutoField(primary_key=True)
+    organisation = models.ForeignKey(Organisation, on_delete=models.CASCADE, related_name="+")
+    charged_at = models.DateTimeField()
+    milliseconds = models.PositiveIntegerField()
+
+    class Meta:
+        indexes = [models.Index(fields=["organisation", "charged_at"], name="sql_budget_org_time_idx")]
 
 
 class MetricValue(models.Model):

@@ -69,6 +69,12 @@ from usage.schema import FIELD_NAME_RE, type_parse
 from zenskar_site.lib.errors import ValidationFailed
 
 MAX_SQL_LENGTH = 20_000
+# What checking and rewriting a query may cost is bounded before the checks start (they run in the web
+# process, before any statement timeout applies): no real metric comes near these, and a hostile
+# 20,000-character query of hundreds of CTEs or table references is refused after parsing alone.
+MAX_WITH_QUERIES = 30
+MAX_TABLE_REFERENCES = 60
+MAX_QUERY_NODES = 3000
 PLACEHOLDER_NAMES = ("period_start", "period_end")
 PLACEHOLDERS_TEXT = "{{ period_start }} and {{ period_end }}"
 REQUIRED_COLUMNS = ("customer_id", "quantity")
@@ -210,6 +216,7 @@ def _compile(
     *, text: str, tables: dict[str, SandboxTable], vendor: str, nonce: str, marks: dict[str, str]
 ) -> CompiledQuery:
     root = _parse(text, marks, tables)
+    _check_size(root)
     root = normalize_identifiers(root, dialect="postgres")
     walker = _Walker(tables=tables, marks=marks, nonce=nonce)
     walker.visit(root, {})
@@ -295,6 +302,21 @@ def _parse(text: str, marks: dict[str, str], tables: dict[str, SandboxTable]) ->
         kind = root.name.split()[0].upper() if isinstance(root, exp.Command) and root.name else root.key.upper()
         _refuse(f"Only a SELECT query is allowed (WITH and UNION included), not {kind}.")
     return root
+
+
+def _check_size(root: exp.Expression) -> None:
+    with_queries = tables = 0
+    for nodes, node in enumerate(root.walk(), start=1):
+        if isinstance(node, exp.CTE):
+            with_queries += 1
+        elif isinstance(node, exp.Table):
+            tables += 1
+        if nodes > MAX_QUERY_NODES:
+            _refuse(f"The query is too large: more than {MAX_QUERY_NODES} syntax elements.")
+    if with_queries > MAX_WITH_QUERIES:
+        _refuse(f"The query defines {with_queries} WITH queries; at most {MAX_WITH_QUERIES} are allowed.")
+    if tables > MAX_TABLE_REFERENCES:
+        _refuse(f"The query reads {tables} tables; at most {MAX_TABLE_REFERENCES} table references are allowed.")
 
 
 def _clean(message: str, marks: dict[str, str]) -> str:

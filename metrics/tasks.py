@@ -8,9 +8,11 @@ from celery import shared_task
 from django.conf import settings
 from django.utils import timezone
 
+from metrics.engine.budget import deferred_metrics_due, sql_budget_prune
 from metrics.engine.refresh import (
     dirty_usage_events,
     failed_metrics_due,
+    metric_deferred_refresh,
     metric_recompute,
     metric_retry_claim,
     metric_values_refresh,
@@ -31,8 +33,9 @@ def metrics_refresh_task(usage_event_id: int) -> int:
 @shared_task(ignore_result=True)
 def metrics_sweep_task() -> int:
     """Beat: restart recomputes whose worker died (each month chunk is its own transaction, so a rerun
-    is safe), retry FAILED metrics whose retry time has passed, and pick up dirty hours whose prompt
-    task never ran (broker down, worker killed).
+    is safe), retry FAILED metrics whose retry time has passed, pick up dirty hours whose prompt
+    task never ran (broker down, worker killed), and compute the periods SQL metrics deferred for their
+    organisation's budget once it allows.
 
     Every item is its own step: one that raises is logged and the next still runs. A metric's failure
     is also on the metric (FAILED, with its error and retry time, in the API, the dashboard and the
@@ -57,6 +60,15 @@ def metrics_sweep_task() -> int:
             processed += metric_values_refresh(usage_event_id=usage_event_id)
         except Exception:
             logger.exception("Refreshing the metrics of usage event %s raised; its dirty hours stay", usage_event_id)
+    for metric_id in deferred_metrics_due():
+        try:
+            metric_deferred_refresh(metric_id=metric_id)
+        except Exception:
+            logger.exception("Computing the deferred periods of metric %s raised; they stay deferred", metric_id)
+    try:
+        sql_budget_prune()
+    except Exception:
+        logger.exception("Pruning the SQL budget's old charges raised")
     # Last, so the health signal says the whole sweep ran (a sweep that cannot reach the database never gets here).
     sweep_heartbeat_record(finished_at=timezone.now())
     return processed

@@ -17,7 +17,7 @@ from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
 
-from metrics.api import preview_body, render_times
+from metrics.api import preview_body, preview_deadline, render_times
 from metrics.definitions import metric_create, metric_definition_validate
 from metrics.engine.builder import FILTER_OPS, NUMERIC_AGGREGATIONS, decimal_text, dimension_text, to_decimal
 from metrics.exports import metric_values_download
@@ -154,6 +154,7 @@ def metric_new(request: HttpRequest, actor: Actor) -> HttpResponse:
 @member_view(write=True)
 def metric_preview(request: HttpRequest, actor: Actor) -> JsonResponse:
     """The values an unsaved definition gives over a window, computed from raw records; nothing is stored."""
+    deadline = preview_deadline()
     form = MetricForm(request.POST, usage_events=_active_usage_events(actor))
     window = PreviewWindowForm(request.POST)
     errors: dict[str, list[str]] = {}
@@ -167,7 +168,7 @@ def metric_preview(request: HttpRequest, actor: Actor) -> JsonResponse:
         clean = metric_definition_validate(organisation_id=actor.organisation.id, body=form.body())
         clean.pop("sources")
         metric = BillableMetric(organisation=actor.organisation, name="preview", slug="preview", **clean)
-        body = preview_body(metric, window.cleaned_data["start"], window.cleaned_data["end"])
+        body = preview_body(metric, window.cleaned_data["start"], window.cleaned_data["end"], deadline=deadline)
     except ValidationFailed as exc:
         split = errors_split(exc)
         return JsonResponse(

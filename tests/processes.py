@@ -15,7 +15,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from django.conf import settings
@@ -471,3 +471,78 @@ def celery_worker_with_beat(*, concurrency: int = 2, **env: str) -> Iterator[sub
                 process.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+PG_BIN = Path("/usr/lib/postgresql")
+
+
+class PrivatePostgres:
+    """A PostgreSQL cluster of this test's own on a free port: a test that stops or restarts the
+    server does it to this one, never to the shared server other tests run on."""
+
+    def __init__(self, directory: Path, port: int) -> None:
+        self.directory = directory
+        self.port = port
+        self.url = f"postgres://postgres@127.0.0.1:{port}/app"
+        self._bin = max(PG_BIN.iterdir(), key=lambda p: int(p.name) if p.name.isdigit() else 0) / "bin"
+
+    def _as_postgres(self, *command: str) -> None:
+        # No pipes: the server pg_ctl starts would inherit them and keep them open.
+        subprocess.run(
+            ["runuser", "-u", "postgres", "--", *command],
+            check=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=120,
+        )
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k /tmp -c listen_addresses=127.0.0.1 -c fsync=off"
+        data, log = str(self.directory / "data"), str(self.directory / "server.log")
+        self._as_postgres(str(self._bin / "pg_ctl"), "-D", data, "-l", log, "-o", options, "-w", "-t", "60", "start")
+
+    def stop(self) -> None:
+        self._as_postgres(str(self._bin / "pg_ctl"), "-D", str(self.directory / "data"), "-m", "fast", "-w", "stop")
+
+
+@contextmanager
+def private_postgres() -> Iterator[PrivatePostgres]:
+    """A new cluster, started, with the project's schema migrated into its database `app`; removed after."""
+    directory = Path(tempfile.mkdtemp(prefix="private-pg-"))
+    shutil.chown(directory, "postgres", "postgres")
+    server = PrivatePostgres(directory, free_port())
+    server._as_postgres(
+        str(server._bin / "initdb"), "-D", str(directory / "data"), "-A", "trust", "-U", "postgres", "--no-sync"
+    )
+    try:
+        server.start()
+        server._as_postgres(
+            str(server._bin / "createdb"), "-h", "127.0.0.1", "-p", str(server.port), "-U", "postgres", "app"
+        )
+        subprocess.run(
+            [sys.executable, "manage.py", "migrate", "--no-input", "-v", "0"],
+            cwd=ROOT,
+            env=process_env(DATABASE_URL=server.url),
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
+        yield server
+    finally:
+        with suppress(subprocess.CalledProcessError, subprocess.TimeoutExpired):
+            server.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def private_postgres_run(server: PrivatePostgres, code: str) -> str:
+    """Run Python in a Django process on the private cluster's database; returns what it printed."""
+    return subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", code],
+        cwd=ROOT,
+        env=process_env(DATABASE_URL=server.url),
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout

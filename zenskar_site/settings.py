@@ -360,6 +360,14 @@ CSV_IMPORT_STALL_SECONDS = env_seconds("CSV_IMPORT_STALL_SECONDS", default=600.0
 # the sweep covers the rest.
 METRICS_REFRESH_DEBOUNCE_SECONDS = env_seconds("METRICS_REFRESH_DEBOUNCE_SECONDS", default=0.25, allow_zero=True)
 METRIC_SQL_TIMEOUT_MS = env_int("METRIC_SQL_TIMEOUT_MS", default=5000, allow_zero=False)
+# Each organisation may spend this many milliseconds per minute evaluating its SQL metrics (timeouts
+# included); past it their periods are deferred to the next minute, so one organisation's heavy queries
+# cannot take the workers every organisation shares. 0 turns the budget off.
+METRIC_SQL_BUDGET_MS_PER_MINUTE = env_int("METRIC_SQL_BUDGET_MS_PER_MINUTE", default=20000, allow_zero=True)
+# A metric preview (API or dashboard) has this much time in all: checking the definition, compiling it and
+# computing every period. Past it the preview is a 400 and the web worker is free again, well inside
+# gunicorn's 30-second worker timeout.
+METRIC_PREVIEW_BUDGET_MS = env_int("METRIC_PREVIEW_BUDGET_MS", default=10000, allow_zero=False)
 # A recompute with no progress for this long is restarted by the sweep (its worker died).
 METRICS_RECOMPUTE_STALL_SECONDS = env_seconds("METRICS_RECOMPUTE_STALL_SECONDS", default=120.0, allow_zero=True)
 # Pause between the month chunks of a history recompute, to spare a busy database.
@@ -375,6 +383,15 @@ INGEST_RATE_LIMIT = env_int("INGEST_RATE_LIMIT", default=0 if EMBEDDED else 1000
 # The management API (/api/v1/): requests per organisation per second, a budget of its own; 0: off.
 API_RATE_LIMIT = env_int("API_RATE_LIMIT", default=0 if EMBEDDED else 50, allow_zero=True)
 DATA_UPLOAD_MAX_MEMORY_SIZE = max(INGEST_MAX_BODY_BYTES * 2, 2621440)
+
+# Request bodies under gunicorn are read before dispatch, under a deadline (zenskar_site/lib/bodies.py):
+# REQUEST_BODY_GRACE_SECONDS plus the length at REQUEST_BODY_MIN_BYTES_PER_SECOND, at most
+# REQUEST_BODY_TIMEOUT_SECONDS (under gunicorn's 30-second worker timeout). Later is a 408; a body over
+# REQUEST_BODY_MAX_BYTES is a 413 unread (the largest upload, a CSV import, is 50 MiB).
+REQUEST_BODY_GRACE_SECONDS = env_seconds("REQUEST_BODY_GRACE_SECONDS", default=2.0, allow_zero=True)
+REQUEST_BODY_MIN_BYTES_PER_SECOND = env_int("REQUEST_BODY_MIN_BYTES_PER_SECOND", default=16384, allow_zero=False)
+REQUEST_BODY_TIMEOUT_SECONDS = env_seconds("REQUEST_BODY_TIMEOUT_SECONDS", default=20.0, allow_zero=False)
+REQUEST_BODY_MAX_BYTES = env_int("REQUEST_BODY_MAX_BYTES", default=64 * 1024 * 1024, allow_zero=False)
 
 # The ingestion error log keeps this many days of rejected records.
 INGEST_ERROR_RETENTION_DAYS = env_int("INGEST_ERROR_RETENTION_DAYS", default=30, allow_zero=True)

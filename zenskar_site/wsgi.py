@@ -4,6 +4,9 @@
 session, cookie or CSRF state, authenticates by API key, and is the one path whose cost is paid
 per record stream. It still validates the Host header, honours SECURE_SSL_REDIRECT and sends
 retires broken or expired database connections as Django's request signals do. Everything else goes to Django.
+
+Under gunicorn, every request's body is read first, under a deadline (zenskar_site/lib/bodies.py): a
+body that arrives too slowly or short is a 408 or 400 here, and never holds a worker.
 """
 
 import os
@@ -14,7 +17,11 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "zenskar_site.settings")
 
 django_application = get_wsgi_application()
 
+from django.conf import settings  # noqa: E402
+
 from usage.ingestion.wsgi import ingest_application  # noqa: E402  (after Django is set up)
+from zenskar_site.lib.bodies import body_refusal_send, request_body_read  # noqa: E402
+from zenskar_site.lib.sql import connection_retire_if_dropped  # noqa: E402
 
 
 def application(environ, start_response):  # type: ignore[no-untyped-def]
@@ -22,5 +29,15 @@ def application(environ, start_response):  # type: ignore[no-untyped-def]
     if environ.get("REQUEST_METHOD") == "POST" and path.startswith("/usage/"):
         slug = path[7:].rstrip("/")
         if slug and "/" not in slug:
+            # A body over the ingestion limit is left unread: the route answers its own 413, after the key check.
+            refusal = request_body_read(environ, max_bytes=settings.INGEST_MAX_BODY_BYTES, refuse_over_limit=False)
+            if refusal is not None:
+                return body_refusal_send(refusal, start_response)
             return ingest_application(environ, start_response)
+    refusal = request_body_read(environ, max_bytes=settings.REQUEST_BODY_MAX_BYTES, refuse_over_limit=True)
+    if refusal is not None:
+        return body_refusal_send(refusal, start_response)
+    # A connection the server dropped while idle (a restart) is replaced before the request, not
+    # discovered by its first query (a 500); ingestion's route does the same.
+    connection_retire_if_dropped()
     return django_application(environ, start_response)

@@ -2,15 +2,24 @@
 
 Builder metrics run one GROUP BY (`metrics.engine.builder`); SQL metrics run in the sandbox
 (`metrics.sandbox`) once per period.
+
+A computation may be given a deadline (a `time.monotonic()` moment) for all of its work: a preview's
+budget, or what is left of an organisation's SQL budget. Each period's statement then runs under the
+smaller of METRIC_SQL_TIMEOUT_MS and the time left, so the whole computation ends by the deadline
+(give or take one statement's start-up) however many periods it covers; past it, DeadlinePassed.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import math
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
-from django.db import connection
+from django.db import DatabaseError, connection, transaction
 
 from metrics.engine.builder import BuilderDefinition, ComputedValue, builder_compute, decimal_text, to_decimal
 from metrics.models import BillableMetric, MetricKind
@@ -21,6 +30,19 @@ if TYPE_CHECKING:
     from metrics.sandbox import SandboxTable
 
 PREVIEW_MAX_PERIODS = 1000
+
+
+class DeadlinePassed(Exception):
+    """The computation reached its deadline; it stored nothing (nothing here stores anything)."""
+
+    def __init__(self, *, periods_done: int, periods_total: int) -> None:
+        super().__init__(f"The deadline passed after {periods_done} of {periods_total} periods.")
+        self.periods_done = periods_done
+        self.periods_total = periods_total
+
+
+def _ms_left(deadline: float) -> int:
+    return math.floor((deadline - time.monotonic()) * 1000)
 
 
 def sandbox_tables(organisation_id: Any) -> dict[str, SandboxTable]:
@@ -46,24 +68,43 @@ def builder_definition(metric: BillableMetric, *, fields: dict[str, str] | None 
     )
 
 
-def metric_compute(*, metric: BillableMetric, start: dt.datetime, end: dt.datetime) -> list[ComputedValue]:
-    """Values for the periods starting in [start, end), computed from raw records; nothing is stored."""
+def metric_compute(
+    *, metric: BillableMetric, start: dt.datetime, end: dt.datetime, deadline: float | None = None
+) -> list[ComputedValue]:
+    """Values for the periods starting in [start, end), computed from raw records; nothing is stored.
+
+    With a `deadline` (time.monotonic()), raises DeadlinePassed rather than run past it.
+    """
     if metric.kind == MetricKind.BUILDER:
-        return builder_compute(definition=builder_definition(metric), start=start, end=end)
-    from metrics.sandbox import sql_metric_compile, sql_metric_execute
+        if deadline is None:
+            return builder_compute(definition=builder_definition(metric), start=start, end=end)
+        with _deadline_statements(deadline, periods_total=len(periods_between(start, end, metric.granularity))):
+            return builder_compute(definition=builder_definition(metric), start=start, end=end)
+    from metrics.sandbox import SandboxError, sql_metric_compile, sql_metric_execute
 
     compiled = sql_metric_compile(
         sql=metric.sql, tables=sandbox_tables(metric.organisation_id), vendor=connection.vendor
     )
+    periods = periods_between(start, end, metric.granularity)
     results = []
-    for period_start in periods_between(start, end, metric.granularity):
+    for done, period_start in enumerate(periods):
         period_end = period_next(period_start, metric.granularity)
-        for customer_id, quantity, dimension in sql_metric_execute(
-            compiled=compiled,
-            period_start=period_start,
-            period_end=period_end,
-            timeout_ms=settings.METRIC_SQL_TIMEOUT_MS,
-        ):
+        timeout_ms = settings.METRIC_SQL_TIMEOUT_MS
+        if deadline is not None:
+            left = _ms_left(deadline)
+            if left <= 0:
+                raise DeadlinePassed(periods_done=done, periods_total=len(periods))
+            timeout_ms = min(timeout_ms, left)
+        try:
+            rows = sql_metric_execute(
+                compiled=compiled, period_start=period_start, period_end=period_end, timeout_ms=timeout_ms
+            )
+        except SandboxError:
+            # Stopped by the deadline's shorter limit rather than the metric's own: the deadline's error.
+            if deadline is not None and timeout_ms < settings.METRIC_SQL_TIMEOUT_MS and _ms_left(deadline) <= 0:
+                raise DeadlinePassed(periods_done=done, periods_total=len(periods)) from None
+            raise
+        for customer_id, quantity, dimension in rows:
             results.append(
                 ComputedValue(
                     customer_id=customer_id,
@@ -73,6 +114,32 @@ def metric_compute(*, metric: BillableMetric, start: dt.datetime, end: dt.dateti
                 )
             )
     return _merge_duplicates(results)
+
+
+@contextmanager
+def _deadline_statements(deadline: float, *, periods_total: int) -> Iterator[None]:
+    """Run the block's (read-only) statements so that they stop at the deadline (PostgreSQL; SQLite,
+    the embedded mode, only checks the deadline once the block is done)."""
+    left = _ms_left(deadline)
+    if left <= 0:
+        raise DeadlinePassed(periods_done=0, periods_total=periods_total)
+    if connection.vendor != "postgresql":
+        yield
+        if _ms_left(deadline) <= 0:
+            raise DeadlinePassed(periods_done=0, periods_total=periods_total)
+        return
+    try:
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute(f"SET LOCAL statement_timeout = {int(left)}")
+            try:
+                yield
+            finally:
+                transaction.set_rollback(True)  # reads only: rolling back ends SET LOCAL with the block
+    except DatabaseError as exc:
+        if getattr(exc.__cause__, "sqlstate", None) == "57014":
+            raise DeadlinePassed(periods_done=0, periods_total=periods_total) from None
+        raise
 
 
 def _merge_duplicates(values: list[ComputedValue]) -> list[ComputedValue]:

@@ -12,6 +12,9 @@ while a whole recompute rebuilds every period from raw records whatever happened
 added, voided, moved). Its cost is bounded by the backoff (10 s doubling up to 10 min), and the
 incremental refresh skips FAILED metrics, so a query that times out costs its usage event's refreshes
 nothing until its retry.
+
+SQL metrics are also held to their organisation's budget of evaluation time (`metrics.engine.budget`):
+past it their periods are deferred, not failed, and `metric_deferred_refresh` computes them later.
 """
 
 from __future__ import annotations
@@ -28,13 +31,19 @@ from django.db import DatabaseError, connection, transaction
 from django.db.models import Max, Min
 from django.utils import timezone
 
-from metrics.engine.compute import metric_compute
+from metrics.engine.budget import (
+    deferred_ranges_read,
+    metric_defer,
+    sql_budget_charge,
+    sql_budget_left_ms,
+)
+from metrics.engine.compute import DeadlinePassed, metric_compute
 from metrics.engine.store import metric_values_store
-from metrics.models import BillableMetric, MetricValue, RecomputeState
+from metrics.models import BillableMetric, MetricKind, MetricValue, RecomputeState
 from usage.models import DirtyBucket, Period, UsageRecord
 from zenskar_site.accounts.actors import system_actor
 from zenskar_site.accounts.services import audit_record
-from zenskar_site.lib.periods import merge_ranges, period_floor, period_next
+from zenskar_site.lib.periods import merge_ranges, period_floor, period_next, periods_between
 
 logger = logging.getLogger(__name__)
 REFRESH_BATCH = 5000
@@ -91,23 +100,93 @@ def metric_values_refresh(*, usage_event_id: int, max_rounds: int = 20) -> int:
             for metric in metrics_over(usage_event_id):
                 if metric.recompute_state == RecomputeState.FAILED:
                     continue  # its retry recomputes its whole history, these hours included
-                try:
-                    with transaction.atomic():
-                        _metric_hours_refresh(metric=metric, hours=hours)
-                except Exception as exc:
-                    logger.warning("Refreshing metric %s (%s) failed", metric.id, metric.slug, exc_info=True)
-                    _failure_record(metric_id=metric.id, version=metric.version, error=exc)
+                periods = {period_floor(hour, metric.granularity) for hour in hours}
+                _metric_ranges_refresh(metric=metric, ranges=merge_ranges(periods, metric.granularity))
             DirtyBucket.objects.filter(id__in=[row_id for row_id, _ in dirty]).delete()
             processed += len(dirty)
     return processed
 
 
-def _metric_hours_refresh(*, metric: BillableMetric, hours: set[dt.datetime]) -> None:
-    periods = {period_floor(hour, metric.granularity) for hour in hours}
-    for start, end in merge_ranges(periods, metric.granularity):
-        metric_values_store(
-            metric=metric, start=start, end=end, computed=metric_compute(metric=metric, start=start, end=end)
+def _metric_ranges_refresh(*, metric: BillableMetric, ranges: list[tuple[dt.datetime, dt.datetime]]) -> bool:
+    """Recompute and store the metric's values over `ranges` in a savepoint of the caller's transaction.
+
+    A SQL metric runs within what is left of its organisation's budget: with nothing left, or once
+    its deadline passes, its ranges are deferred (the savepoint rolled back) rather than failed. Any
+    other error marks it FAILED. Returns whether the values were stored.
+    """
+    budgeted = metric.kind == MetricKind.SQL
+    deadline = None
+    if budgeted:
+        left = sql_budget_left_ms(organisation_id=metric.organisation_id)
+        if left is None:
+            budgeted = False
+        elif left <= 0:
+            metric_defer(metric_id=metric.id, ranges=ranges)
+            return False
+        else:
+            deadline = time.monotonic() + left / 1000
+    spent = 0.0  # computing only: the bookkeeping around it is the engine's, not the metric's
+    stored = False
+    try:
+        with transaction.atomic():
+            for start, end in ranges:
+                began = time.monotonic()
+                try:
+                    computed = metric_compute(metric=metric, start=start, end=end, deadline=deadline)
+                finally:
+                    spent += time.monotonic() - began
+                metric_values_store(metric=metric, start=start, end=end, computed=computed)
+        stored = True
+    except DeadlinePassed:
+        metric_defer(metric_id=metric.id, ranges=ranges)
+    except Exception as exc:
+        logger.warning("Refreshing metric %s (%s) failed", metric.id, metric.slug, exc_info=True)
+        _failure_record(metric_id=metric.id, version=metric.version, error=exc)
+    if budgeted:
+        # Outside the savepoint: time spent failing or timing out is spent all the same.
+        sql_budget_charge(organisation_id=metric.organisation_id, milliseconds=spent * 1000)
+    return stored
+
+
+def metric_deferred_refresh(*, metric_id: int) -> bool:
+    """Compute the periods a SQL metric deferred for its organisation's budget, if the budget allows
+    now; returns whether they were all stored (else they stay, due at the budget's next window).
+
+    Under the locks of all its sources (in the order every recompute takes them) and its row lock,
+    like a recompute: no refresh of any of its usage events writes its values meanwhile.
+    """
+    with transaction.atomic():
+        source_ids = sorted(
+            BillableMetric.objects.filter(id=metric_id, sources__isnull=False).values_list("sources__id", flat=True)
         )
+        for usage_event_id in source_ids:
+            _lock_usage_event(usage_event_id, wait=True)
+        metric = (
+            BillableMetric.objects.select_for_update(of=("self",))
+            .select_related("usage_event")
+            .filter(id=metric_id, archived=False)
+            .first()
+        )
+        now = timezone.now()
+        if metric is None or metric.deferred_until is None or metric.deferred_until > now:
+            return False  # gone, or done (or pushed back) by another sweep meanwhile
+        if metric.recompute_state == RecomputeState.FAILED:
+            return False  # its retry comes first; the sweep asks again after it
+        periods = [
+            period
+            for start, end in deferred_ranges_read(metric)
+            for period in periods_between(start, end, metric.granularity)
+        ]
+        BillableMetric.objects.filter(id=metric_id).update(deferred_ranges=[], deferred_until=None)
+        # A period at a time, each its own savepoint: what is owed may cost more than one minute's
+        # budget, and what is done stays done.
+        for index, period in enumerate(periods):
+            if not _metric_ranges_refresh(metric=metric, ranges=[(period, period_next(period, metric.granularity))]):
+                # Deferred (the period is owed again) or failed (its retry recomputes everything; the
+                # rest is owed all the same, cheap to compute once more): the rest waits.
+                metric_defer(metric_id=metric_id, ranges=merge_ranges(periods[index:], metric.granularity))
+                return False
+    return True
 
 
 def dirty_usage_events(*, older_than_seconds: float = 0) -> list[int]:
@@ -220,9 +299,13 @@ def _history_recompute(*, metric_id: int, version: int, progress: Callable[[int,
             current = BillableMetric.objects.filter(id=metric_id).values_list("version", flat=True).first()
             if current != version:
                 return False
-            metric_values_store(
-                metric=metric, start=start, end=end, computed=metric_compute(metric=metric, start=start, end=end)
-            )
+            began = time.monotonic()
+            computed = metric_compute(metric=metric, start=start, end=end)
+            if metric.kind == MetricKind.SQL:
+                # A recompute is not deferred (its progress is the metric's state), but it counts.
+                spent_ms = (time.monotonic() - began) * 1000
+                sql_budget_charge(organisation_id=metric.organisation_id, milliseconds=spent_ms)
+            metric_values_store(metric=metric, start=start, end=end, computed=computed)
             BillableMetric.objects.filter(id=metric_id, version=version).update(
                 recompute_done=done, updated_at=timezone.now()
             )

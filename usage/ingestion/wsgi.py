@@ -25,6 +25,7 @@ from django.middleware.security import SecurityMiddleware
 
 from usage.ingestion.http import ingest_response
 from zenskar_site.lib.middleware import NulRejectMiddleware
+from zenskar_site.lib.sql import connection_retire_if_dropped
 
 logger = logging.getLogger(__name__)
 JSON = "application/json"
@@ -59,9 +60,11 @@ def _security_forget(**kwargs: Any) -> None:
 def ingest_application(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
     global _security
     # What Django's request_started/finished receivers do for this path: retire a broken or expired
-    # database connection (so an outage heals on the next request), for the one database this route uses.
+    # database connection (so an outage heals on the next request), for the one database this route uses;
+    # and one the server dropped while it was idle (a restart): the write must not be the one to find out.
     database = connections[DEFAULT_DB_ALIAS]
     database.close_if_unusable_or_obsolete()
+    connection_retire_if_dropped()
     try:
         if _security is None:
             # In the order of settings.MIDDLEWARE, less what ingestion has no use for.

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
+import select
 import weakref
 from collections.abc import Sequence
 from typing import Any
@@ -37,6 +38,37 @@ _names: dict[tuple[bytes, tuple[int, ...]], bytes] = {}
 def on_postgres() -> bool:
     """The database vendor, asked once per process (it never changes; the connection proxy costs a lookup)."""
     return connection.vendor == "postgresql"
+
+
+def connection_retire_if_dropped() -> None:
+    """Close the default connection if the server has dropped it (PostgreSQL restarted, the backend
+    terminated), so that the request about to use it connects anew instead of failing.
+
+    No round trip: the socket of an idle connection that LISTENs to nothing is readable only when the
+    server sent something unasked, which is its goodbye (an error, then end-of-file) or a notice; libpq
+    reads it and says whether the connection is still good. Django's own check (CONN_HEALTH_CHECKS)
+    would cost a `SELECT 1` on every request, and it is skipped by `hot_rows`, which runs on the raw
+    connection. A connection lost without a word (a network cut) still fails its next statement.
+    """
+    if not on_postgres() or connection.connection is None or connection.in_atomic_block:
+        return
+    from psycopg import Error, pq
+
+    pgconn = connection.connection.pgconn
+    try:
+        poller = select.poll()
+        poller.register(pgconn.socket, select.POLLIN)
+        # A goodbye is a message, then end-of-file: libpq sees the hang-up only on the read after the
+        # one that took the message, so read while something is there (a few times at most).
+        for _ in range(4):
+            if pgconn.status != pq.ConnStatus.OK:
+                break
+            if not poller.poll(0):
+                return  # nothing (more) arrived: the connection is as good as it was
+            pgconn.consume_input()  # raises once the server has hung up
+    except (Error, OSError):
+        pass
+    connection.close()
 
 
 def hot_rows(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
