@@ -320,11 +320,15 @@ def private_redis() -> Iterator[PrivateRedis]:
 def celery_app_on_broker(url: str) -> Iterator[None]:
     """Point this process's Celery app (what `.delay()`, `control.ping()` and `purge()` use) and
     settings.REDIS_URL (what `process_env` hands to workers and web servers) at `url`, then back."""
+    from kombu import pools as kombu_pools
+
     from zenskar_site.celery import app
 
     def forget_connections() -> None:
-        if app._pool is not None:
-            app._pool.force_close_all()
+        # kombu keeps its pools in a process-wide registry keyed by connection: closing only the app's
+        # pool left a closed pool there, which the app took back once its URL was restored ("Acquire on
+        # closed pool" in every later test that enqueued). reset() closes them and empties the registry.
+        kombu_pools.reset()
         app._pool = None
         app.amqp._producer_pool = None
         # The result backend (AsyncResult.get) is built again from the new URL.
