@@ -66,6 +66,9 @@ class BillableMetric(models.Model):
     # by the sweep from `deferred_until` on (metrics.engine.budget). Deferred is not failed.
     deferred_ranges = models.JSONField(default=list, blank=True)
     deferred_until = models.DateTimeField(null=True, blank=True)
+    # Bumped by every deferral: a drain that computed what was owed when it started removes those ranges
+    # only if nothing was deferred meanwhile (a range deferred again may hold records it did not see).
+    deferred_seq = models.PositiveBigIntegerField(default=0)
 
     class Meta:
         ordering = ["name"]

@@ -75,5 +75,12 @@ def metrics_sweep_task() -> int:
 
 
 @shared_task(ignore_result=True, acks_late=True)
+def metric_deferred_refresh_task(metric_id: int) -> bool:
+    """What a metric owes, computed once due (a refresh deferred it: a SQL metric, or its lock was busy);
+    what it leaves owed is the sweep's."""
+    return metric_deferred_refresh(metric_id=metric_id)
+
+
+@shared_task(ignore_result=True, acks_late=True)
 def metric_recompute_task(metric_id: int, version: int) -> bool:
     return metric_recompute(metric_id=metric_id, version=version)

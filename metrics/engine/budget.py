@@ -17,7 +17,7 @@ import datetime as dt
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Sum
+from django.db.models import F, Sum
 from django.utils import timezone
 
 from metrics.models import BillableMetric, RecomputeState, SqlBudgetCharge
@@ -78,25 +78,38 @@ def deferred_ranges_read(metric: BillableMetric) -> list[tuple[dt.datetime, dt.d
     return [(dt.datetime.fromisoformat(start), dt.datetime.fromisoformat(end)) for start, end in metric.deferred_ranges]
 
 
-def metric_defer(*, metric_id: int, ranges: list[tuple[dt.datetime, dt.datetime]]) -> dt.datetime | None:
-    """Add `ranges` to what the metric owes, due when the budget's window ends; in the caller's
-    transaction, under the metric's row lock. Returns when it is due (None: the metric is gone)."""
+def metric_defer(
+    *, metric_id: int, ranges: list[tuple[dt.datetime, dt.datetime]], due: dt.datetime | None = None
+) -> dt.datetime | None:
+    """Add `ranges` to what the metric owes, due at `due` (by default when the budget's window ends;
+    an earlier due time already set stays); in the caller's transaction, under the metric's row lock
+    (held briefly: no drain holds it while computing). Returns when it is due (None: the metric is gone).
+
+    Every deferral bumps `deferred_seq`, so a drain running meanwhile keeps these ranges owed.
+    """
     metric = BillableMetric.objects.select_for_update(of=("self",)).filter(id=metric_id).first()
     if metric is None:
         return None
-    _, until = sql_budget_window(timezone.now())
+    until = due if due is not None else sql_budget_window(timezone.now())[1]
+    if metric.deferred_until is not None:
+        until = min(until, metric.deferred_until)
     owed = ranges_merge(deferred_ranges_read(metric) + ranges)
     BillableMetric.objects.filter(id=metric_id).update(
-        deferred_ranges=[[_iso(start), _iso(end)] for start, end in owed], deferred_until=until
+        deferred_ranges=deferred_ranges_dump(owed), deferred_until=until, deferred_seq=F("deferred_seq") + 1
     )
     return until
 
 
+def deferred_ranges_dump(ranges: list[tuple[dt.datetime, dt.datetime]]) -> list[list[str]]:
+    return [[_iso(start), _iso(end)] for start, end in ranges]
+
+
 def deferred_metrics_due(*, limit: int = 100) -> list[int]:
-    """Ids of metrics whose deferred periods are due (failed ones wait: their retry comes first)."""
+    """Ids of metrics whose deferred periods are due. Failed ones wait (their retry comes first), and so
+    do those whose recompute runs (it holds their lock; the ranges stay owed until it ends)."""
     return list(
         BillableMetric.objects.filter(deferred_until__lte=timezone.now(), archived=False)
-        .exclude(recompute_state=RecomputeState.FAILED)
+        .exclude(recompute_state__in=(RecomputeState.FAILED, RecomputeState.RUNNING))
         .order_by("deferred_until", "id")
         .values_list("id", flat=True)[:limit]
     )

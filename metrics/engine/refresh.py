@@ -1,5 +1,5 @@
 """Keeping stored values fresh: the refresh of dirty hours, the recompute of a metric's whole history,
-the per-usage-event lock both take, and the retry of failed metrics.
+the drain of what a metric owes, the per-metric lock they take, and the retry of failed metrics.
 
 A metric fails on its own. When computing it raises (a SQL metric past its time limit, say), its
 refresh or recompute rolls back only its own work and the metric is marked FAILED, with the error's
@@ -13,8 +13,9 @@ added, voided, moved). Its cost is bounded by the backoff (10 s doubling up to 1
 incremental refresh skips FAILED metrics, so a query that times out costs its usage event's refreshes
 nothing until its retry.
 
-SQL metrics are also held to their organisation's budget of evaluation time (`metrics.engine.budget`):
-past it their periods are deferred, not failed, and `metric_deferred_refresh` computes them later.
+SQL metrics are never computed by a refresh: their periods are deferred (due at once) and drained by
+their own task, held to their organisation's budget of evaluation time (`metrics.engine.budget`):
+past it they stay deferred, not failed, until the budget's next window.
 """
 
 from __future__ import annotations
@@ -32,10 +33,12 @@ from django.db.models import Max, Min
 from django.utils import timezone
 
 from metrics.engine.budget import (
+    deferred_ranges_dump,
     deferred_ranges_read,
     metric_defer,
     sql_budget_charge,
     sql_budget_left_ms,
+    sql_budget_window,
 )
 from metrics.engine.compute import DeadlinePassed, metric_compute
 from metrics.engine.store import metric_values_store
@@ -43,6 +46,7 @@ from metrics.models import BillableMetric, MetricKind, MetricValue, RecomputeSta
 from usage.models import DirtyBucket, Period, UsageRecord
 from zenskar_site.accounts.actors import system_actor
 from zenskar_site.accounts.services import audit_record
+from zenskar_site.lib.enqueue import enqueue_on_commit
 from zenskar_site.lib.periods import merge_ranges, period_floor, period_next, periods_between
 
 logger = logging.getLogger(__name__)
@@ -52,18 +56,34 @@ RETRY_MAX_SECONDS = 600
 RETRY_BATCH = 100
 
 
-def _lock_usage_event(usage_event_id: int, *, wait: bool) -> bool:
-    """Serialise the engine per usage event (PostgreSQL): two workers never write one bucket at once,
-    so an older snapshot can never overwrite a newer one. SQLite serialises writers anyway."""
+def _advisory_xact_lock(name: str, *, wait: bool) -> bool:
+    """A transaction-scoped advisory lock named `name` (PostgreSQL); SQLite serialises writers anyway."""
     if connection.vendor != "postgresql":
         return True
-    key = zlib.crc32(f"metrics:{usage_event_id}".encode())
+    key = zlib.crc32(name.encode())
     with connection.cursor() as cursor:
         if wait:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [key])
             return True
         cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [key])
         return bool(cursor.fetchone()[0])
+
+
+def _lock_usage_event(usage_event_id: int, *, wait: bool) -> bool:
+    """Serialise the refreshes' claim of a usage event's dirty hours: two refreshes of one usage event
+    never interleave. Nothing else takes it."""
+    return _advisory_xact_lock(f"metrics:{usage_event_id}", wait=wait)
+
+
+def _lock_metric(metric_id: int, *, wait: bool) -> bool:
+    """Serialise the writers of one metric's values (a refresh, a recompute's chunk, a drain of what it
+    owes), held while computing and storing: each computes from a snapshot taken after the previous
+    writer committed, so an older snapshot never overwrites a newer one.
+
+    Lock order: only a refresh holds two locks (its usage event's, then its metrics'), and it never
+    waits for a metric's (try-lock: busy, it defers the metric's ranges), so no cycle can form.
+    """
+    return _advisory_xact_lock(f"metric:{metric_id}", wait=wait)
 
 
 def metrics_over(usage_event_id: int) -> list[BillableMetric]:
@@ -79,10 +99,15 @@ def metric_values_refresh(*, usage_event_id: int, max_rounds: int = 20) -> int:
     stores them and deletes exactly the claimed rows, in one transaction: a crash rolls all of it back
     and leaves the rows for the next run; rows added meanwhile stay for the next round.
 
-    Each metric is computed and stored in its own savepoint. One that raises rolls back only its own
-    work and is marked FAILED in the same transaction that deletes the rows, so the hours it missed
-    are covered by the recompute of its whole history that its retry runs (see the module's
-    docstring); the other metrics' values and the deletion stand. FAILED metrics are skipped.
+    Only builder metrics are computed here, each under its own lock, in its own savepoint. A SQL
+    metric (which may run for its whole time limit), or a metric whose lock is busy (its recompute or
+    drain is running), is not waited for: its ranges are added to what it owes (`metric_defer`), in
+    the transaction that deletes the rows, and its drain is enqueued after commit (the sweep drains
+    what is due as well). So a slow metric never holds back the others' commit.
+
+    A builder metric that raises rolls back only its own work and is marked FAILED in the same
+    transaction that deletes the rows, so the hours it missed are covered by the recompute of its
+    whole history that its retry runs (see the module's docstring). FAILED metrics are skipped.
     """
     processed = 0
     for _ in range(max_rounds):
@@ -97,22 +122,46 @@ def metric_values_refresh(*, usage_event_id: int, max_rounds: int = 20) -> int:
             if not dirty:
                 return processed
             hours = {hour for _, hour in dirty}
+            budget_left: dict[Any, int | None] = {}
             for metric in metrics_over(usage_event_id):
                 if metric.recompute_state == RecomputeState.FAILED:
                     continue  # its retry recomputes its whole history, these hours included
                 periods = {period_floor(hour, metric.granularity) for hour in hours}
-                _metric_ranges_refresh(metric=metric, ranges=merge_ranges(periods, metric.granularity))
+                ranges = merge_ranges(periods, metric.granularity)
+                if metric.kind != MetricKind.SQL and _lock_metric(metric.id, wait=False):
+                    _metric_ranges_refresh(metric=metric, ranges=ranges)
+                    continue
+                due = timezone.now()
+                if metric.kind == MetricKind.SQL:
+                    if metric.organisation_id not in budget_left:
+                        budget_left[metric.organisation_id] = sql_budget_left_ms(organisation_id=metric.organisation_id)
+                    left = budget_left[metric.organisation_id]
+                    if left is not None and left <= 0:
+                        due = sql_budget_window(due)[1]  # nothing to spend before the next window
+                metric_defer(metric_id=metric.id, ranges=ranges, due=due)
+                if due <= timezone.now() and metric.recompute_state == RecomputeState.IDLE:
+                    _drain_after_commit(metric.id)
             DirtyBucket.objects.filter(id__in=[row_id for row_id, _ in dirty]).delete()
             processed += len(dirty)
     return processed
 
 
-def _metric_ranges_refresh(*, metric: BillableMetric, ranges: list[tuple[dt.datetime, dt.datetime]]) -> bool:
-    """Recompute and store the metric's values over `ranges` in a savepoint of the caller's transaction.
+def _drain_after_commit(metric_id: int) -> None:
+    from metrics.tasks import metric_deferred_refresh_task
+
+    # If the broker is unreachable, the sweep drains what is due.
+    enqueue_on_commit(metric_deferred_refresh_task, (metric_id,))
+
+
+def _metric_ranges_refresh(
+    *, metric: BillableMetric, ranges: list[tuple[dt.datetime, dt.datetime]], defer: bool = True
+) -> bool:
+    """Recompute and store the metric's values over `ranges` in a savepoint of the caller's transaction,
+    which holds the metric's lock.
 
     A SQL metric runs within what is left of its organisation's budget: with nothing left, or once
-    its deadline passes, its ranges are deferred (the savepoint rolled back) rather than failed. Any
-    other error marks it FAILED. Returns whether the values were stored.
+    its deadline passes, it stops (the savepoint rolled back) rather than fails, and with `defer` its
+    ranges are deferred. Any other error marks it FAILED. Returns whether the values were stored.
     """
     budgeted = metric.kind == MetricKind.SQL
     deadline = None
@@ -121,7 +170,8 @@ def _metric_ranges_refresh(*, metric: BillableMetric, ranges: list[tuple[dt.date
         if left is None:
             budgeted = False
         elif left <= 0:
-            metric_defer(metric_id=metric.id, ranges=ranges)
+            if defer:
+                metric_defer(metric_id=metric.id, ranges=ranges)
             return False
         else:
             deadline = time.monotonic() + left / 1000
@@ -138,7 +188,8 @@ def _metric_ranges_refresh(*, metric: BillableMetric, ranges: list[tuple[dt.date
                 metric_values_store(metric=metric, start=start, end=end, computed=computed)
         stored = True
     except DeadlinePassed:
-        metric_defer(metric_id=metric.id, ranges=ranges)
+        if defer:
+            metric_defer(metric_id=metric.id, ranges=ranges)
     except Exception as exc:
         logger.warning("Refreshing metric %s (%s) failed", metric.id, metric.slug, exc_info=True)
         _failure_record(metric_id=metric.id, version=metric.version, error=exc)
@@ -148,45 +199,69 @@ def _metric_ranges_refresh(*, metric: BillableMetric, ranges: list[tuple[dt.date
     return stored
 
 
-def metric_deferred_refresh(*, metric_id: int) -> bool:
-    """Compute the periods a SQL metric deferred for its organisation's budget, if the budget allows
-    now; returns whether they were all stored (else they stay, due at the budget's next window).
+def metric_deferred_refresh(*, metric_id: int, max_passes: int = 5) -> bool:
+    """Compute the periods a metric owes (deferred by a refresh, or by its organisation's SQL budget)
+    once they are due; returns whether nothing is owed any more (else what is left stays owed).
 
-    Under the locks of all its sources (in the order every recompute takes them) and its row lock,
-    like a recompute: no refresh of any of its usage events writes its values meanwhile.
+    Each pass is a transaction under the metric's lock, tried rather than waited for: when it is busy
+    (its recompute or another drain runs) the ranges stay owed and due, and the sweep asks again, so a
+    worker never sits waiting for a SQL metric's time limit. A pass reads what is owed without the
+    metric's row lock (a refresh deferring more meanwhile does not wait for the computation), computes
+    and stores it a period at a time within the budget, then takes the row lock briefly to remove what
+    it computed. If anything was deferred while it ran, those ranges may hold records it did not see:
+    everything stays owed and the next pass computes it again.
     """
+    for _ in range(max_passes):
+        outcome = _deferred_pass(metric_id=metric_id)
+        if outcome is not None:
+            return outcome
+    return False
+
+
+def _deferred_pass(*, metric_id: int) -> bool | None:
+    """One pass of `metric_deferred_refresh`: True (nothing owed), False (stopped, what is left stays
+    owed), None (more was deferred while it ran: pass again)."""
     with transaction.atomic():
-        source_ids = sorted(
-            BillableMetric.objects.filter(id=metric_id, sources__isnull=False).values_list("sources__id", flat=True)
-        )
-        for usage_event_id in source_ids:
-            _lock_usage_event(usage_event_id, wait=True)
-        metric = (
-            BillableMetric.objects.select_for_update(of=("self",))
-            .select_related("usage_event")
-            .filter(id=metric_id, archived=False)
-            .first()
-        )
-        now = timezone.now()
-        if metric is None or metric.deferred_until is None or metric.deferred_until > now:
-            return False  # gone, or done (or pushed back) by another sweep meanwhile
-        if metric.recompute_state == RecomputeState.FAILED:
-            return False  # its retry comes first; the sweep asks again after it
+        if not _lock_metric(metric_id, wait=False):
+            return False
+        metric = BillableMetric.objects.select_related("usage_event").filter(id=metric_id, archived=False).first()
+        if metric is None or metric.deferred_until is None or metric.deferred_until > timezone.now():
+            return False  # gone, or done (or pushed back) by another drain meanwhile
+        if metric.recompute_state != RecomputeState.IDLE:
+            # FAILED: its retry comes first. RUNNING: its recompute is (or is about to be) on it; what
+            # it owes stays owed until the recompute ends.
+            return False
+        seq = metric.deferred_seq
         periods = [
             period
             for start, end in deferred_ranges_read(metric)
             for period in periods_between(start, end, metric.granularity)
         ]
-        BillableMetric.objects.filter(id=metric_id).update(deferred_ranges=[], deferred_until=None)
+        done = 0
         # A period at a time, each its own savepoint: what is owed may cost more than one minute's
         # budget, and what is done stays done.
-        for index, period in enumerate(periods):
-            if not _metric_ranges_refresh(metric=metric, ranges=[(period, period_next(period, metric.granularity))]):
-                # Deferred (the period is owed again) or failed (its retry recomputes everything; the
-                # rest is owed all the same, cheap to compute once more): the rest waits.
-                metric_defer(metric_id=metric_id, ranges=merge_ranges(periods[index:], metric.granularity))
+        for period in periods:
+            period_range = [(period, period_next(period, metric.granularity))]
+            if not _metric_ranges_refresh(metric=metric, ranges=period_range, defer=False):
+                break  # out of budget (owed until its next window) or failed (its retry recomputes everything)
+            done += 1
+        stopped = done < len(periods)
+        current = BillableMetric.objects.select_for_update(of=("self",)).filter(id=metric_id).first()
+        if current is None:
+            return False
+        if current.deferred_seq != seq:
+            # Deferred again while this pass ran: all of it stays owed (the rest of what this pass read
+            # included); out of budget, it waits for the next window.
+            if stopped:
+                BillableMetric.objects.filter(id=metric_id).update(deferred_until=sql_budget_window(timezone.now())[1])
                 return False
-    return True
+            return None
+        owed = merge_ranges(periods[done:], metric.granularity)
+        BillableMetric.objects.filter(id=metric_id).update(
+            deferred_ranges=deferred_ranges_dump(owed),
+            deferred_until=sql_budget_window(timezone.now())[1] if owed else None,
+        )
+        return not owed
 
 
 def dirty_usage_events(*, older_than_seconds: float = 0) -> list[int]:
@@ -274,7 +349,6 @@ def _history_recompute(*, metric_id: int, version: int, progress: Callable[[int,
     metric = BillableMetric.objects.select_related("usage_event").filter(id=metric_id).first()
     if metric is None or metric.version != version:
         return False
-    # One order for every recompute, so two that share usage events never wait on each other's locks.
     source_ids = sorted(metric.sources.values_list("id", flat=True))
     bounds = records_range(usage_event_ids=source_ids)
     chunks: list[tuple[dt.datetime, dt.datetime]] = []
@@ -294,8 +368,9 @@ def _history_recompute(*, metric_id: int, version: int, progress: Callable[[int,
     )
     for done, (start, end) in enumerate(chunks, start=1):
         with transaction.atomic():
-            for usage_event_id in source_ids:
-                _lock_usage_event(usage_event_id, wait=True)
+            # The metric's lock only: refreshes of its usage events go on (deferring this metric's
+            # ranges while a chunk runs), and never wait for its queries.
+            _lock_metric(metric_id, wait=True)
             current = BillableMetric.objects.filter(id=metric_id).values_list("version", flat=True).first()
             if current != version:
                 return False
@@ -314,11 +389,11 @@ def _history_recompute(*, metric_id: int, version: int, progress: Callable[[int,
         if settings.METRICS_RECOMPUTE_THROTTLE_SECONDS:
             time.sleep(settings.METRICS_RECOMPUTE_THROTTLE_SECONDS)
     with transaction.atomic():
-        # Under the locks no refresh is half done: the range read now holds every record whose value a
-        # refresh stored while the months above were recomputed (records are never deleted), so only
-        # values with no record behind them are outside it.
-        for usage_event_id in source_ids:
-            _lock_usage_event(usage_event_id, wait=True)
+        # Under the metric's lock no writer of its values is half done: the range read now holds every
+        # record whose value a refresh or drain stored while the months above were recomputed (records
+        # are never deleted), so only values with no record behind them are outside it. The row lock
+        # is taken only now, after the computing, so a refresh deferring into this metric never waits.
+        _lock_metric(metric_id, wait=True)
         finished = _version_locked(metric_id=metric_id, version=version)
         if finished is None:
             return False

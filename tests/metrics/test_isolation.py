@@ -8,7 +8,7 @@ import json
 from typing import Any, NoReturn
 
 import pytest
-from django.test import Client
+from django.test import Client, TestCase
 from django.utils import timezone
 
 from metrics import tasks
@@ -55,6 +55,14 @@ def metric_make(organisation: Organisation, slug: str, **definition: Any) -> Bil
     metric = metric_create(actor=system_actor(organisation=organisation), body=body)
     assert metric_recompute(metric_id=metric.id, version=metric.version)
     return metric
+
+
+def refresh_and_drain(usage_event_id: int) -> int:
+    """A refresh, then the drains it enqueues after its commit (a SQL metric's periods are deferred by
+    the refresh and computed by its drain task), as a worker runs them: the test's own transaction
+    never commits, so its commit callbacks are run here."""
+    with TestCase.captureOnCommitCallbacks(execute=True):
+        return metric_values_refresh(usage_event_id=usage_event_id)
 
 
 def sql_fails(message: str) -> Any:
@@ -118,9 +126,9 @@ def test_a_failing_sql_metric_fails_alone_and_comes_back_once_its_cause_is_gone(
     with monkeypatch.context() as patch:
         patch.setattr("metrics.sandbox.sql_metric_execute", query_fails)
 
-        # When records arrive and the usage event is refreshed
+        # When records arrive and the usage event is refreshed (the SQL metric by its drain)
         send(secret, [("a", 5, 1.5), ("a", 10, 2.25), ("b", 65, 4)])
-        metric_values_refresh(usage_event_id=compute_hours.id)
+        refresh_and_drain(compute_hours.id)
 
         # Then the count metric is fresh, the hours are cleared, and the SQL metric alone has failed
         assert values_of(calls) == {("a", iso(HOUR), ""): "2", ("b", iso(HOUR + dt.timedelta(hours=1)), ""): "1"}
@@ -138,7 +146,7 @@ def test_a_failing_sql_metric_fails_alone_and_comes_back_once_its_cause_is_gone(
 
         # and while it waits for its retry, refreshes leave it alone and the count metric goes on
         send(secret, [("a", 20, 0.5)])
-        metric_values_refresh(usage_event_id=compute_hours.id)
+        refresh_and_drain(compute_hours.id)
         tasks.metrics_sweep_task()  # its retry time has not come
         assert values_of(calls)[("a", iso(HOUR), "")] == "3"
         assert len(attempts) == 1
@@ -169,7 +177,7 @@ def test_a_metric_that_keeps_failing_is_retried_later_each_time_and_shown_in_the
     cpu = metric_make(organisation, "cpu_sql", sql=SUM_PER_CUSTOMER)
     monkeypatch.setattr("metrics.sandbox.sql_metric_execute", sql_fails("The query was stopped after 5000 ms."))
     send(secret, [("a", 5, 1.5)])
-    metric_values_refresh(usage_event_id=compute_hours.id)
+    refresh_and_drain(compute_hours.id)
 
     waits = []
     for _ in range(8):
@@ -201,7 +209,7 @@ def test_a_definition_change_clears_a_failure(
     with monkeypatch.context() as patch:
         patch.setattr("metrics.sandbox.sql_metric_execute", sql_fails("The query failed: division by zero"))
         send(secret, [("a", 5, 1.5), ("b", 10, 2)])
-        metric_values_refresh(usage_event_id=compute_hours.id)
+        refresh_and_drain(compute_hours.id)
     assert BillableMetric.objects.get(slug="cpu_sql").recompute_state == "failed"
 
     with django_capture_on_commit_callbacks(execute=True):

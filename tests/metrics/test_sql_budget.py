@@ -20,6 +20,7 @@ from metrics.engine.budget import sql_budget_window
 from metrics.engine.refresh import metric_recompute, metric_values_refresh
 from metrics.models import BillableMetric, MetricValue, SqlBudgetCharge
 from tests.factories import api_key_make, organisation_make, usage_event_make
+from tests.metrics.test_isolation import refresh_and_drain
 from tests.metrics.test_worker import not_eager  # noqa: F401 (a fixture, used by name)
 from usage.dirty import hours_mark_dirty
 from usage.models import DirtyBucket, UsageEvent, UsageRecord
@@ -92,11 +93,11 @@ def test_an_organisation_past_its_sql_budget_is_deferred_and_others_refresh() ->
     records_add(heavy_event, 300)
     records_add(other_event, 3)
 
-    # When both usage events are refreshed, the heavy one first
+    # When both usage events are refreshed, the heavy one first (and the drains of their SQL metrics run)
     began = time.monotonic()
-    metric_values_refresh(usage_event_id=heavy_event.id)
+    refresh_and_drain(heavy_event.id)
     heavy_seconds = time.monotonic() - began
-    metric_values_refresh(usage_event_id=other_event.id)
+    refresh_and_drain(other_event.id)
 
     # Then the heavy organisation spent about its budget, not twelve timeouts
     assert charged_ms(heavy_org) <= 1000 + 250, charged_ms(heavy_org)
@@ -165,7 +166,7 @@ def test_a_budget_of_zero_turns_it_off(organisation: Organisation, compute_hours
     SqlBudgetCharge.objects.create(organisation=organisation, charged_at=timezone.now(), milliseconds=10**6)
     records_add(compute_hours, 3)
 
-    metric_values_refresh(usage_event_id=compute_hours.id)
+    refresh_and_drain(compute_hours.id)
 
     assert values_of(cpu) == {"c0": "1", "c1": "1", "c2": "1"}
     assert SqlBudgetCharge.objects.count() == 1  # nothing charged either

@@ -1,0 +1,179 @@
+"""Each metric's writers serialise on the metric's own lock, not on its usage event's: a long recompute
+of one metric (a SQL metric running its time limit, say) holds back no other metric of the usage
+event, and the refreshes meanwhile defer what they owe it, so nothing is lost (PostgreSQL: SQLite
+serialises writers and has no advisory locks)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+from django.db import connection, transaction
+from django.utils import timezone
+
+from metrics.engine.refresh import _lock_metric, metric_deferred_refresh, metric_values_refresh
+from metrics.models import BillableMetric, MetricValue
+from tests.factories import organisation_make, usage_event_make
+from tests.metrics.test_sql_budget import SUM_PER_CUSTOMER, metric_make
+from usage.dirty import hours_mark_dirty
+from usage.models import DirtyBucket, UsageEvent, UsageRecord
+
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+HOUR = (timezone.now() - dt.timedelta(hours=3)).replace(minute=0, second=0, microsecond=0)
+
+
+@contextmanager
+def metric_lock_held_elsewhere(metric_id: int) -> Iterator[None]:
+    """The metric's lock held by another connection (as a recompute's chunk holds it) until the block ends."""
+    taken, release = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def hold() -> None:
+        try:
+            with transaction.atomic():
+                _lock_metric(metric_id, wait=True)
+                taken.set()
+                release.wait(30)
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+            taken.set()
+        finally:
+            connection.close()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert taken.wait(10)
+        assert not errors, errors
+        yield
+    finally:
+        release.set()
+        holder.join(10)
+
+
+def records_add(usage_event: UsageEvent, customers: list[str]) -> None:
+    UsageRecord.objects.bulk_create(
+        UsageRecord(
+            usage_event=usage_event,
+            customer_id=customer,
+            timestamp=HOUR + dt.timedelta(seconds=i),
+            data={"cpu_usage_hours": 2},
+            content_hash="x",
+            received_at=HOUR,
+        )
+        for i, customer in enumerate(customers)
+    )
+    hours_mark_dirty(usage_event_id=usage_event.id, moments=[HOUR])
+
+
+def values_of(metric: BillableMetric) -> dict[str, str | None]:
+    return {v.customer_id: v.value for v in MetricValue.objects.filter(metric=metric)}
+
+
+def test_a_refresh_stores_a_count_metric_while_a_sql_metric_of_its_usage_event_is_locked() -> None:
+    assert connection.vendor == "postgresql"
+    # Given a usage event with a SQL metric A and a count metric B, both up to date
+    organisation = organisation_make()
+    usage_event = usage_event_make(organisation=organisation)
+    sql_metric, count_metric = (
+        metric_make(organisation, "cpu", sql=SUM_PER_CUSTOMER),
+        metric_make(organisation, "calls"),
+    )
+    records_add(usage_event, ["a", "b"])
+    metric_values_refresh(usage_event_id=usage_event.id)  # committed: its drain ran after commit (eager)
+    assert values_of(sql_metric) == {"a": "2", "b": "2"}
+    assert values_of(count_metric) == {"a": "1", "b": "1"}
+
+    # When another connection holds A's lock (a long recompute of A) and new records arrive
+    with metric_lock_held_elsewhere(sql_metric.id):
+        records_add(usage_event, ["a", "c"])
+        began = time.monotonic()
+        metric_values_refresh(usage_event_id=usage_event.id)
+        took = time.monotonic() - began
+
+        # Then the refresh does not wait: B's values are stored, the hours are consumed
+        assert took < 2, took
+        assert values_of(count_metric) == {"a": "2", "b": "1", "c": "1"}
+        assert not DirtyBucket.objects.exists()
+        # and A owes the hour (its drain, enqueued after commit, found the lock busy and left it owed)
+        owed = BillableMetric.objects.get(id=sql_metric.id)
+        assert owed.deferred_ranges == [[iso(HOUR), iso(HOUR + dt.timedelta(hours=1))]]
+        assert owed.deferred_until is not None
+        assert owed.deferred_until <= timezone.now()
+        assert values_of(sql_metric) == {"a": "2", "b": "2"}
+        assert metric_deferred_refresh(metric_id=sql_metric.id) is False  # busy: nothing computed, still owed
+        assert BillableMetric.objects.get(id=sql_metric.id).deferred_ranges == owed.deferred_ranges
+
+    # When A's lock is released and its drain runs
+    assert metric_deferred_refresh(metric_id=sql_metric.id) is True
+
+    # Then A's values include the new records, and it owes nothing
+    assert values_of(sql_metric) == {"a": "4", "b": "2", "c": "2"}
+    drained = BillableMetric.objects.get(id=sql_metric.id)
+    assert (drained.deferred_ranges, drained.deferred_until) == ([], None)
+
+
+def test_a_count_metric_whose_lock_is_busy_is_deferred_not_lost() -> None:
+    # Given a usage event with two count metrics
+    organisation = organisation_make()
+    usage_event = usage_event_make(organisation=organisation)
+    locked, other = metric_make(organisation, "calls"), metric_make(organisation, "calls2")
+
+    # When records arrive while the first one's lock is held elsewhere
+    with metric_lock_held_elsewhere(locked.id):
+        records_add(usage_event, ["a", "b"])
+        metric_values_refresh(usage_event_id=usage_event.id)
+
+        # Then the other is stored and the locked one owes the hour
+        assert values_of(other) == {"a": "1", "b": "1"}
+        assert values_of(locked) == {}
+        assert BillableMetric.objects.get(id=locked.id).deferred_ranges == [
+            [iso(HOUR), iso(HOUR + dt.timedelta(hours=1))]
+        ]
+
+    # and once the lock is free, its drain stores it
+    assert metric_deferred_refresh(metric_id=locked.id) is True
+    assert values_of(locked) == {"a": "1", "b": "1"}
+
+
+def test_a_drain_keeps_owed_what_was_deferred_while_it_ran(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a count metric that owes its hour
+    organisation = organisation_make()
+    usage_event = usage_event_make(organisation=organisation)
+    metric = metric_make(organisation, "calls")
+    with metric_lock_held_elsewhere(metric.id):
+        records_add(usage_event, ["a"])
+        metric_values_refresh(usage_event_id=usage_event.id)
+    assert BillableMetric.objects.get(id=metric.id).deferred_ranges != []
+
+    # When, while its drain computes the hour, a refresh defers the same hour again (records the drain's
+    # computation may not have seen), once
+    from metrics.engine import refresh
+    from metrics.engine.budget import metric_defer
+
+    compute = refresh.metric_compute
+    calls: list[int] = []
+
+    def compute_then_defer(**kwargs: object) -> object:
+        computed = compute(**kwargs)  # type: ignore[arg-type]
+        calls.append(1)
+        if len(calls) == 1:
+            metric_defer(metric_id=metric.id, ranges=[(HOUR, HOUR + dt.timedelta(hours=1))], due=timezone.now())
+        return computed
+
+    monkeypatch.setattr(refresh, "metric_compute", compute_then_defer)
+    drained = metric_deferred_refresh(metric_id=metric.id)
+
+    # Then the drain did not drop that deferral: it computed the hour again in a second pass
+    assert drained is True
+    assert len(calls) == 2
+    assert values_of(metric) == {"a": "1"}
+    assert BillableMetric.objects.get(id=metric.id).deferred_ranges == []
+
+
+def iso(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
