@@ -53,7 +53,7 @@ test-sqlite: install-dev
 test-postgres: install-dev
 	@echo "=== pytest on PostgreSQL + Redis with a real Celery worker ==="
 	@if $(PY) -m tests.services_up "$(PG_URL)" "$(REDIS_TEST_URL)"; then \
-		DEBUG=1 DATABASE_URL="$(PG_URL)" REDIS_URL="$(REDIS_TEST_URL)" CELERY_EAGER=1 $(VENV)/bin/pytest -m "not browser"; \
+		DEBUG=1 DATABASE_URL="$(PG_URL)" REDIS_URL="$(REDIS_TEST_URL)" CELERY_EAGER=1 $(VENV)/bin/pytest -m "not browser and not sqlite_only"; \
 	elif [ "$$CI" = "true" ]; then \
 		echo "PostgreSQL or Redis is unreachable and CI=true: the PostgreSQL pass is required."; exit 1; \
 	else \

@@ -22,7 +22,10 @@ import pytest
 
 from tests.processes import ROOT, free_port
 
-pytestmark = pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads child processes from /proc")
+pytestmark = [
+    pytest.mark.sqlite_only,  # the embedded mode: SQLite and no broker
+    pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads child processes from /proc"),
+]
 
 
 def embedded_env(data_dir: Path) -> dict[str, str]:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from rest_framework.test import APIClient
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,6 +76,7 @@ def test_interactive_docs_load_everything_from_this_server(db: None) -> None:
         assert APIClient().get(url).status_code == 200
 
 
+@pytest.mark.sqlite_only
 def test_runembedded_stopped_with_sigterm_stops_its_worker_too(tmp_path: Path) -> None:
     """`make run`'s process, stopped by a process manager or `kill`, leaves no orphaned Celery worker."""
     import signal

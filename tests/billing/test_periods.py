@@ -23,6 +23,8 @@ from billing.periods import (
 )
 from zenskar_site.lib.errors import ValidationFailed
 
+pytestmark = pytest.mark.sqlite_only  # no database here: one pass is enough
+
 d = dt.date
 MONTHLY = cadence_parse(text="P1M")
 

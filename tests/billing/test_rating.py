@@ -29,6 +29,8 @@ from billing.rating import (
 )
 from zenskar_site.lib.errors import ValidationFailed
 
+pytestmark = pytest.mark.sqlite_only  # no database here: one pass is enough
+
 D = Decimal
 
 # Thousands of examples for each model, within about a minute for the file on a slow shared machine.

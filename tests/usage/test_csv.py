@@ -394,6 +394,7 @@ def create_metrics(api: APIClient, capture: Any, slug: str) -> None:
             assert response.status_code == 201, response.json()
 
 
+@pytest.mark.postgres  # a heavy test runs in one pass: the production database's
 def test_a_csv_of_100k_rows_gives_the_same_records_and_metric_values_as_the_api(
     actor: Actor,
     organisation: Organisation,
