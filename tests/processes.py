@@ -91,6 +91,15 @@ def gunicorn_server(*, workers: int = 2, threads: int = 4, **env: str) -> Iterat
 @contextmanager
 def celery_worker(**env: str) -> Iterator[subprocess.Popen[bytes]]:
     """A real worker process consuming from Redis, on the test database."""
+    with _celery_worker_process(["--pool=solo"], env=env, stop_seconds=10) as process:
+        yield process
+
+
+@contextmanager
+def _celery_worker_process(
+    args: list[str], *, env: dict[str, str], stop_seconds: float
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`celery -A zenskar_site worker ARGS` on the test database, once it answers a ping; stopped after."""
     process = subprocess.Popen(
         [
             sys.executable,
@@ -99,7 +108,7 @@ def celery_worker(**env: str) -> Iterator[subprocess.Popen[bytes]]:
             "-A",
             "zenskar_site",
             "worker",
-            "--pool=solo",
+            *args,
             "--loglevel=WARNING",
             "--without-gossip",
             "--without-mingle",
@@ -119,7 +128,7 @@ def celery_worker(**env: str) -> Iterator[subprocess.Popen[bytes]]:
     finally:
         process.terminate()
         try:
-            process.wait(timeout=10)
+            process.wait(timeout=stop_seconds)
         except subprocess.TimeoutExpired:
             process.kill()
 
@@ -441,40 +450,9 @@ def celery_worker_with_beat(*, concurrency: int = 2, **env: str) -> Iterator[sub
     """A worker as production runs it: a prefork pool of `concurrency` processes (one per core on a
     2-core machine) with beat embedded, so the sweep and the retries of failed metrics run too."""
     with tempfile.TemporaryDirectory() as folder:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "zenskar_site",
-                "worker",
-                "--beat",
-                "--schedule",
-                str(Path(folder) / "beat-schedule"),
-                f"--concurrency={concurrency}",
-                "--loglevel=WARNING",
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-            ],
-            cwd=ROOT,
-            env=process_env(**env),
-        )
-        try:
-            from zenskar_site.celery import app
-
-            deadline = time.monotonic() + 30
-            while not app.control.ping(timeout=0.5):
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise RuntimeError("the Celery worker did not start")
+        args = ["--beat", "--schedule", str(Path(folder) / "beat-schedule"), f"--concurrency={concurrency}"]
+        with _celery_worker_process(args, env=env, stop_seconds=15) as process:
             yield process
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
 
 
 PG_BIN = Path("/usr/lib/postgresql")
