@@ -84,6 +84,11 @@ class DocumentLine:
     proration: str
     adjustment: str
 
+    @property
+    def last_day(self) -> dt.date:
+        """The line's last day (its `period_end` is exclusive), as a person reads a period."""
+        return self.line.period_end - dt.timedelta(days=1)
+
 
 def _line(line: InvoiceLine, currency: str) -> DocumentLine:
     breakdown = line.breakdown if isinstance(line.breakdown, dict) else {}

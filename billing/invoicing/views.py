@@ -120,6 +120,7 @@ def invoice_list(request: HttpRequest, actor: Actor) -> HttpResponse:
             "rows": [
                 (
                     invoice,
+                    invoice.period_end - dt.timedelta(days=1),
                     money_format(invoice.total, invoice.currency),
                     money_format(invoice.amount_due, invoice.currency),
                 )
