@@ -39,7 +39,9 @@ class InvoiceFilterForm(forms.Form):
 
     def __init__(self, *args: Any, customers: list[Customer], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["customer"].choices = [("", "Any customer")] + [(str(c.id), c.customer_name) for c in customers]
+        self.fields["customer"].choices = [("", "Any customer")] + [  # type: ignore[attr-defined]
+            (str(c.id), c.customer_name) for c in customers
+        ]
 
     def clean_period(self) -> tuple[dt.date, dt.date] | None:
         text = (self.cleaned_data.get("period") or "").strip()

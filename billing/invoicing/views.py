@@ -197,8 +197,8 @@ def invoice_action(request: HttpRequest, actor: Actor, invoice_id: str, action: 
             done = invoice_void(actor=actor, invoice_id=invoice.id, reason=form.cleaned_data["reason"])
             messages.success(request, f"Invoice {done.number} voided: nothing is owed on it.")
         elif action == "discard":
-            form = DiscardForm(request.POST, prefix="discard")
-            reason = form.cleaned_data["reason"] if form.is_valid() else ""
+            discard = DiscardForm(request.POST, prefix="discard")
+            reason = discard.cleaned_data["reason"] if discard.is_valid() else ""
             invoice_discard(actor=actor, invoice_id=invoice.id, reason=reason)
             messages.success(request, "Draft discarded: it will not be approved.")
         else:
@@ -270,8 +270,9 @@ def pdf_response(content: bytes, filename: str) -> HttpResponse:
 
 
 def invoice_pdf_name(invoice: Invoice) -> str:
-    frozen = invoice.status in FROZEN_STATUSES and invoice.number
-    return pdf_filename(invoice.number if frozen else f"draft-{invoice.id}")
+    if invoice.status in FROZEN_STATUSES and invoice.number:
+        return pdf_filename(invoice.number)
+    return pdf_filename(f"draft-{invoice.id}")
 
 
 @member_view()
