@@ -1,7 +1,10 @@
 """SPEC §9 dashboard: Billing > Invoices (list by status with totals and filters), the invoice page (the
 document, its actions; wrong transitions as messages, never a 500), credit notes, the billing home's
 revenue chart, the PDF (pdftotext reads the number, customer, every line and the total; the same bytes
-twice), its API and Zenskar paths, the admin (read-only once approved), and tenancy (404s)."""
+twice), its API and Zenskar paths, the admin (read-only once approved), and tenancy (404s).
+
+SQLite pass only: nothing here depends on the database (the PostgreSQL pass serves the PDF endpoints
+through tests/test_openapi_conformance.py, and the frozen-invoice triggers have their own tests)."""
 
 from __future__ import annotations
 
@@ -29,6 +32,8 @@ from tests.billing.zenskar_support import ZenskarClient
 from tests.factories import ApiKeyBundle, organisation_admin
 from zenskar_site.accounts.actors import system_actor
 from zenskar_site.accounts.models import Membership, Organisation
+
+pytestmark = pytest.mark.sqlite_only
 
 
 def text_of(html: str) -> str:
