@@ -40,6 +40,12 @@ CURRENCY_SYMBOLS = {
     "SEK": "SEK ",
 }
 STYLESHEET = "zenskar/invoice.css"
+STAMPS = {
+    InvoiceStatus.UPCOMING: "DRAFT",
+    InvoiceStatus.DRAFT: "DRAFT",
+    InvoiceStatus.DISCARDED: "DISCARDED",
+    InvoiceStatus.VOID: "VOID",
+}
 EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 
 
@@ -157,6 +163,8 @@ def invoice_document(*, invoice: Invoice) -> dict[str, Any]:
         "last_day": invoice.period_end - dt.timedelta(days=1),
         "draft": invoice.status not in FROZEN_STATUSES,
         "void": invoice.status == InvoiceStatus.VOID,
+        # Across the page of a document that is not (or no longer) owed: DRAFT, DISCARDED or VOID.
+        "stamp": STAMPS.get(invoice.status, ""),
     }
 
 

@@ -165,6 +165,7 @@ def test_wrong_transitions_and_bad_input_are_shown_never_a_500(admin: Client, in
     assert (invoice.status, invoice.void_reason, invoice.amount_due) == ("void", "wrong customer", Decimal(0))
     html = admin.post(base + "approve/", follow=True).content.decode()
     assert "Not approved: Only a draft invoice can be approved; this one is void." in messages_of(html)
+    assert 'id="doc-stamp">VOID<' in html
     assert admin.post(base + "explode/").status_code == 404
 
 
