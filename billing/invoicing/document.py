@@ -40,7 +40,7 @@ CURRENCY_SYMBOLS = {
     "SEK": "SEK ",
 }
 STYLESHEET = "zenskar/invoice.css"
-STAMPS = {
+STAMPS: dict[str, str] = {
     InvoiceStatus.UPCOMING: "DRAFT",
     InvoiceStatus.DRAFT: "DRAFT",
     InvoiceStatus.DISCARDED: "DISCARDED",
