@@ -8,11 +8,7 @@ through tests/test_openapi_conformance.py, and the frozen-invoice triggers have 
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import subprocess
-import tempfile
 from decimal import Decimal
 from html import unescape
 from typing import Any
@@ -26,7 +22,7 @@ from billing.invoicing.document import invoice_pdf, money_format
 from billing.invoicing.models import CreditNote, Invoice, InvoiceStatus
 from billing.invoicing.services import credit_note_create, invoice_approve, invoice_generate
 from billing.models import Contract
-from tests.billing.invoice_helpers import all_models_contract
+from tests.billing.invoice_helpers import all_models_contract, pdf_text
 from tests.billing.test_invoice_api import flat_fee_contract
 from tests.billing.zenskar_support import ZenskarClient
 from tests.factories import ApiKeyBundle, organisation_admin
@@ -263,18 +259,6 @@ def test_a_viewer_sees_invoices_but_cannot_act(organisation: Organisation, invoi
 
 
 # --- the PDF ---
-
-
-def pdf_text(content: bytes) -> str:
-    if shutil.which("pdftotext") is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("pdftotext is missing (make pdf-tools installs poppler-utils)")
-        pytest.skip("pdftotext is missing: `make pdf-tools` installs poppler-utils")
-    with tempfile.NamedTemporaryFile(suffix=".pdf") as handle:
-        handle.write(content)
-        handle.flush()
-        found = subprocess.run(["pdftotext", "-layout", handle.name, "-"], capture_output=True, check=True, text=True)
-    return found.stdout
 
 
 def test_the_pdf_shows_the_number_customer_every_line_and_total_and_is_reproducible(
