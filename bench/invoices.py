@@ -324,11 +324,16 @@ def hand_written(params: dict[str, Any]) -> tuple[float, dict[str, tuple[Decimal
     return statistics.median(times), {row[0]: tuple(Decimal(value) for value in row[1:]) for row in rows}
 
 
-def invoices_count() -> int:
-    with psycopg.connect(bench_url()) as conn:
-        row = conn.execute("SELECT count(*) FROM billing_invoice").fetchone()
-    assert row is not None
-    return int(row[0])
+def drafts_forget() -> dict[str, Any]:
+    """--reuse: the kept data set, its drafts deleted (their audit entries stay: the trail is append-only)."""
+    from billing.invoicing.models import Invoice, InvoiceLine
+    from usage.models import UsageEvent
+    from zenskar_site.accounts.models import Organisation
+
+    InvoiceLine.objects.all().delete()
+    Invoice.objects.all().delete()
+    organisation = Organisation.objects.get(name="Bench")
+    return {"organisation": organisation, "event": UsageEvent.objects.get(organisation=organisation)}
 
 
 def month_end_run(expected: int, *, timeout: float) -> float:
@@ -450,17 +455,24 @@ def main() -> int:
     parser.add_argument("--customers", type=int, default=int(os.environ.get("BENCH_CUSTOMERS", "10000")))
     parser.add_argument("--records", type=int, default=int(os.environ.get("BENCH_RECORDS", "5000000")))
     parser.add_argument("--keep", action="store_true", help="keep the benchmark database afterwards")
+    parser.add_argument(
+        "--reuse", action="store_true", help="skip the setup: measure again on a database kept by --keep"
+    )
     args = parser.parse_args()
     today = dt.datetime.now(dt.UTC).date()
     month = month_bounds(today)
     step(f"{args.customers:,} customers, {args.records:,} records; billing {month[0]} to {month[1]} (exclusive)")
     redis_flush()
-    database_create()
-    django_setup()
-    made = catalogue_make(month[0])
-    contracts_copy(made["contract"], args.customers)
-    records_load(made["event"].id, records=args.records, customers=args.customers, month=month)
-    metrics_recompute(made["metrics"])
+    if args.reuse:
+        django_setup()
+        made = drafts_forget()
+    else:
+        database_create()
+        django_setup()
+        made = catalogue_make(month[0])
+        contracts_copy(made["contract"], args.customers)
+        records_load(made["event"].id, records=args.records, customers=args.customers, month=month)
+        metrics_recompute(made["metrics"])
     params = {
         "organisation": made["organisation"].id,
         "event": made["event"].id,

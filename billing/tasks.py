@@ -10,11 +10,12 @@ from billing.invoicing.services import invoice_drafts_refresh, invoices_generate
 
 @shared_task(ignore_result=True)
 def invoices_generate_due_task(from_contract: str | None = None) -> int:
-    """Beat (no argument): drafts for every closed billing period, one bounded step per task; each step
-    enqueues the next from where it stopped, until every contract has been looked at."""
-    made, resume = invoices_generate_due_step(now=timezone.now(), from_contract=from_contract)
-    if resume is not None:
-        invoices_generate_due_task.delay(resume)
+    """Beat (no argument): drafts for every closed billing period, one bounded step per task, until every
+    contract has been looked at. Each step enqueues the next as soon as it knows where that starts, so
+    the steps of a month-end run go on side by side on the worker processes."""
+    made, _ = invoices_generate_due_step(
+        now=timezone.now(), from_contract=from_contract, then=invoices_generate_due_task.delay
+    )
     return made
 
 

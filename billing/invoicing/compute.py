@@ -18,6 +18,7 @@ rounded the same way; total = subtotal + tax.
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -120,14 +121,18 @@ def contract_pricing_links(*, contract: Contract) -> list[PhasePricing]:
 
 
 def contract_pricing_links_many(*, contract_ids: Iterable[Any]) -> dict[Any, list[PhasePricing]]:
-    """`contract_pricing_links` of many contracts in one query, by contract id (every id has a list)."""
+    """`contract_pricing_links` of many contracts, by contract id (every id has a list): the links with
+    their phases in one query, each pricing they name (with its product and metric) once in another."""
     ids = list(contract_ids)
     links: dict[Any, list[PhasePricing]] = {contract_id: [] for contract_id in ids}
-    for link in (
+    rows = list(
         PhasePricing.objects.filter(phase__contract_id__in=ids)
-        .select_related("phase", "pricing", "pricing__product", "pricing__metric")
+        .select_related("phase")
         .order_by("phase__start_date", "created_at", "id")
-    ):
+    )
+    pricings = Pricing.objects.select_related("product", "metric").in_bulk({link.pricing_id for link in rows})
+    for link in rows:
+        link.pricing = pricings[link.pricing_id]
         links[link.phase.contract_id].append(link)
     return links
 
@@ -209,11 +214,22 @@ def _metered(
     return quantity, (totals if columns is not None else None)
 
 
+def _pricing_model(pricing: Pricing) -> PricingModel:
+    """`pricing_parse` of the pricing's data, kept on the instance while that data is unchanged: links
+    read together share their Pricing instances, so a batch parses each pricing once."""
+    cached: tuple[Any, PricingModel] | None = getattr(pricing, "_parsed_pricing", None)
+    if cached is not None and cached[0] == pricing.pricing_data:
+        return cached[1]
+    model = pricing_parse(pricing_data=pricing.pricing_data)
+    pricing._parsed_pricing = (copy.deepcopy(pricing.pricing_data), model)  # type: ignore[attr-defined]
+    return model
+
+
 def _line(
     contract: Contract, link: PhasePricing, piece: BillingPeriod, quantities: QuantitySource
 ) -> tuple[ComputedLine, tuple[str, ...]]:
     pricing: Pricing = link.pricing
-    model = pricing_parse(pricing_data=pricing.pricing_data)
+    model = _pricing_model(pricing)
     breakdown: dict[str, Any] = {}
     rating: Rating
     if pricing.quantity_type == QuantityType.METERED:

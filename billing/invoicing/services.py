@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -255,47 +255,65 @@ def invoices_generate_due(*, now: dt.datetime, limit: int = GENERATE_BATCH) -> i
 
 
 def invoices_generate_due_step(
-    *, now: dt.datetime, from_contract: str | None = None, limit: int = GENERATE_BATCH, scan: int = GENERATE_SCAN
+    *,
+    now: dt.datetime,
+    from_contract: str | None = None,
+    limit: int = GENERATE_BATCH,
+    scan: int = GENERATE_SCAN,
+    then: Callable[[str], object] | None = None,
 ) -> tuple[int, str | None]:
     """One bounded step of the generator: the drafts due to the billed contracts from the id
     `from_contract` on (in id order; None: from the first), at most `limit` of them, from at most `scan`
     contracts. Returns how many it made and the contract id the next step starts from (None: every
     contract has been looked at).
 
-    A step reads its contracts' pricings, periods made and metered quantities in one query each, and
-    writes its drafts in one transaction: the invoices, their lines and their audit entries in one
-    INSERT each (a worker killed meanwhile leaves none of them). Safe to run twice or concurrently: the
-    invoice's insert is the claim (ON CONFLICT DO NOTHING on the unique constraint on contract and
-    period), and a period whose invoice another run made is skipped.
+    A step reads its contracts' pricings and periods made a slice at a time, the metered quantities of
+    its drafts in one query per period (one at a month's end), and writes its drafts in one
+    transaction: the invoices, their lines and their audit entries in one INSERT each (a worker killed
+    meanwhile leaves none of them). Safe to run twice or concurrently: the invoice's insert is the claim
+    (ON CONFLICT DO NOTHING on the unique constraint on contract and period), and a period whose invoice
+    another run made is skipped.
+
+    `then` is called with where the next step starts (when there is one) as soon as it is known, before
+    this step computes its drafts: the task enqueues the next step there, which runs beside this one
+    on another worker process (their contracts never overlap).
     """
     today = now.astimezone(dt.UTC).date()
-    contracts = Contract.objects.filter(status__in=BILLED_CONTRACT_STATUSES, start_date__lt=today)
-    if from_contract is not None:
-        contracts = contracts.filter(id__gte=from_contract)
-    batch = list(
-        contracts.select_related("customer", "organisation").prefetch_related("pauses").order_by("id")[: scan + 1]
-    )
-    # The next step starts at the first contract this one does not look at.
-    resume = str(batch.pop().id) if len(batch) > scan else None
-    links = contract_pricing_links_many(contract_ids=[contract.id for contract in batch])
-    existing = set(
-        Invoice.objects.filter(contract__in=[contract.id for contract in batch], kind=InvoiceKind.PERIOD).values_list(
-            "contract_id", "period_start", "period_end"
-        )
-    )
+    billed = Contract.objects.filter(status__in=BILLED_CONTRACT_STATUSES, start_date__lt=today).order_by("id")
     due: list[tuple[Contract, dt.date, dt.date]] = []
-    for contract in batch:
-        periods = [
-            (contract, period.period_start, period.period_end)
-            for period in invoice_periods(contract=contract, until=today, links=links[contract.id])
-            if period.period_end <= today and (contract.id, period.period_start, period.period_end) not in existing
-        ]
-        if len(due) + len(periods) > limit:
-            # This contract's periods past the limit are the next step's: it starts here again.
-            due.extend(periods[: limit - len(due)])
-            resume = str(contract.id)
+    links: dict[Any, list[PhasePricing]] = {}
+    resume, looked = from_contract, 0
+    # Contracts are read `limit` at a time (each slice's pricings and periods made in one query each)
+    # until `limit` periods are due or `scan` contracts have been looked at.
+    while len(due) < limit and looked < scan:
+        size = min(limit, scan - looked)
+        contracts = billed.filter(id__gte=resume) if resume is not None else billed
+        batch = list(contracts.select_related("customer", "organisation").prefetch_related("pauses")[: size + 1])
+        # The next slice (or step) starts at the first contract this one does not look at.
+        resume = str(batch.pop().id) if len(batch) > size else None
+        looked += len(batch)
+        links.update(contract_pricing_links_many(contract_ids=[contract.id for contract in batch]))
+        existing = set(
+            Invoice.objects.filter(contract__in=[c.id for c in batch], kind=InvoiceKind.PERIOD).values_list(
+                "contract_id", "period_start", "period_end"
+            )
+        )
+        for contract in batch:
+            periods = [
+                (contract, period.period_start, period.period_end)
+                for period in invoice_periods(contract=contract, until=today, links=links[contract.id])
+                if period.period_end <= today and (contract.id, period.period_start, period.period_end) not in existing
+            ]
+            if len(due) + len(periods) > limit:
+                # This contract's periods past the limit are the next step's: it starts here again.
+                due.extend(periods[: limit - len(due)])
+                resume = str(contract.id)
+                break
+            due.extend(periods)
+        if resume is None:
             break
-        due.extend(periods)
+    if then is not None and resume is not None:
+        then(resume)
     made = _period_invoices_create(due=due, links=links) if due else 0
     return made, resume
 
