@@ -231,6 +231,16 @@ def records_load(event_id: int, *, records: int, customers: int, month: tuple[dt
     active = customers - customers // 100  # the last 1% send nothing: their drafts bill the flat fee only
     chunk = 500_000
     with psycopg.connect(bench_url()) as conn:
+        # The table's indexes are built once after the load (much faster than 5 million index inserts).
+        indexes = [
+            (name, definition)
+            for name, definition in conn.execute(
+                "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'usage_usagerecord' "
+                "AND indexname NOT IN (SELECT conname FROM pg_constraint)"
+            ).fetchall()
+        ]
+        for name, _ in indexes:
+            conn.execute(f'DROP INDEX "{name}"')
         for low in range(0, records, chunk):
             high = min(low + chunk, records)
             conn.execute(
@@ -248,6 +258,11 @@ def records_load(event_id: int, *, records: int, customers: int, month: tuple[dt
             )
             conn.commit()
             print(f"\r[bench] records: {high:,}/{records:,}", end="", flush=True)
+        print()
+        for number, (_, definition) in enumerate(indexes, start=1):
+            print(f"\r[bench] indexing the records: {number}/{len(indexes)}", end="", flush=True)
+            conn.execute(definition)
+            conn.commit()
         print()
     with psycopg.connect(bench_url(), autocommit=True) as conn:
         conn.execute("VACUUM ANALYZE usage_usagerecord")
