@@ -73,6 +73,7 @@ def test_steps_of_any_size_make_every_due_period_once_as_a_fresh_computation_and
         assert (invoice.total, invoice.amount_due, invoice.tax) == (fresh.total, fresh.total, fresh.tax)
         assert [line.amount for line in invoice.lines.all()] == [line.amount for line in fresh.lines]
         audit = AuditEntry.objects.get(object_id=str(invoice.id), action="invoice.generate")
+        assert audit.after is not None
         assert (audit.before, Decimal(audit.after["total"]), audit.actor) == (None, invoice.total, "system")
     # Running again from the start makes nothing.
     assert invoices_generate_due_step(now=MARCH_5) == (0, None)
