@@ -15,8 +15,9 @@ starting on the 15th, a phase changing on the 15th): its whole value counts in e
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
+from typing import Any, Protocol
 
 from django.db.models import QuerySet
 
@@ -159,6 +160,11 @@ def metered_quantities_by_dimension(
         .annotate(total=EffectiveSum())
         .order_by("dimension_key")
     )
+    return _totals(grouped, columns)
+
+
+def _totals(grouped: Iterable[Mapping[str, Any]], columns: Sequence[str] | None) -> dict[DimensionKey, Decimal]:
+    """Rows of (dimension_key, dimension, total), in dimension_key order, keyed by `columns`."""
     totals: dict[DimensionKey, Decimal] = {}
     for row in grouped:
         if row["total"] is None:  # every value of the key has no amount (computed and override null)
@@ -171,6 +177,78 @@ def metered_quantities_by_dimension(
             key = tuple(_dimension_text(dimension.get(column)) for column in columns)
         totals[key] = totals.get(key, Decimal(0)) + amount
     return totals
+
+
+class QuantitySource(Protocol):
+    """What an invoice asks for its metered quantities: `metered_quantities_by_dimension`, or a
+    `MeteredQuantities` prefetched for many invoices at once."""
+
+    def __call__(
+        self,
+        *,
+        metric: BillableMetric,
+        customer_id: str,
+        start: dt.datetime,
+        end: dt.datetime,
+        columns: Sequence[str] | None,
+    ) -> dict[DimensionKey, Decimal]: ...
+
+
+class MeteredQuantities:
+    """Metered quantities of many customers over the same periods, read in one query per period.
+
+    `prefetch` reads, for one period, the effective values of every (additive metric, customer) asked,
+    summed per dimension; calling the object then answers exactly as `metered_quantities_by_dimension`
+    would from the same stored values. What was not prefetched (another period, a metric or customer
+    not asked, a non-additive metric, whose buckets must be checked one customer at a time) is read by
+    `metered_quantities_by_dimension` itself. Values read here are as of the prefetch: use the object
+    for one computation pass, not as a cache that outlives it.
+    """
+
+    def __init__(self) -> None:
+        self._rows: dict[tuple[int, str, dt.datetime, dt.datetime], list[Mapping[str, Any]]] = {}
+
+    def prefetch(
+        self,
+        *,
+        metrics: Iterable[BillableMetric],
+        customer_ids: Iterable[str],
+        start: dt.datetime,
+        end: dt.datetime,
+    ) -> None:
+        metric_ids = sorted({metric.id for metric in metrics if metric_is_additive(metric=metric)})
+        keys = sorted(set(customer_ids))
+        if not metric_ids or not keys:
+            return
+        for metric_id in metric_ids:
+            for key in keys:
+                self._rows[(metric_id, key, start, end)] = []
+        grouped = (
+            MetricValue.objects.filter(
+                metric_id__in=metric_ids, customer_id__in=keys, period_start__lt=end, period_end__gt=start
+            )
+            .values("metric_id", "customer_id", "dimension_key", "dimension")
+            .annotate(total=EffectiveSum())
+            .order_by("metric_id", "customer_id", "dimension_key")
+        )
+        for row in grouped:
+            self._rows[(row["metric_id"], row["customer_id"], start, end)].append(row)
+
+    def __call__(
+        self,
+        *,
+        metric: BillableMetric,
+        customer_id: str,
+        start: dt.datetime,
+        end: dt.datetime,
+        columns: Sequence[str] | None,
+    ) -> dict[DimensionKey, Decimal]:
+        rows = self._rows.get((metric.id, customer_id, start, end))
+        if rows is None:
+            return metered_quantities_by_dimension(
+                metric=metric, customer_id=customer_id, start=start, end=end, columns=columns
+            )
+        return _totals(rows, columns)
 
 
 def _dimension_text(value: object) -> str | None:

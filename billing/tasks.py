@@ -5,15 +5,17 @@ from __future__ import annotations
 from celery import shared_task
 from django.utils import timezone
 
-from billing.invoicing.services import GENERATE_BATCH, invoice_drafts_refresh, invoices_generate_due
+from billing.invoicing.services import invoice_drafts_refresh, invoices_generate_due_step
 
 
 @shared_task(ignore_result=True)
-def invoices_generate_due_task() -> int:
-    """Beat: drafts for every closed billing period; re-enqueues itself while a full batch was made."""
-    made = invoices_generate_due(now=timezone.now(), limit=GENERATE_BATCH)
-    if made >= GENERATE_BATCH:
-        invoices_generate_due_task.delay()
+def invoices_generate_due_task(from_contract: str | None = None) -> int:
+    """Beat (no argument): drafts for every closed billing period, one bounded step per task, until every
+    contract has been looked at. Each step enqueues the next as soon as it knows where that starts, so
+    the steps of a month-end run go on side by side on the worker processes."""
+    made, _ = invoices_generate_due_step(
+        now=timezone.now(), from_contract=from_contract, then=invoices_generate_due_task.delay
+    )
     return made
 
 

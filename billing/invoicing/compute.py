@@ -18,8 +18,9 @@ rounded the same way; total = subtotal + tax.
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -34,7 +35,12 @@ from billing.periods import (
     billing_periods,
     cadence_parse,
 )
-from billing.quantities import metered_quantities_by_dimension, period_datetimes
+from billing.quantities import (
+    MeteredQuantities,
+    QuantitySource,
+    metered_quantities_by_dimension,
+    period_datetimes,
+)
 from billing.rating import (
     DimensionKey,
     PricingModel,
@@ -45,6 +51,7 @@ from billing.rating import (
     pricing_parse,
     rate,
 )
+from metrics.models import BillableMetric
 
 DEFAULT_CADENCE = CADENCES["P1M"]
 BREAKDOWN_TYPES = frozenset(
@@ -113,6 +120,23 @@ def contract_pricing_links(*, contract: Contract) -> list[PhasePricing]:
     )
 
 
+def contract_pricing_links_many(*, contract_ids: Iterable[Any]) -> dict[Any, list[PhasePricing]]:
+    """`contract_pricing_links` of many contracts, by contract id (every id has a list): the links with
+    their phases in one query, each pricing they name (with its product and metric) once in another."""
+    ids = list(contract_ids)
+    links: dict[Any, list[PhasePricing]] = {contract_id: [] for contract_id in ids}
+    rows = list(
+        PhasePricing.objects.filter(phase__contract_id__in=ids)
+        .select_related("phase")
+        .order_by("phase__start_date", "created_at", "id")
+    )
+    pricings = Pricing.objects.select_related("product", "metric").in_bulk({link.pricing_id for link in rows})
+    for link in rows:
+        link.pricing = pricings[link.pricing_id]
+        links[link.phase.contract_id].append(link)
+    return links
+
+
 def invoice_cadence(*, links: Sequence[PhasePricing]) -> Cadence:
     """A contract is invoiced at its shortest pricing cadence (monthly when it has no pricing)."""
     cadences = [cadence_parse(text=link.pricing.cadence) for link in links]
@@ -176,29 +200,40 @@ def _customer_keys(contract: Contract) -> list[str]:
 
 
 def _metered(
-    contract: Contract, pricing: Pricing, model: PricingModel, piece: BillingPeriod
+    contract: Contract, pricing: Pricing, model: PricingModel, piece: BillingPeriod, quantities: QuantitySource
 ) -> tuple[Decimal, dict[DimensionKey, Decimal] | None]:
     assert pricing.metric is not None
     start, end = period_datetimes(start=piece.start, end=piece.end)
     columns = [d.column_name for d in model.dimensions] if model.pricing_type == PricingType.MATRIX else None
     totals: dict[DimensionKey, Decimal] = {}
     for key in _customer_keys(contract):
-        found = metered_quantities_by_dimension(
-            metric=pricing.metric, customer_id=key, start=start, end=end, columns=columns
-        )
+        found = quantities(metric=pricing.metric, customer_id=key, start=start, end=end, columns=columns)
         for cell, amount in found.items():
             totals[cell] = totals.get(cell, Decimal(0)) + amount
     quantity = sum(totals.values(), Decimal(0))
     return quantity, (totals if columns is not None else None)
 
 
-def _line(contract: Contract, link: PhasePricing, piece: BillingPeriod) -> tuple[ComputedLine, tuple[str, ...]]:
-    pricing: Pricing = link.pricing
+def _pricing_model(pricing: Pricing) -> PricingModel:
+    """`pricing_parse` of the pricing's data, kept on the instance while that data is unchanged: links
+    read together share their Pricing instances, so a batch parses each pricing once."""
+    cached: tuple[Any, PricingModel] | None = getattr(pricing, "_parsed_pricing", None)
+    if cached is not None and cached[0] == pricing.pricing_data:
+        return cached[1]
     model = pricing_parse(pricing_data=pricing.pricing_data)
+    pricing._parsed_pricing = (copy.deepcopy(pricing.pricing_data), model)  # type: ignore[attr-defined]
+    return model
+
+
+def _line(
+    contract: Contract, link: PhasePricing, piece: BillingPeriod, quantities: QuantitySource
+) -> tuple[ComputedLine, tuple[str, ...]]:
+    pricing: Pricing = link.pricing
+    model = _pricing_model(pricing)
     breakdown: dict[str, Any] = {}
     rating: Rating
     if pricing.quantity_type == QuantityType.METERED:
-        quantity, cells = _metered(contract, pricing, model, piece)
+        quantity, cells = _metered(contract, pricing, model, piece, quantities)
         rating = rate(model=model, dimensions=cells) if cells is not None else rate(model=model, quantity=quantity)
         exact = rating.amount
     else:
@@ -237,10 +272,40 @@ def _line(contract: Contract, link: PhasePricing, piece: BillingPeriod) -> tuple
     return line, flagged
 
 
+def invoice_quantities_prefetch(
+    *, invoices: Iterable[tuple[Contract, Sequence[PhasePricing], dt.date, dt.date]]
+) -> MeteredQuantities:
+    """The metered quantities of many invoices (contract, its links, period start and end), read together:
+    one query per distinct period, so a month-end run reads one per batch. A piece whose span is not
+    its invoice's period (mixed cadences, a phase changing mid-period) is read when it is computed."""
+    wanted: dict[tuple[dt.date, dt.date], tuple[dict[int, BillableMetric], set[str]]] = {}
+    for contract, links, start, end in invoices:
+        metrics = {link.pricing.metric.id: link.pricing.metric for link in links if link.pricing.metric is not None}
+        if not metrics:
+            continue
+        period_metrics, keys = wanted.setdefault((start, end), ({}, set()))
+        period_metrics.update(metrics)
+        keys.update(_customer_keys(contract))
+    quantities = MeteredQuantities()
+    for (start, end), (metrics, keys) in wanted.items():
+        start_at, end_at = period_datetimes(start=start, end=end)
+        quantities.prefetch(metrics=metrics.values(), customer_ids=keys, start=start_at, end=end_at)
+    return quantities
+
+
 def invoice_compute(
-    *, contract: Contract, period_start: dt.date, period_end: dt.date, links: Sequence[PhasePricing] | None = None
+    *,
+    contract: Contract,
+    period_start: dt.date,
+    period_end: dt.date,
+    links: Sequence[PhasePricing] | None = None,
+    quantities: QuantitySource = metered_quantities_by_dimension,
 ) -> InvoiceComputation:
-    """The lines and totals of `contract`'s invoice for [period_start, period_end), from current values."""
+    """The lines and totals of `contract`'s invoice for [period_start, period_end), from current values.
+
+    `links` (contract_pricing_links) and `quantities` (a MeteredQuantities) may come prefetched for
+    many invoices at once; the result is the same.
+    """
     if links is None:
         links = contract_pricing_links(contract=contract)
     end = contract_end(contract)
@@ -264,7 +329,7 @@ def invoice_compute(
                 continue
             if not pricing.is_recurring and piece.index != first_index:
                 continue
-            line, line_flags = _line(contract, link, piece)
+            line, line_flags = _line(contract, link, piece, quantities)
             lines.append(line)
             flagged.extend(line_flags)
     lines.sort(key=lambda line: (line.period_start, line.description, str(line.pricing_id)))

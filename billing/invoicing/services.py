@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -22,9 +22,10 @@ from billing.customers import json_ready
 from billing.inputs import Fields, uuid_value
 from billing.invoicing.compute import (
     InvoiceComputation,
-    contract_pricing_links,
+    contract_pricing_links_many,
     invoice_compute,
     invoice_periods,
+    invoice_quantities_prefetch,
 )
 from billing.invoicing.models import (
     FROZEN_STATUSES,
@@ -43,7 +44,7 @@ from billing.models import Contract, ContractStatus, PhasePricing
 from billing.rating import currency_exponent
 from zenskar_site.accounts.actors import Actor, system_actor
 from zenskar_site.accounts.models import Organisation
-from zenskar_site.accounts.services import audit_record
+from zenskar_site.accounts.services import AuditChange, audit_record, audit_records
 from zenskar_site.lib.errors import Conflict, NotFound, ValidationFailed
 from zenskar_site.lib.text import printable
 
@@ -52,6 +53,10 @@ logger = logging.getLogger(__name__)
 # Contracts the generator bills: a paused contract still bills its usage, an expired one its last period.
 BILLED_CONTRACT_STATUSES = (ContractStatus.ACTIVE, ContractStatus.PAUSED, ContractStatus.EXPIRED)
 GENERATE_BATCH = 200
+# Contracts one generator step looks at, at most: a step stays short when few periods are due.
+GENERATE_SCAN = 1000
+# Invoices `invoices_reconcile` recomputes together (their pricings and quantities read at once).
+RECONCILE_CHUNK = 200
 PAYABLE_STATUSES = (InvoiceStatus.APPROVED, InvoiceStatus.PARTIALLY_PAID)
 MAX_PAYMENT_PARTS = 100
 MONEY_MAX = Decimal("99999999999")
@@ -94,7 +99,13 @@ def _audit(*, actor: Actor, invoice: Invoice, action: str, before: dict[str, Any
 def _lines_write(invoice: Invoice, computation: InvoiceComputation) -> None:
     """Replace a live invoice's lines and totals with `computation` (the caller holds its row lock)."""
     invoice.lines.all().delete()
-    InvoiceLine.objects.bulk_create(
+    InvoiceLine.objects.bulk_create(_line_rows(invoice, computation))
+    _totals_set(invoice, computation)
+    invoice.save()
+
+
+def _line_rows(invoice: Invoice, computation: InvoiceComputation) -> list[InvoiceLine]:
+    return [
         InvoiceLine(
             invoice=invoice,
             position=position,
@@ -111,7 +122,10 @@ def _lines_write(invoice: Invoice, computation: InvoiceComputation) -> None:
             amount=line.amount,
         )
         for position, line in enumerate(computation.lines)
-    )
+    ]
+
+
+def _totals_set(invoice: Invoice, computation: InvoiceComputation) -> None:
     invoice.currency = computation.currency
     invoice.subtotal = computation.subtotal
     invoice.tax_rate = computation.tax_rate
@@ -120,7 +134,6 @@ def _lines_write(invoice: Invoice, computation: InvoiceComputation) -> None:
     invoice.amount_due = computation.total - invoice.amount_credited - invoice.amount_paid
     invoice.flagged = list(computation.flagged)
     invoice.computed_at = timezone.now()
-    invoice.save()
 
 
 def invoice_line_signatures(invoice: Invoice) -> list[tuple[Any, ...]]:
@@ -138,7 +151,7 @@ def invoice_line_signatures(invoice: Invoice) -> list[tuple[Any, ...]]:
             line.breakdown,
             Decimal(line.amount),
         )
-        for line in invoice.lines.order_by("position", "id")
+        for line in invoice.lines.all()  # ordered by position, id (Meta); prefetched lines serve it
     ]
 
 
@@ -229,43 +242,138 @@ def invoices_generate_due(*, now: dt.datetime, limit: int = GENERATE_BATCH) -> i
     """Create the draft of every billed contract's closed periods that have none; returns how many.
 
     A period closes at UTC midnight of its end day. Catches up on every closed period since the
-    contract's start. Safe to run twice or concurrently: the invoice's insert is the claim, refused by
-    the unique constraint when the period has its invoice. At most `limit` invoices per call.
+    contract's start. Safe to run twice or concurrently (see `invoices_generate_due_step`). At most
+    `limit` invoices per call.
+    """
+    made, resume = 0, None
+    while made < limit:
+        step_made, resume = invoices_generate_due_step(now=now, from_contract=resume, limit=limit - made)
+        made += step_made
+        if resume is None:
+            break
+    return made
+
+
+def invoices_generate_due_step(
+    *,
+    now: dt.datetime,
+    from_contract: str | None = None,
+    limit: int = GENERATE_BATCH,
+    scan: int = GENERATE_SCAN,
+    then: Callable[[str], object] | None = None,
+) -> tuple[int, str | None]:
+    """One bounded step of the generator: the drafts due to the billed contracts from the id
+    `from_contract` on (in id order; None: from the first), at most `limit` of them, from at most `scan`
+    contracts. Returns how many it made and the contract id the next step starts from (None: every
+    contract has been looked at).
+
+    A step reads its contracts' pricings and periods made a slice at a time, the metered quantities of
+    its drafts in one query per period (one at a month's end), and writes its drafts in one
+    transaction: the invoices, their lines and their audit entries in one INSERT each (a worker killed
+    meanwhile leaves none of them). Safe to run twice or concurrently: the invoice's insert is the claim
+    (ON CONFLICT DO NOTHING on the unique constraint on contract and period), and a period whose invoice
+    another run made is skipped.
+
+    `then` is called with where the next step starts (when there is one) as soon as it is known, before
+    this step computes its drafts: the task enqueues the next step there, which runs beside this one
+    on another worker process (their contracts never overlap).
     """
     today = now.astimezone(dt.UTC).date()
-    made = 0
-    contracts = (
-        Contract.objects.filter(status__in=BILLED_CONTRACT_STATUSES, start_date__lt=today)
-        .select_related("customer", "organisation")
-        .order_by("id")
-    )
-    for contract in contracts.iterator(chunk_size=200):
-        links = contract_pricing_links(contract=contract)
-        closed = [
-            period
-            for period in invoice_periods(contract=contract, until=today, links=links)
-            if period.period_end <= today
-        ]
-        if not closed:
-            continue
+    billed = Contract.objects.filter(status__in=BILLED_CONTRACT_STATUSES, start_date__lt=today).order_by("id")
+    due: list[tuple[Contract, dt.date, dt.date]] = []
+    links: dict[Any, list[PhasePricing]] = {}
+    resume, looked = from_contract, 0
+    # Contracts are read `limit` at a time (each slice's pricings and periods made in one query each)
+    # until `limit` periods are due or `scan` contracts have been looked at.
+    while len(due) < limit and looked < scan:
+        size = min(limit, scan - looked)
+        contracts = billed.filter(id__gte=resume) if resume is not None else billed
+        batch = list(contracts.select_related("customer", "organisation").prefetch_related("pauses")[: size + 1])
+        # The next slice (or step) starts at the first contract this one does not look at.
+        resume = str(batch.pop().id) if len(batch) > size else None
+        looked += len(batch)
+        links.update(contract_pricing_links_many(contract_ids=[contract.id for contract in batch]))
         existing = set(
-            Invoice.objects.filter(contract=contract, kind=InvoiceKind.PERIOD).values_list("period_start", "period_end")
-        )
-        for period in closed:
-            if (period.period_start, period.period_end) in existing:
-                continue
-            invoice = _invoice_create(
-                contract=contract,
-                start=period.period_start,
-                end=period.period_end,
-                kind=InvoiceKind.PERIOD,
-                actor=system_actor(organisation=contract.organisation),
+            Invoice.objects.filter(contract__in=[c.id for c in batch], kind=InvoiceKind.PERIOD).values_list(
+                "contract_id", "period_start", "period_end"
             )
-            if invoice is not None:
-                made += 1
-                if made >= limit:
-                    return made
-    return made
+        )
+        for contract in batch:
+            periods = [
+                (contract, period.period_start, period.period_end)
+                for period in invoice_periods(contract=contract, until=today, links=links[contract.id])
+                if period.period_end <= today and (contract.id, period.period_start, period.period_end) not in existing
+            ]
+            if len(due) + len(periods) > limit:
+                # This contract's periods past the limit are the next step's: it starts here again.
+                due.extend(periods[: limit - len(due)])
+                resume = str(contract.id)
+                break
+            due.extend(periods)
+        if resume is None:
+            break
+    if then is not None and resume is not None:
+        then(resume)
+    made = _period_invoices_create(due=due, links=links) if due else 0
+    return made, resume
+
+
+def _period_invoices_create(
+    *, due: Sequence[tuple[Contract, dt.date, dt.date]], links: Mapping[Any, Sequence[PhasePricing]]
+) -> int:
+    """Insert the drafts of `due` (contract, period start, period end), their lines and audit entries in one
+    transaction; returns how many were inserted (a period whose invoice exists is skipped)."""
+    quantities = invoice_quantities_prefetch(
+        invoices=[(contract, links[contract.id], start, end) for contract, start, end in due]
+    )
+    drafts: list[tuple[Invoice, InvoiceComputation]] = []
+    for contract, start, end in due:
+        computation = invoice_compute(
+            contract=contract, period_start=start, period_end=end, links=links[contract.id], quantities=quantities
+        )
+        invoice = Invoice(
+            organisation=contract.organisation,
+            customer=contract.customer,
+            contract=contract,
+            kind=InvoiceKind.PERIOD,
+            status=InvoiceStatus.DRAFT,
+            period_start=start,
+            period_end=end,
+        )
+        _totals_set(invoice, computation)
+        drafts.append((invoice, computation))
+    with transaction.atomic():
+        Invoice.objects.bulk_create([invoice for invoice, _ in drafts], ignore_conflicts=True)
+        ids = [invoice.id for invoice, _ in drafts]
+        inserted = set(Invoice.objects.filter(id__in=ids).values_list("id", flat=True))
+        skipped = {(i.contract_id, i.period_start, i.period_end) for i, _ in drafts if i.id not in inserted}
+        if skipped:
+            # Another run's invoice for the period. Anything else refused is an error (SQLite's INSERT OR
+            # IGNORE skips a failed CHECK too).
+            made_elsewhere = set(
+                Invoice.objects.filter(
+                    contract__in={contract_id for contract_id, _, _ in skipped}, kind=InvoiceKind.PERIOD
+                ).values_list("contract_id", "period_start", "period_end")
+            )
+            if not skipped <= made_elsewhere:
+                raise IntegrityError(f"invoices refused for {sorted(skipped - made_elsewhere, key=str)[:5]}")
+        drafts = [(invoice, computation) for invoice, computation in drafts if invoice.id in inserted]
+        InvoiceLine.objects.bulk_create(
+            [row for invoice, computation in drafts for row in _line_rows(invoice, computation)], batch_size=1000
+        )
+        audit_records(
+            changes=[
+                AuditChange(
+                    actor=system_actor(organisation=invoice.organisation),
+                    action="invoice.generate",
+                    object_type="invoice",
+                    object_id=str(invoice.id),
+                    after=invoice_snapshot(invoice),
+                )
+                for invoice, _ in drafts
+            ]
+        )
+    return len(drafts)
 
 
 def invoice_generate(*, actor: Actor, contract_id: Any, from_date: Any, to_date: Any) -> Invoice:
@@ -578,14 +686,45 @@ def _timestamp(fields: Fields, name: str) -> dt.datetime | None:
 
 
 def invoices_reconcile(*, organisation_ids: Sequence[Any] | None = None) -> tuple[list[Invoice], list[Invoice]]:
-    """(drafts whose lines differ from a fresh computation, approved invoices whose usage has drifted)."""
-    invoices = Invoice.objects.select_related("contract__customer").exclude(status=InvoiceStatus.DISCARDED)
+    """(drafts whose lines differ from a fresh computation, approved invoices whose usage has drifted).
+
+    Invoices are recomputed RECONCILE_CHUNK at a time, their pricings and metered quantities read
+    together; each computation is the one `invoice_refresh` makes.
+    """
+    invoices = (
+        Invoice.objects.select_related("contract__customer")
+        .prefetch_related("contract__pauses", "lines")
+        .exclude(status=InvoiceStatus.DISCARDED)
+    )
     if organisation_ids is not None:
         invoices = invoices.filter(organisation_id__in=organisation_ids)
     drafts: list[Invoice] = []
     drifted: list[Invoice] = []
-    for invoice in invoices.order_by("created_at", "id").iterator(chunk_size=200):
-        if not invoice_differs(invoice, _compute(invoice)):
-            continue
-        (drafts if invoice.status in LIVE_STATUSES else drifted).append(invoice)
+    chunk: list[Invoice] = []
+    for invoice in invoices.order_by("created_at", "id").iterator(chunk_size=RECONCILE_CHUNK):
+        chunk.append(invoice)
+        if len(chunk) == RECONCILE_CHUNK:
+            _reconcile_chunk(chunk, drafts, drifted)
+            chunk = []
+    _reconcile_chunk(chunk, drafts, drifted)
     return drafts, drifted
+
+
+def _reconcile_chunk(chunk: Sequence[Invoice], drafts: list[Invoice], drifted: list[Invoice]) -> None:
+    links = contract_pricing_links_many(contract_ids={invoice.contract_id for invoice in chunk})
+    quantities = invoice_quantities_prefetch(
+        invoices=[
+            (invoice.contract, links[invoice.contract_id], invoice.period_start, invoice.period_end)
+            for invoice in chunk
+        ]
+    )
+    for invoice in chunk:
+        computation = invoice_compute(
+            contract=invoice.contract,
+            period_start=invoice.period_start,
+            period_end=invoice.period_end,
+            links=links[invoice.contract_id],
+            quantities=quantities,
+        )
+        if invoice_differs(invoice, computation):
+            (drafts if invoice.status in LIVE_STATUSES else drifted).append(invoice)

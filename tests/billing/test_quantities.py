@@ -11,6 +11,7 @@ import pytest
 
 from billing.periods import cadence_parse
 from billing.quantities import (
+    MeteredQuantities,
     matrix_columns_check,
     metered_quantities_by_dimension,
     metered_quantity,
@@ -216,3 +217,46 @@ def test_metric_cadence_check(
 def test_period_datetimes_are_utc_midnights() -> None:
     start, end = period_datetimes(start=d(2024, 2, 29), end=d(2024, 3, 1))
     assert (start, end) == (dt.datetime(2024, 2, 29, tzinfo=UTC), dt.datetime(2024, 3, 1, tzinfo=UTC))
+
+
+@pytest.mark.django_db
+def test_prefetched_quantities_answer_as_the_per_customer_read(
+    organisation: Organisation, django_assert_num_queries: Any
+) -> None:
+    cpu = metric_make(organisation, slug="cpu", aggregation="sum", granularity="day", group_by=["region"])
+    peak = metric_make(organisation, slug="peak", aggregation="max", granularity="day")
+    jan = [dt.datetime(2024, 1, day, tzinfo=UTC) for day in (1, 2, 31)]
+    value_make(cpu, "cus_1", jan[0], "10", dimension={"region": "us"})
+    value_make(cpu, "cus_1", jan[1], "5", override="6.25", dimension={"region": "us"})
+    value_make(cpu, "cus_1", jan[2], "1.5", dimension={"region": "eu"})
+    value_make(cpu, "cus_1", dt.datetime(2024, 2, 1, tzinfo=UTC), "1000", dimension={"region": "us"})
+    value_make(cpu, "cus_2", jan[0], None, override="0.5", dimension={"region": None})
+    value_make(peak, "cus_1", jan[0], "7")
+    value_make(peak, "cus_1", jan[1], "9")  # two buckets of a non-additive metric: refused, as per customer
+    start, end = january_2024()
+    quantities = MeteredQuantities()
+
+    with django_assert_num_queries(1):
+        quantities.prefetch(metrics=[cpu, peak], customer_ids=["cus_1", "cus_2", "nobody"], start=start, end=end)
+        for customer in ("cus_1", "cus_2", "nobody"):
+            for columns in (None, ["region"]):
+                quantities(metric=cpu, customer_id=customer, start=start, end=end, columns=columns)
+
+    for customer in ("cus_1", "cus_2", "nobody"):
+        for columns in (None, ["region"]):
+            assert quantities(
+                metric=cpu, customer_id=customer, start=start, end=end, columns=columns
+            ) == metered_quantities_by_dimension(
+                metric=cpu, customer_id=customer, start=start, end=end, columns=columns
+            )
+    assert quantities(metric=cpu, customer_id="cus_1", start=start, end=end, columns=["region"]) == {
+        ("us",): Decimal("16.25"),
+        ("eu",): Decimal("1.5"),
+    }
+    # Not prefetched (another period; a non-additive metric): read per customer, refusals included.
+    february = period_datetimes(start=d(2024, 2, 1), end=d(2024, 3, 1))
+    assert quantities(metric=cpu, customer_id="cus_1", start=february[0], end=february[1], columns=["region"]) == {
+        ("us",): Decimal(1000)
+    }
+    with pytest.raises(ValidationFailed):
+        quantities(metric=peak, customer_id="cus_1", start=start, end=end, columns=None)
