@@ -8,12 +8,20 @@ from typing import Any
 import pytest
 from django.db import connection, connections
 from django.db.models.signals import post_migrate
+from django.test.utils import override_settings
 from rest_framework.test import APIClient
 
 from tests.factories import ApiKeyBundle, api_key_make, organisation_make, usage_event_make
 from zenskar_site.accounts.models import Organisation
 
 IS_POSTGRES = bool(os.environ.get("DATABASE_URL"))
+
+
+def pytest_configure(config: Any) -> None:
+    """One-iteration PBKDF2 in the test process (tests/hashers.py): the real 1,000,000 cost most of the suite's time."""
+    override_settings(
+        PASSWORD_HASHERS=["tests.hashers.FastPBKDF2PasswordHasher", "django.contrib.auth.hashers.PBKDF2PasswordHasher"]
+    ).enable()
 
 
 def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
