@@ -114,9 +114,12 @@ def _fixture_teardown(self: TransactionTestCase) -> None:
     if not IS_POSTGRES or any(connections[alias].vendor != "postgresql" for alias in aliases):
         _flush_fixture_teardown(self)
         return
-    if self.available_apps is None and not self.serialized_rollback:
-        if all(_postgres_rows_deleted(alias) for alias in aliases):
-            return
+    if (
+        self.available_apps is None
+        and not self.serialized_rollback
+        and all(_postgres_rows_deleted(alias) for alias in aliases)
+    ):
+        return
     for alias in aliases:
         _audit_truncate_trigger_set(alias, enabled=False)
     try:
