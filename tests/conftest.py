@@ -101,10 +101,11 @@ def _postgres_rows_deleted(alias: str) -> bool:
     return True
 
 
-_flush_fixture_teardown = TransactionTestCase._fixture_teardown
+# Private Django API (django/test/testcases.py), hence getattr/setattr: the flush after a transactional test.
+_flush_fixture_teardown: Callable[[TransactionTestCase], None] = getattr(TransactionTestCase, "_fixture_teardown")  # noqa: B009
 
 
-def _fixture_teardown(self: TransactionTestCase) -> None:
+def _fixture_teardown(self: Any) -> None:
     """A transactional test's cleanup on PostgreSQL: every row deleted, else Django's flush.
 
     Django's flush TRUNCATEs, which migration 0003 refuses on the audit table: for the flush, that one trigger
@@ -129,7 +130,7 @@ def _fixture_teardown(self: TransactionTestCase) -> None:
             _audit_truncate_trigger_set(alias, enabled=True)
 
 
-TransactionTestCase._fixture_teardown = _fixture_teardown  # type: ignore[method-assign]
+setattr(TransactionTestCase, "_fixture_teardown", _fixture_teardown)  # noqa: B010
 
 
 @pytest.fixture
