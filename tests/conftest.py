@@ -6,14 +6,22 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from django.db import connection, connections
-from django.db.models.signals import post_migrate
+from django.db import DatabaseError, connection, connections, transaction
+from django.test import TransactionTestCase
+from django.test.utils import override_settings
 from rest_framework.test import APIClient
 
 from tests.factories import ApiKeyBundle, api_key_make, organisation_make, usage_event_make
 from zenskar_site.accounts.models import Organisation
 
 IS_POSTGRES = bool(os.environ.get("DATABASE_URL"))
+
+
+def pytest_configure(config: Any) -> None:
+    """One-iteration PBKDF2 in the test process (tests/hashers.py): the real 1,000,000 cost most of the suite's time."""
+    override_settings(
+        PASSWORD_HASHERS=["tests.hashers.FastPBKDF2PasswordHasher", "django.contrib.auth.hashers.PBKDF2PasswordHasher"]
+    ).enable()
 
 
 def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
@@ -28,7 +36,7 @@ def _sqlite_audit_rows_removed_before_flush(request: pytest.FixtureRequest) -> I
     """Let a transactional test's teardown flush empty the trigger-guarded tables on SQLite.
 
     Migration 0002 guards the audit table with BEFORE DELETE triggers. SQLite's flush uses DELETE, which
-    they abort (PostgreSQL's flush uses TRUNCATE, refused by 0003: see the fixture below). Before that flush (this
+    they abort (PostgreSQL's flush uses TRUNCATE, refused by 0003: see _fixture_teardown below). Before that flush (this
     fixture depends on transactional_db, so it is torn down first) the triggers are dropped, the rows
     deleted and the triggers re-created with the migration's own SQL.
     """
@@ -64,19 +72,6 @@ def _sqlite_audit_rows_removed_before_flush(request: pytest.FixtureRequest) -> I
             cursor.execute(statement)
 
 
-def _is_transactional(request: pytest.FixtureRequest) -> bool:
-    marker = request.node.get_closest_marker("django_db")
-    return (
-        "transactional_db" in request.fixturenames
-        or "live_server" in request.fixturenames
-        or bool(marker and marker.kwargs.get("transaction"))
-    )
-
-
-# Databases (aliases) whose audit TRUNCATE trigger is disabled for the flush under way.
-_AUDIT_TRUNCATE_DISABLED: set[str] = set()
-
-
 def _audit_truncate_trigger_set(alias: str, *, enabled: bool) -> None:
     migration = importlib.import_module("zenskar_site.accounts.migrations.0003_audit_no_truncate")
     with connections[alias].cursor() as cursor:
@@ -88,34 +83,63 @@ def _audit_truncate_trigger_set(alias: str, *, enabled: bool) -> None:
         )
 
 
-def _audit_truncate_trigger_enabled_after_flush(*, using: str, **kwargs: Any) -> None:
-    """The flush ends by sending post_migrate (pytest-django sets no available_apps, so it is not inhibited)."""
-    if using in _AUDIT_TRUNCATE_DISABLED:
-        _AUDIT_TRUNCATE_DISABLED.discard(using)
-        _audit_truncate_trigger_set(using, enabled=True)
+# Kept by the fast cleanup: they hold only what migrate (post_migrate) creates, and no test changes them.
+_KEPT_TABLES = frozenset({"django_content_type", "auth_permission"})
 
 
-post_migrate.connect(_audit_truncate_trigger_enabled_after_flush, dispatch_uid="tests-audit-truncate-after-flush")
+def _postgres_rows_deleted(alias: str) -> bool:
+    """Empty every Django table of the database in one transaction; False when PostgreSQL refused.
 
-
-@pytest.fixture(autouse=True)
-def _postgres_audit_truncate_allowed_for_flush(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Let a transactional test's teardown flush empty the audit table on PostgreSQL.
-
-    Migration 0003 refuses TRUNCATE on the audit table; PostgreSQL's flush truncates every table. Before
-    that flush (this fixture depends on transactional_db, so it is torn down first) the one trigger is
-    disabled, and the flush's closing post_migrate signal enables it again, so no test runs without it.
+    DELETE of a few rows is much cheaper than the flush's TRUNCATE of every table (a new file per table and
+    index) followed by post_migrate re-creating every content type and permission. `session_replication_role
+    = replica` (superuser only) skips the triggers for this transaction only: the foreign keys (so the order
+    does not matter), the audit trail's append-only guard, the frozen invoices' guard, usage_event_keep_records.
     """
-    if not IS_POSTGRES or not _is_transactional(request):
-        yield
+    conn = connections[alias]
+    tables = [
+        table
+        for table in conn.introspection.django_table_names(only_existing=True, include_views=False)
+        if table not in _KEPT_TABLES
+    ]
+    try:
+        with transaction.atomic(using=alias), conn.cursor() as cursor:
+            cursor.execute("SET LOCAL session_replication_role = replica")
+            cursor.execute("; ".join(f"DELETE FROM {conn.ops.quote_name(table)}" for table in tables))
+    except DatabaseError:
+        return False
+    return True
+
+
+# Private Django API (django/test/testcases.py), hence getattr/setattr: the flush after a transactional test.
+_flush_fixture_teardown: Callable[[TransactionTestCase], None] = getattr(TransactionTestCase, "_fixture_teardown")  # noqa: B009
+
+
+def _fixture_teardown(self: Any) -> None:
+    """A transactional test's cleanup on PostgreSQL: every row deleted, else Django's flush.
+
+    Django's flush TRUNCATEs, which migration 0003 refuses on the audit table: for the flush, that one trigger
+    is disabled and enabled again right after, so no test runs without it.
+    """
+    aliases = list(self._databases_names(include_mirrors=False))
+    if not IS_POSTGRES or any(connections[alias].vendor != "postgresql" for alias in aliases):
+        _flush_fixture_teardown(self)
         return
-    request.getfixturevalue("transactional_db")
-    for alias in list(_AUDIT_TRUNCATE_DISABLED):  # a flush that failed before its post_migrate
-        _AUDIT_TRUNCATE_DISABLED.discard(alias)
-        _audit_truncate_trigger_set(alias, enabled=True)
-    yield
-    _audit_truncate_trigger_set(connection.alias, enabled=False)
-    _AUDIT_TRUNCATE_DISABLED.add(connection.alias)
+    if (
+        self.available_apps is None
+        and not self.serialized_rollback
+        and all(_postgres_rows_deleted(alias) for alias in aliases)
+    ):
+        return
+    for alias in aliases:
+        _audit_truncate_trigger_set(alias, enabled=False)
+    try:
+        _flush_fixture_teardown(self)
+    finally:
+        for alias in aliases:
+            _audit_truncate_trigger_set(alias, enabled=True)
+
+
+setattr(TransactionTestCase, "_fixture_teardown", _fixture_teardown)  # noqa: B010
 
 
 @pytest.fixture
