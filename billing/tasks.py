@@ -5,7 +5,12 @@ from __future__ import annotations
 from celery import shared_task
 from django.utils import timezone
 
-from billing.invoicing.services import GENERATE_BATCH, invoice_drafts_refresh, invoices_generate_due
+from billing.invoicing.services import (
+    GENERATE_BATCH,
+    contract_drafts_refresh,
+    invoice_drafts_refresh,
+    invoices_generate_due,
+)
 
 
 @shared_task(ignore_result=True)
@@ -20,3 +25,8 @@ def invoices_generate_due_task() -> int:
 @shared_task(ignore_result=True, acks_late=True)
 def invoice_drafts_refresh_task(metric_id: int, customer_ids: list[str]) -> int:
     return invoice_drafts_refresh(metric_id=metric_id, customer_ids=customer_ids)
+
+
+@shared_task(ignore_result=True, acks_late=True)
+def contract_drafts_refresh_task(contract_id: str) -> int:
+    return contract_drafts_refresh(contract_id=contract_id)

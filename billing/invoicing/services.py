@@ -20,12 +20,9 @@ from django.utils import timezone
 
 from billing.customers import json_ready
 from billing.inputs import Fields, uuid_value
-from billing.invoicing.compute import (
-    InvoiceComputation,
-    contract_pricing_links,
-    invoice_compute,
-    invoice_periods,
-)
+from billing.invoicing.compute import InvoiceComputation, contract_pricing_links, invoice_compute, invoice_periods
+from billing.invoicing.dispatch import contract_drafts_refresh_on_commit
+from billing.invoicing.drift import BILLED_STATUSES, invoice_drift, live_invoice_compute
 from billing.invoicing.models import (
     FROZEN_STATUSES,
     LIVE_STATUSES,
@@ -109,6 +106,8 @@ def _lines_write(invoice: Invoice, computation: InvoiceComputation) -> None:
             unit_amount=line.unit_amount,
             breakdown=line.breakdown,
             amount=line.amount,
+            adjustment_of_start=line.adjustment_of_start,
+            adjustment_of_end=line.adjustment_of_end,
         )
         for position, line in enumerate(computation.lines)
     )
@@ -137,6 +136,8 @@ def invoice_line_signatures(invoice: Invoice) -> list[tuple[Any, ...]]:
             line.unit_amount,
             line.breakdown,
             Decimal(line.amount),
+            line.adjustment_of_start,
+            line.adjustment_of_end,
         )
         for line in invoice.lines.order_by("position", "id")
     ]
@@ -150,7 +151,10 @@ def invoice_differs(invoice: Invoice, computation: InvoiceComputation) -> bool:
 
 
 def _compute(invoice: Invoice) -> InvoiceComputation:
-    return invoice_compute(contract=invoice.contract, period_start=invoice.period_start, period_end=invoice.period_end)
+    """A live invoice's fresh computation: its period's lines and the adjustments it carries (drift.py)."""
+    return live_invoice_compute(
+        contract=invoice.contract, period_start=invoice.period_start, period_end=invoice.period_end, carrier=invoice
+    )
 
 
 @transaction.atomic
@@ -195,11 +199,28 @@ def invoice_drafts_refresh(*, metric_id: int, customer_ids: Iterable[str]) -> in
     return changed
 
 
+def contract_drafts_refresh(*, contract_id: Any) -> int:
+    """Recompute every live invoice of a contract (after a change of its terms, phases or pricings, or a
+    change of which draft carries the adjustments of its approved invoices); returns how many changed."""
+    changed = 0
+    for invoice_id in Invoice.objects.filter(contract_id=contract_id, status__in=LIVE_STATUSES).values_list(
+        "id", flat=True
+    ):
+        changed += invoice_refresh(invoice_id=invoice_id)
+    return changed
+
+
 # --- generation ---
 
 
-def _invoice_create(*, contract: Contract, start: dt.date, end: dt.date, kind: str, actor: Actor) -> Invoice | None:
-    """Insert the invoice and its lines in one transaction; None when the period's invoice exists."""
+def _invoice_create(
+    *, contract: Contract, start: dt.date, end: dt.date, kind: str, actor: Actor, adjustments: bool = True
+) -> Invoice | None:
+    """Insert the invoice and its lines in one transaction; None when the period's invoice exists.
+
+    `adjustments=False` when the caller knows the contract has no approved invoice (nothing to adjust):
+    the generator saves a query per contract.
+    """
     try:
         with transaction.atomic():
             invoice = Invoice.objects.create(
@@ -212,8 +233,20 @@ def _invoice_create(*, contract: Contract, start: dt.date, end: dt.date, kind: s
                 period_start=start,
                 period_end=end,
             )
-            _lines_write(invoice, invoice_compute(contract=contract, period_start=start, period_end=end))
+            _lines_write(
+                invoice,
+                live_invoice_compute(contract=contract, period_start=start, period_end=end, carrier=invoice)
+                if adjustments
+                else invoice_compute(contract=contract, period_start=start, period_end=end),
+            )
             _audit(actor=actor, invoice=invoice, action="invoice.generate", before=None)
+            if adjustments:
+                # A draft for an earlier period than another draft takes over the adjustments that one carried.
+                later = Invoice.objects.filter(
+                    contract=contract, status=InvoiceStatus.DRAFT, period_start__gt=start
+                ).exclude(id=invoice.id)
+                if later.exists():
+                    contract_drafts_refresh_on_commit(contract_id=contract.id)
     except IntegrityError:
         # The unique constraint on (contract, period) for generated invoices: another run made it first.
         if (
@@ -248,9 +281,11 @@ def invoices_generate_due(*, now: dt.datetime, limit: int = GENERATE_BATCH) -> i
         ]
         if not closed:
             continue
-        existing = set(
-            Invoice.objects.filter(contract=contract, kind=InvoiceKind.PERIOD).values_list("period_start", "period_end")
+        found = list(
+            Invoice.objects.filter(contract=contract).values_list("period_start", "period_end", "kind", "status")
         )
+        existing = {(start, end) for start, end, kind, _ in found if kind == InvoiceKind.PERIOD}
+        approved = any(status in BILLED_STATUSES for *_, status in found)
         for period in closed:
             if (period.period_start, period.period_end) in existing:
                 continue
@@ -260,6 +295,7 @@ def invoices_generate_due(*, now: dt.datetime, limit: int = GENERATE_BATCH) -> i
                 end=period.period_end,
                 kind=InvoiceKind.PERIOD,
                 actor=system_actor(organisation=contract.organisation),
+                adjustments=approved,
             )
             if invoice is not None:
                 made += 1
@@ -386,6 +422,8 @@ def invoice_void(*, actor: Actor, invoice_id: Any, reason: Any) -> Invoice:
     invoice.voided_at = timezone.now()
     invoice.save(update_fields=["status", "amount_due", "void_reason", "voided_at", "updated_at"])
     _audit(actor=actor, invoice=invoice, action="invoice.void", before=before, reason=text)
+    # Its own drift and the adjustments it carried are no longer owed: the contract's drafts follow.
+    contract_drafts_refresh_on_commit(contract_id=invoice.contract_id)
     return invoice
 
 
@@ -400,6 +438,8 @@ def invoice_discard(*, actor: Actor, invoice_id: Any, reason: Any = "") -> Invoi
     invoice.status = InvoiceStatus.DISCARDED
     invoice.save(update_fields=["status", "updated_at"])
     _audit(actor=actor, invoice=invoice, action="invoice.discard", before=before, reason=text)
+    # The adjustments it carried move on to the contract's next draft.
+    contract_drafts_refresh_on_commit(contract_id=invoice.contract_id)
     return invoice
 
 
@@ -578,14 +618,17 @@ def _timestamp(fields: Fields, name: str) -> dt.datetime | None:
 
 
 def invoices_reconcile(*, organisation_ids: Sequence[Any] | None = None) -> tuple[list[Invoice], list[Invoice]]:
-    """(drafts whose lines differ from a fresh computation, approved invoices whose usage has drifted)."""
+    """(drafts whose lines differ from a fresh computation, approved invoices with a drift to settle: an
+    increase not billed yet by an approved adjustment, or a decrease; see `invoice_drift`)."""
     invoices = Invoice.objects.select_related("contract__customer").exclude(status=InvoiceStatus.DISCARDED)
     if organisation_ids is not None:
         invoices = invoices.filter(organisation_id__in=organisation_ids)
     drafts: list[Invoice] = []
     drifted: list[Invoice] = []
     for invoice in invoices.order_by("created_at", "id").iterator(chunk_size=200):
-        if not invoice_differs(invoice, _compute(invoice)):
-            continue
-        (drafts if invoice.status in LIVE_STATUSES else drifted).append(invoice)
+        if invoice.status in LIVE_STATUSES:
+            if invoice_differs(invoice, _compute(invoice)):
+                drafts.append(invoice)
+        elif (drift := invoice_drift(invoice=invoice)) is not None and drift.has_drift:
+            drifted.append(invoice)
     return drafts, drifted
