@@ -179,7 +179,11 @@ def _drift_lines(
 ) -> list[DriftLine]:
     lines: list[DriftLine] = []
     zero = _Sum("", None, None, "", "")
-    for key in sorted(set(fresh) | set(billed), key=lambda k: (k[1], k[2], k[0])):
+    def order(key: LineKey) -> tuple[dt.date, dt.date, str, str]:
+        shown = fresh.get(key) or billed[key]
+        return (key[1], key[2], shown.description, key[0])
+
+    for key in sorted(set(fresh) | set(billed), key=order):
         now, then = fresh.get(key), billed.get(key)
         done = adjusted.get((str(invoice.id), key), zero)
         same = now is not None and then is not None and (now.quantity, now.amount) == (then.quantity, then.amount)
