@@ -179,6 +179,7 @@ def _drift_lines(
 ) -> list[DriftLine]:
     lines: list[DriftLine] = []
     zero = _Sum("", None, None, "", "")
+
     def order(key: LineKey) -> tuple[dt.date, dt.date, str, str]:
         shown = fresh.get(key) or billed[key]
         return (key[1], key[2], shown.description, key[0])

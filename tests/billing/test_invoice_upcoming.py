@@ -78,7 +78,7 @@ def this_month(organisation: Organisation) -> Contract:
 
 
 @pytest.mark.django_db
-def test_the_upcoming_invoice_on_the_api(api: APIClient, this_month: Contract) -> None:
+def test_the_upcoming_invoice_on_the_api(api: APIClient, full_key: ApiKeyBundle, this_month: Contract) -> None:
     response = api.get(f"/api/v1/contracts/{this_month.id}/upcoming-invoice/")
     assert response.status_code == 200, response.content
     body = response.json()
@@ -93,6 +93,10 @@ def test_the_upcoming_invoice_on_the_api(api: APIClient, this_month: Contract) -
     assert [(r["contract_id"], r["total"], r["line_items"]) for r in results] == [
         (str(this_month.id), "23.76", body["line_items"])
     ]
+    zenskar = ZenskarClient(full_key).get(
+        "/invoices/internal", {"status": "upcoming", "customer_id": str(this_month.customer_id)}
+    )
+    assert [(r["status"], r["total"]) for r in zenskar.json()["results"]] == [("upcoming", "23.76")]
     assert api.get("/api/v1/invoices/upcoming/").status_code == 400
     assert api.get("/api/v1/invoices/upcoming/", {"customer_id": "nope"}).status_code == 400
     Contract.objects.filter(id=this_month.id).update(status="draft")
