@@ -52,7 +52,7 @@ def test_the_upcoming_invoice_is_the_current_period_so_far(organisation: Organis
     upcoming = contract_upcoming_invoice(contract=contract, now=dt.datetime(2024, 1, 15, 12, tzinfo=UTC))
 
     assert upcoming is not None
-    assert (upcoming.status, upcoming.id, upcoming.number) == ("upcoming", None, None)
+    assert (upcoming.status, upcoming.serializable_value("id"), upcoming.number) == ("upcoming", None, None)
     assert (upcoming.period_start, upcoming.period_end) == (dt.date(2024, 1, 1), dt.date(2024, 2, 1))
     lines = {line.description: (line.quantity, line.amount) for line in upcoming.upcoming_lines}  # type: ignore[attr-defined]
     # 120 hours: 100 x 0.10 + 20 x 0.08 = 11.60; the flat fee for the whole period.
