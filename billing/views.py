@@ -52,6 +52,7 @@ from billing.forms import (
     pricing_path_label,
 )
 from billing.invoicing.api import money_text
+from billing.invoicing.compute import decimal_text
 from billing.invoicing.models import Invoice, InvoiceLine
 from billing.invoicing.upcoming import UPCOMING_CONTRACT_STATUSES, contract_upcoming_invoice
 from billing.models import Contract, ContractPhase, ContractStatus, Pricing, ProductType
@@ -171,6 +172,7 @@ def upcoming_views(contracts: list[Contract], now: dt.datetime) -> list[Upcoming
             for line in lines
         ]
         totals = {name: money_text(getattr(invoice, name), invoice.currency) for name in ("subtotal", "tax", "total")}
+        totals["tax_rate"] = decimal_text(invoice.tax_rate)
         views.append(UpcomingView(contract, invoice, rows, invoice.period_end - dt.timedelta(days=1), totals))
     return views
 
@@ -192,6 +194,7 @@ def customer_detail(request: HttpRequest, actor: Actor, customer_id: str) -> Htt
         "billing/customer_detail.html",
         {
             "customer": customer,
+            "tax_rate": decimal_text(customer.tax_rate),  # 10, not Decimal.normalize's 1E+1
             "today": now.astimezone(dt.UTC).date(),
             "upcoming": upcoming_views(billed, now),
             "contracts": contracts,

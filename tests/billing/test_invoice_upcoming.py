@@ -115,6 +115,7 @@ def test_the_customer_and_contract_pages_show_the_upcoming_invoice(
         assert row is not None, html
         assert re.search(r"120 .*11\.60 USD", re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", row.group(1))))
         assert re.search(r'class="num amount upcoming-total">23\.76 USD<', html), url
+        assert "Tax (10%)" in html
 
 
 # --- drafts follow contract edits ---
