@@ -7,7 +7,7 @@ PG_URL ?= postgres://postgres@127.0.0.1:5432/test
 REDIS_TEST_URL ?= redis://127.0.0.1:6379/15
 BENCH_REDIS_URL ?= redis://127.0.0.1:6379/14
 
-.PHONY: install install-dev browser run test lint test-sqlite test-postgres bench clean
+.PHONY: install install-dev browser pdf-tools run test lint test-sqlite test-postgres bench clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -34,7 +34,22 @@ browser:
 			fi; \
 	fi
 
-run: install
+# Debian's Pango (WeasyPrint renders the invoice PDFs with it), a font, and poppler-utils (pdftotext reads
+# the PDFs in the tests). Installed when missing, as `browser` installs chromium.
+PDF_PACKAGES := libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core poppler-utils
+pdf-tools:
+	@if ! command -v pdftotext >/dev/null || ! ldconfig -p | grep -q libpangoft2-1.0; then \
+		echo "Installing Pango and poppler-utils for the invoice PDFs..."; \
+		if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+		($$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(PDF_PACKAGES) >/dev/null) \
+			|| if [ "$$CI" = "true" ]; then \
+				echo "Could not install $(PDF_PACKAGES) and CI=true: the PDF tests are required."; exit 1; \
+			else \
+				echo "Could not install $(PDF_PACKAGES): invoice PDFs and their tests will fail."; \
+			fi; \
+	fi
+
+run: install pdf-tools
 	@mkdir -p .data/broker .data/broker-processed .data/broker-control
 	$(PY) manage.py migrate --noinput -v0
 	@$(PY) manage.py seeddemo --port $(PORT)
@@ -60,7 +75,7 @@ test-postgres: install-dev
 		echo "SKIPPED the PostgreSQL + Redis pass: PostgreSQL ($(PG_URL)) or Redis ($(REDIS_TEST_URL)) is unreachable."; \
 	fi
 
-test: install-dev browser lint test-sqlite test-postgres
+test: install-dev browser pdf-tools lint test-sqlite test-postgres
 
 # Each line of both benchmarks says PASS or FAIL against its target; both always run, and the target
 # fails when any line failed.

@@ -530,3 +530,7 @@ class PhasePricingAdmin(ContractChildAdmin):
         return contract_phase_pricing_add(
             actor=actor, contract_id=phase.contract_id, phase_id=phase.pk, data=data, reason="added in the admin"
         )
+
+
+# Invoices, credit notes and payments: registered by their own module.
+import billing.invoicing.admin  # noqa: E402, F401

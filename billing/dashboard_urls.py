@@ -3,13 +3,15 @@
 from django.urls import path
 
 from billing import views
+from billing.invoicing import views as invoice_views
 
 app_name = "billing"
 
 CONTRACT = "contracts/<str:contract_id>/"
+INVOICE = "invoices/<str:invoice_id>/"
 
 urlpatterns = [
-    path("", views.billing_home, name="home"),
+    path("", invoice_views.billing_home, name="home"),
     path("customers/", views.customer_list, name="customer-list"),
     path("customers/new/", views.customer_new, name="customer-new"),
     path("customers/<str:customer_id>/", views.customer_detail, name="customer-detail"),
@@ -31,4 +33,13 @@ urlpatterns = [
         name="contract-phase-pricing-new",
     ),
     path(CONTRACT + "<str:action>/", views.contract_action, name="contract-action"),
+    path("invoices/", invoice_views.invoice_list, name="invoice-list"),
+    path(INVOICE, invoice_views.invoice_detail, name="invoice-detail"),
+    path(INVOICE + "pdf/", invoice_views.invoice_pdf_download, name="invoice-pdf"),
+    path(INVOICE + "credit-notes/", invoice_views.invoice_credit_note_new, name="invoice-credit"),
+    path(INVOICE + "payments/", invoice_views.invoice_payment_new, name="invoice-payment"),
+    path(INVOICE + "<str:action>/", invoice_views.invoice_action, name="invoice-action"),
+    path("credit-notes/", invoice_views.credit_note_list, name="credit-note-list"),
+    path("credit-notes/<str:credit_note_id>/", invoice_views.credit_note_detail, name="credit-note-detail"),
+    path("credit-notes/<str:credit_note_id>/pdf/", invoice_views.credit_note_pdf_download, name="credit-note-pdf"),
 ]

@@ -83,11 +83,6 @@ def _not_found(request: HttpRequest, exc: NotFound) -> HttpResponse:
     return render(request, "404.html", {"detail": exc.detail}, status=404)
 
 
-@member_view()
-def billing_home(request: HttpRequest, actor: Actor) -> HttpResponse:
-    return redirect("billing:customer-list")
-
-
 # --- customers ---
 
 

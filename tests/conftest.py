@@ -53,6 +53,15 @@ def _sqlite_audit_rows_removed_before_flush(request: pytest.FixtureRequest) -> I
         # usage/migrations/0005 refuses to delete a usage event that still has records; the flush
         # deletes tables in no set order, so the records go first.
         cursor.execute("DELETE FROM usage_usagerecord")
+        # billing/migrations/0003 refuses to delete approved invoices, their lines and credit notes: the
+        # same, with its own SQL.
+        frozen = importlib.import_module("billing.migrations.0003_invoices_frozen")
+        for statement in frozen.SQLITE_DOWN:
+            cursor.execute(statement)
+        for table in ("paymentpart", "payment", "creditnote", "invoiceline", "invoice"):
+            cursor.execute(f"DELETE FROM billing_{table}")
+        for statement in frozen.SQLITE_UP:
+            cursor.execute(statement)
 
 
 def _is_transactional(request: pytest.FixtureRequest) -> bool:

@@ -14,9 +14,11 @@ from typing import Any
 
 import django_filters
 from django.db.models import QuerySet
+from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import serializers, status
+from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -24,6 +26,7 @@ from rest_framework.views import APIView
 from billing.api.common import FilteredListApi, body_object
 from billing.inputs import uuid_value
 from billing.invoicing.compute import decimal_text
+from billing.invoicing.document import credit_note_pdf, invoice_pdf, pdf_filename
 from billing.invoicing.drift import DriftLine, InvoiceDrift, invoice_drift
 from billing.invoicing.models import CreditNote, Invoice, InvoiceLine, InvoiceStatus, Payment, PaymentPart
 from billing.invoicing.selectors import (
@@ -590,3 +593,52 @@ class UpcomingInvoiceListApi(APIView):
         customer = customer_get(organisation=request_actor(request).organisation, customer_id=raw)
         invoices = customer_upcoming_invoices(customer=customer)
         return Response({"results": UpcomingInvoiceOutput(invoices, many=True).data})
+
+
+# --- PDFs ---
+
+
+class FirstRenderer(BaseContentNegotiation):
+    """The PDF views answer a PDF or a JSON error whatever `Accept` says (no 406 for `application/pdf`)."""
+
+    def select_parser(self, request: Any, parsers: Any) -> Any:
+        return parsers[0] if parsers else None
+
+    def select_renderer(self, request: Any, renderers: Any, format_suffix: Any = None) -> Any:
+        return (renderers[0], renderers[0].media_type)
+
+
+PDF_RESPONSE = OpenApiResponse(response=OpenApiTypes.BINARY, description="The PDF (application/pdf).")
+
+
+def pdf_response(content: bytes, filename: str) -> HttpResponse:
+    response = HttpResponse(content, content_type="application/pdf")
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
+
+
+def invoice_pdf_response(invoice: Invoice) -> HttpResponse:
+    name = invoice.number if invoice.number else f"draft-{invoice.id}"
+    return pdf_response(invoice_pdf(invoice=invoice), pdf_filename(name))
+
+
+class InvoicePdfApi(APIView):
+    content_negotiation_class = FirstRenderer
+
+    @extend_schema(
+        responses={(200, "application/pdf"): PDF_RESPONSE},
+        description="The invoice as a PDF, rendered from the invoice page's document: the same bytes every "
+        "time for an approved invoice. A draft's PDF is marked DRAFT (and changes with its lines).",
+    )
+    def get(self, request: Request, invoice_id: str) -> HttpResponse:
+        invoice = invoice_get(organisation=request_actor(request).organisation, invoice_id=invoice_id)
+        return invoice_pdf_response(invoice)
+
+
+class CreditNotePdfApi(APIView):
+    content_negotiation_class = FirstRenderer
+
+    @extend_schema(responses={(200, "application/pdf"): PDF_RESPONSE}, description="The credit note as a PDF.")
+    def get(self, request: Request, credit_note_id: str) -> HttpResponse:
+        note = credit_note_get(organisation=request_actor(request).organisation, credit_note_id=credit_note_id)
+        return pdf_response(credit_note_pdf(note=note), pdf_filename(note.number))

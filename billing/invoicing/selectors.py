@@ -5,11 +5,15 @@ A malformed id or another organisation's id is the same 404: nothing says whethe
 
 from __future__ import annotations
 
+import datetime as dt
+from collections import defaultdict
+from decimal import Decimal
 from typing import Any
 
-from django.db.models import Prefetch, QuerySet
+from django.db.models import Prefetch, QuerySet, Sum
+from django.db.models.functions import TruncMonth
 
-from billing.invoicing.models import CreditNote, Invoice, InvoiceLine, Payment, PaymentPart
+from billing.invoicing.models import CreditNote, Invoice, InvoiceLine, InvoiceStatus, Payment, PaymentPart
 from billing.selectors import _one
 from zenskar_site.accounts.models import Organisation
 
@@ -48,3 +52,26 @@ def payments_list(*, organisation: Organisation) -> QuerySet[Payment]:
 def payment_get(*, organisation: Organisation, payment_id: Any) -> Payment:
     payment: Payment = _one(payments_list(organisation=organisation), key=payment_id, what="payment")
     return payment
+
+
+# Invoices that count as revenue: approved and not void (a credit note does not move the month's figure).
+REVENUE_STATUSES = (InvoiceStatus.APPROVED, InvoiceStatus.PARTIALLY_PAID, InvoiceStatus.PAID)
+
+
+def revenue_by_month(*, organisation: Organisation, start: dt.date, end: dt.date) -> dict[str, dict[dt.date, Decimal]]:
+    """Per currency, per first day of the issue month in [start, end): the invoices' totals."""
+    rows = (
+        Invoice.objects.filter(
+            organisation=organisation, status__in=REVENUE_STATUSES, issue_date__gte=start, issue_date__lt=end
+        )
+        .annotate(month=TruncMonth("issue_date"))
+        .values("currency", "month")
+        .annotate(total=Sum("total"))
+        .order_by()
+    )
+    found: dict[str, dict[dt.date, Decimal]] = defaultdict(dict)
+    for row in rows:
+        month = row["month"]
+        day = month.date() if isinstance(month, dt.datetime) else month
+        found[row["currency"]][day] = found[row["currency"]].get(day, Decimal(0)) + Decimal(row["total"])
+    return dict(found)

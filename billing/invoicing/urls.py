@@ -21,8 +21,10 @@ api_urls = [
     path(INVOICE + "void/", api.InvoiceVoidApi.as_view(), name="invoice-void"),
     path(INVOICE + "discard/", api.InvoiceDiscardApi.as_view(), name="invoice-discard"),
     path(INVOICE + "credit-notes/", api.InvoiceCreditNoteListApi.as_view(), name="invoice-credit-notes"),
+    path(INVOICE + "pdf/", api.InvoicePdfApi.as_view(), name="invoice-pdf"),
     path("credit-notes/", api.CreditNoteListApi.as_view(), name="credit-note-list"),
     path("credit-notes/<str:credit_note_id>/", api.CreditNoteDetailApi.as_view(), name="credit-note-detail"),
+    path("credit-notes/<str:credit_note_id>/pdf/", api.CreditNotePdfApi.as_view(), name="credit-note-pdf"),
     path("payments/", api.PaymentListApi.as_view(), name="payment-list"),
     path("payments/<str:payment_id>/", api.PaymentDetailApi.as_view(), name="payment-detail"),
 ]

@@ -9,10 +9,11 @@ Where Zenskar's list is silent or has no counterpart here:
 - credit notes are issued at once: their `status` is `issued`; `in_progress`, `void` and `paid` match none.
 - payments are recorded by hand: `type` is `payment` (a refund or reversal is a 400 naming `type`),
   `status` `success`; `customer_id`, when sent, must be the customer of every invoice paid.
-- `download_invoice` (the PDF) is not served yet.
 - `GET /invoices/internal?status=upcoming` computes each billed contract's upcoming invoice (its open
   period so far: they are not stored), paged over the contracts; it takes the customer and contract
   filters (`customer_id`, `customer__external_id`, `customer__customer_name`, `contract_id`) only.
+- `download_invoice` answers the PDF itself (`application/pdf`, the invoice page's document; a draft's is
+  marked DRAFT); `invoice_json_key` is ignored; `customer_id`, when sent, must be the invoice's customer.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from django.db.models import Q, QuerySet
+from django.http import HttpResponse
 from django.urls import URLPattern, re_path
 from rest_framework import status
 from rest_framework.request import Request
@@ -30,12 +32,14 @@ from rest_framework.response import Response
 from billing.inputs import uuid_value
 from billing.invoicing.api import (
     CreditNoteOutput,
+    FirstRenderer,
     InvoiceDetailOutput,
     InvoiceLineOutput,
     InvoiceOutput,
     PaymentOutput,
     UpcomingInvoiceOutput,
     invoice_approve_refusing_void,
+    invoice_pdf_response,
     money_text,
 )
 from billing.invoicing.models import CreditNote, Invoice, InvoiceStatus, Payment, PaymentPart
@@ -254,6 +258,17 @@ class InvoiceSummaryApi(ZenskarApi):
         )
 
 
+class InvoiceDownloadApi(ZenskarApi):
+    content_negotiation_class = FirstRenderer
+
+    def get(self, request: Request, invoice_id: str) -> HttpResponse:
+        invoice = invoice_get(organisation=request_actor(request).organisation, invoice_id=invoice_id)
+        customer = request.query_params.get("customer_id")
+        if customer not in (None, "") and uuid_argument(customer, "customer_id") != invoice.customer_id:
+            raise ValidationFailed({"customer_id": ["This invoice is another customer's."]})
+        return invoice_pdf_response(invoice)
+
+
 def day_of(value: Any, name: str, *, end: bool) -> str:
     """A Zenskar date argument as the day the service reads; an end instant past midnight bills that day."""
     if value is None or value == "":
@@ -454,6 +469,7 @@ urlpatterns = [
     _route("invoices/invoice_generation_status/(?P<invoice_id>[^/]+)", InvoiceGenerationStatusApi.as_view()),
     _route(INVOICE + "/line_items", InvoiceLineItemsApi.as_view()),
     _route(INVOICE + "/summary", InvoiceSummaryApi.as_view()),
+    _route(INVOICE + "/download_invoice", InvoiceDownloadApi.as_view()),
     _route(INVOICE + "/approve", InvoiceApproveApi.as_view()),
     _route(INVOICE + "/void", InvoiceVoidApi.as_view()),
     _route(INVOICE + "/credit_note", InvoiceCreditNoteApi.as_view()),

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+import shutil
+import subprocess
+import tempfile
 from typing import Any
+
+import pytest
 
 from billing.catalogue import pricing_create
 from billing.contracts import contract_create
@@ -128,3 +134,15 @@ def all_models_contract(
     value_make(api, "cus_1", day(2024, 1, 31), "12", None)
     value_make(api, str(customer.id), day(2024, 1, 10), "0.345", None)  # by the customer's id: also theirs
     return contract
+
+
+def pdf_text(content: bytes) -> str:
+    if shutil.which("pdftotext") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("pdftotext is missing (make pdf-tools installs poppler-utils)")
+        pytest.skip("pdftotext is missing: `make pdf-tools` installs poppler-utils")
+    with tempfile.NamedTemporaryFile(suffix=".pdf") as handle:
+        handle.write(content)
+        handle.flush()
+        found = subprocess.run(["pdftotext", "-layout", handle.name, "-"], capture_output=True, check=True, text=True)
+    return found.stdout

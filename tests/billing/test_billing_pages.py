@@ -146,7 +146,7 @@ def test_every_billing_page_renders_with_the_organisations_rows_only(admin: Clie
         # Nothing of the other organisation shows on any page, not even in a form's choices.
         for text in ("Globex", "cus_globex", str(theirs.pricing.id), str(theirs.customer.id)):
             assert text not in html, (url, text)
-    assert admin.get("/billing/").url == "/billing/customers/"
+    assert admin.get("/billing/").status_code == 200
 
 
 def test_the_sidebar_has_a_billing_group(admin: Client, mine: Book) -> None:

@@ -5,11 +5,13 @@ argument, and tenancy. Runs on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Any
 
 import pytest
 
 from billing.invoicing.models import Invoice, Payment
+from tests.billing.invoice_helpers import pdf_text
 from tests.billing.test_invoice_api import flat_fee_contract
 from tests.billing.zenskar_support import ZenskarClient, created
 from tests.factories import ApiKeyBundle
@@ -107,6 +109,15 @@ def test_the_invoice_flow_through_the_zenskar_paths(zenskar: ZenskarClient, orga
     assert [row["id"] for row in listed] == [invoice_id]
     assert zenskar.get("/invoices/internal", {"status__in": "draft,void"}).json()["results"] == []
     assert zenskar.get("/invoices/internal", {"status": "edited"}).json()["results"] == []
+
+    # The PDF of the paid invoice: its number, the customer, the line and the total.
+    pdf = zenskar.get(f"/invoices/{invoice_id}/download_invoice")
+    assert (pdf.status_code, pdf["Content-Type"]) == (200, "application/pdf")
+    text = re.sub(r"[ \t]+", " ", pdf_text(pdf.content))
+    assert "INV-000001" in text
+    assert contract.customer.customer_name in text
+    assert lines[0]["description"][:40] in text
+    assert "Total $53.90" in text
 
 
 @pytest.mark.django_db
