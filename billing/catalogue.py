@@ -10,7 +10,8 @@ from django.db import IntegrityError, transaction
 
 from billing.customers import snapshot
 from billing.inputs import Fields, currency_value, uuid_value
-from billing.models import Plan, PlanPricing, PlanStatus, Pricing, Product, ProductType, QuantityType
+from billing.invoicing.dispatch import contract_drafts_refresh_on_commit
+from billing.models import PhasePricing, Plan, PlanPricing, PlanStatus, Pricing, Product, ProductType, QuantityType
 from billing.periods import CADENCES, Cadence, cadence_parse
 from billing.quantities import metric_cadence_check
 from billing.rating import PricingInvalid, pricing_data_normalise, pricing_parse
@@ -146,6 +147,11 @@ def product_update(*, actor: Actor, product_id: Any, changes: Mapping[str, Any],
             after=after,
             reason=reason,
         )
+        if after.get("name") != before.get("name"):
+            # The product's name is in its invoice lines: the drafts that bill it follow.
+            links = PhasePricing.objects.filter(pricing__product=product)
+            for contract_id in sorted(set(links.values_list("phase__contract_id", flat=True)), key=str):
+                contract_drafts_refresh_on_commit(contract_id=contract_id)
     return product
 
 

@@ -14,6 +14,7 @@ from django.utils import timezone
 from billing.catalogue import PRODUCT_FIELDS, pricing_build, product_build
 from billing.customers import json_ready, snapshot
 from billing.inputs import Fields, uuid_value
+from billing.invoicing.dispatch import contract_drafts_refresh_on_commit
 from billing.models import (
     Contract,
     ContractPause,
@@ -111,6 +112,10 @@ def contract_snapshot(contract: Contract) -> dict[str, Any]:
 
 
 def _amend(*, actor: Actor, contract: Contract, action: str, before: dict[str, Any] | None, reason: str = "") -> None:
+    """File the change under the contract; any change to an existing contract may change what it bills, so
+    its live invoices are recomputed after commit (the same path as a metric change)."""
+    if before is not None:
+        contract_drafts_refresh_on_commit(contract_id=contract.id)
     audit_record(
         actor=actor,
         action=action,
@@ -455,10 +460,16 @@ def contract_update(*, actor: Actor, contract_id: Any, changes: Mapping[str, Any
         else:
             contract.status = fields.choice("status", choices=SETTABLE_STATUSES, default=contract.status) or ""
     draft_only = [name for name in ("customer_id", "currency") if fields.has(name)]
-    if draft_only and before["status"] != ContractStatus.DRAFT:
+    invoiced = bool(draft_only) and contract.invoices.exclude(status="discarded").exists()
+    if draft_only and (before["status"] != ContractStatus.DRAFT or invoiced):
         for name in draft_only:
             if str(fields.get(name)) != str(before[name]):
-                fields.fail(name, "Only a draft contract's customer or currency can change.")
+                fields.fail(
+                    name,
+                    "This contract has invoices: its customer and currency stay."
+                    if invoiced
+                    else "Only a draft contract's customer or currency can change.",
+                )
     elif draft_only:
         if fields.has("customer_id"):
             customer = _customer_read(actor=actor, fields=fields)
@@ -511,6 +522,9 @@ def contract_delete(*, actor: Actor, contract_id: Any, reason: str = "") -> None
     contract = contract_locked(actor=actor, contract_id=contract_id)
     if contract.status != ContractStatus.DRAFT:
         raise Conflict(f"Only a draft contract can be deleted; this one is {contract.status}: expire it instead.")
+    if count := contract.invoices.count():
+        # Invoices keep their contract (even discarded ones: the audit trail names them).
+        raise Conflict(f"This contract has {count} invoice(s): it cannot be deleted; expire it instead.")
     before = contract_snapshot(contract)
     contract.delete()
     audit_record(

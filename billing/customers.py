@@ -155,13 +155,24 @@ def customer_update(*, actor: Actor, customer_id: Any, changes: Mapping[str, Any
 
 @transaction.atomic
 def customer_archive(*, actor: Actor, customer_id: Any, reason: str = "") -> Customer:
-    """Archive a customer; one with contracts is refused (409): its history must stay billable."""
+    """Archive a customer; one with contracts or invoices is refused (409): its history must stay billable.
+
+    Discarded invoices do not count (they were never sent); every other invoice does, even void or paid
+    ones, and even when its contract now belongs to another customer (a draft contract's customer may
+    change).
+    """
     customer = customer_locked(actor=actor, customer_id=customer_id)
     count = customer.contracts.count()
     if count:
         raise Conflict(
             f"Customer {customer.customer_name!r} has {count} contract(s); a customer with contracts or invoices "
             "cannot be deleted."
+        )
+    invoices = customer.invoices.exclude(status="discarded").count()
+    if invoices:
+        raise Conflict(
+            f"Customer {customer.customer_name!r} has {invoices} invoice(s) (other than discarded ones); a customer "
+            "with invoices cannot be deleted."
         )
     if not customer.archived:
         before = customer_snapshot(customer)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from celery import shared_task
 from django.utils import timezone
 
-from billing.invoicing.services import invoice_drafts_refresh, invoices_generate_due_step
+from billing.invoicing.services import contract_drafts_refresh, invoice_drafts_refresh, invoices_generate_due_step
 
 
 @shared_task(ignore_result=True)
@@ -22,3 +22,8 @@ def invoices_generate_due_task(from_contract: str | None = None) -> int:
 @shared_task(ignore_result=True, acks_late=True)
 def invoice_drafts_refresh_task(metric_id: int, customer_ids: list[str]) -> int:
     return invoice_drafts_refresh(metric_id=metric_id, customer_ids=customer_ids)
+
+
+@shared_task(ignore_result=True, acks_late=True)
+def contract_drafts_refresh_task(contract_id: str) -> int:
+    return contract_drafts_refresh(contract_id=contract_id)

@@ -51,8 +51,12 @@ from billing.forms import (
     pricing_label,
     pricing_path_label,
 )
+from billing.invoicing.api import money_text
+from billing.invoicing.compute import decimal_text
+from billing.invoicing.models import Invoice, InvoiceLine
+from billing.invoicing.upcoming import UPCOMING_CONTRACT_STATUSES, contract_upcoming_invoice
 from billing.models import Contract, ContractPhase, ContractStatus, Pricing, ProductType
-from billing.overview import customer_current_usage, pricing_curves, unmatched_usage_customers
+from billing.overview import pricing_curves, unmatched_usage_customers
 from billing.rating import PricingInvalid, pricing_parse
 from billing.selectors import (
     contract_amendments,
@@ -66,6 +70,7 @@ from billing.selectors import (
     product_get,
     products_list,
 )
+from metrics.models import BillableMetric
 from metrics.selectors import metrics_list
 from zenskar_site.accounts.actors import Actor
 from zenskar_site.accounts.dashboard import member_view
@@ -116,21 +121,78 @@ def customer_new(request: HttpRequest, actor: Actor) -> HttpResponse:
     return render(request, "billing/customer_form.html", {"form": form})
 
 
+@dataclass(frozen=True)
+class UpcomingRow:
+    line: InvoiceLine
+    metric: BillableMetric | None
+    last_day: dt.date  # the line's period as a person reads it (its end is exclusive)
+    amount: str  # with the currency's minor-unit digits
+
+
+@dataclass(frozen=True)
+class UpcomingView:
+    """A contract's upcoming invoice as the customer and contract pages show it (or why it cannot be)."""
+
+    contract: Contract
+    invoice: Invoice | None
+    rows: list[UpcomingRow]
+    last_day: dt.date | None = None
+    totals: dict[str, str] | None = None
+    problem: str = ""
+
+
+def upcoming_views(contracts: list[Contract], now: dt.datetime) -> list[UpcomingView]:
+    """Each billed contract's upcoming invoice (billing.invoicing.upcoming) with its lines' metrics."""
+    views: list[UpcomingView] = []
+    for contract in contracts:
+        try:
+            invoice = contract_upcoming_invoice(contract=contract, now=now)
+        except DomainError as exc:  # e.g. a metric whose granularity no longer fits the cadence
+            views.append(UpcomingView(contract, None, [], problem=exc.detail))
+            continue
+        if invoice is None:
+            continue
+        lines: list[InvoiceLine] = invoice.upcoming_lines  # type: ignore[attr-defined]
+        metrics = {
+            pricing.id: pricing.metric
+            for pricing in Pricing.objects.filter(id__in=[line.pricing_id for line in lines]).select_related("metric")
+        }
+        rows = [
+            UpcomingRow(
+                line,
+                metrics.get(line.pricing_id) if line.pricing_id else None,
+                line.period_end - dt.timedelta(days=1),
+                money_text(line.amount, invoice.currency),
+            )
+            for line in lines
+        ]
+        totals = {name: money_text(getattr(invoice, name), invoice.currency) for name in ("subtotal", "tax", "total")}
+        totals["tax_rate"] = decimal_text(invoice.tax_rate)
+        views.append(UpcomingView(contract, invoice, rows, invoice.period_end - dt.timedelta(days=1), totals))
+    return views
+
+
 @member_view()
 def customer_detail(request: HttpRequest, actor: Actor, customer_id: str) -> HttpResponse:
     try:
         customer = customer_get(organisation=actor.organisation, customer_id=customer_id)
     except NotFound as exc:
         return _not_found(request, exc)
-    today = timezone.now().date()
+    now = timezone.now()
+    contracts = list(contracts_list(organisation=actor.organisation).filter(customer=customer))
+    billed = sorted(
+        (c for c in contracts if c.status in UPCOMING_CONTRACT_STATUSES),
+        key=lambda c: (c.start_date, c.created_at, str(c.id)),
+    )
     return render(
         request,
         "billing/customer_detail.html",
         {
             "customer": customer,
-            "today": today,
-            "usage": customer_current_usage(customer=customer, today=today),
-            "contracts": list(contracts_list(organisation=actor.organisation).filter(customer=customer)),
+            "tax_rate": decimal_text(customer.tax_rate),  # 10, not Decimal.normalize's 1E+1
+            "today": now.astimezone(dt.UTC).date(),
+            "upcoming": upcoming_views(billed, now),
+            "contracts": contracts,
         },
     )
 
@@ -506,7 +568,11 @@ def contract_detail(request: HttpRequest, actor: Actor, contract_id: str) -> Htt
         contract = contract_get(organisation=actor.organisation, contract_id=contract_id)
     except NotFound as exc:
         return _not_found(request, exc)
-    return render(request, "billing/contract_detail.html", _contract_context(request, actor, contract))
+    context = _contract_context(request, actor, contract)
+    now = timezone.now()
+    context["upcoming"] = upcoming_views([contract], now)
+    context["today"] = now.astimezone(dt.UTC).date()
+    return render(request, "billing/contract_detail.html", context)
 
 
 def _action_errors(request: HttpRequest, exc: DomainError, what: str) -> None:

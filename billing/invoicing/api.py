@@ -16,7 +16,7 @@ import django_filters
 from django.db.models import QuerySet
 from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.request import Request
@@ -24,7 +24,10 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from billing.api.common import FilteredListApi, body_object
+from billing.inputs import uuid_value
+from billing.invoicing.compute import decimal_text
 from billing.invoicing.document import credit_note_pdf, invoice_pdf, pdf_filename
+from billing.invoicing.drift import DriftLine, InvoiceDrift, invoice_drift
 from billing.invoicing.models import CreditNote, Invoice, InvoiceLine, InvoiceStatus, Payment, PaymentPart
 from billing.invoicing.selectors import (
     credit_note_get,
@@ -42,9 +45,11 @@ from billing.invoicing.services import (
     invoice_void,
     payment_record,
 )
+from billing.invoicing.upcoming import contract_upcoming_invoice, customer_upcoming_invoices
 from billing.rating import CURRENCY_EXPONENTS
+from billing.selectors import contract_get, customer_get
 from zenskar_site.accounts.permissions import request_actor
-from zenskar_site.lib.errors import Conflict, ValidationFailed
+from zenskar_site.lib.errors import Conflict, NotFound, ValidationFailed
 from zenskar_site.lib.openapi import error_response
 from zenskar_site.lib.pagination import paginated_response
 from zenskar_site.lib.text import printable
@@ -143,11 +148,116 @@ class InvoiceOutput(serializers.ModelSerializer[Invoice]):
         return format(Decimal(obj.tax_rate).normalize(), "f")
 
 
+class DriftLineOutput(serializers.Serializer[Any]):
+    """Documentation of a drift line (billing.invoicing.drift.DriftLine); quantities are exact decimal texts."""
+
+    description = serializers.CharField()
+    product_id = serializers.UUIDField(allow_null=True)
+    pricing_id = serializers.UUIDField(allow_null=True)
+    pricing_type = serializers.CharField()
+    period_start = serializers.DateField(help_text="The period the line bills (and an adjustment corrects).")
+    period_end = serializers.DateField(help_text="Exclusive.")
+    unit = serializers.CharField()
+    billed_quantity = serializers.CharField(help_text="On the approved invoice.")
+    billed_amount = serializers.CharField()
+    fresh_quantity = serializers.CharField(help_text="From the current metric values.")
+    fresh_amount = serializers.CharField()
+    adjusted_quantity = serializers.CharField(help_text="Already billed by adjustments on later approved invoices.")
+    adjusted_amount = serializers.CharField()
+    quantity = serializers.CharField(help_text="Still to settle: fresh - billed - adjusted.")
+    amount = serializers.CharField(help_text="Still to settle: positive, billed on the next draft; negative, credited.")
+
+
+class SuggestedCreditNoteOutput(serializers.Serializer[Any]):
+    credit_note_amount = serializers.CharField(help_text="At most what the invoice still owes.")
+    reason = serializers.CharField()
+
+
+class DriftOutput(serializers.Serializer[Any]):
+    """Documentation of an approved invoice's drift (billing.invoicing.drift.InvoiceDrift)."""
+
+    increases = DriftLineOutput(many=True)
+    decreases = DriftLineOutput(many=True)
+    lines = DriftLineOutput(many=True, help_text="Every line whose fresh computation differs from what was billed.")
+    increase_amount = serializers.CharField(help_text="Not billed yet (before tax).")
+    adjustment_invoice_id = serializers.UUIDField(
+        allow_null=True, help_text="The draft carrying the increases; null: the contract's upcoming invoice."
+    )
+    decrease_amount = serializers.CharField(help_text="Before tax, as a positive amount.")
+    credit_amount = serializers.CharField(help_text="The decrease with tax, less what was already credited.")
+    suggested_credit_note = SuggestedCreditNoteOutput(allow_null=True)
+
+
+def drift_line_json(line: DriftLine, currency: str) -> dict[str, Any]:
+    return {
+        "description": line.description,
+        "product_id": line.product_id,
+        "pricing_id": line.pricing_id,
+        "pricing_type": line.pricing_type,
+        "period_start": line.period_start.isoformat(),
+        "period_end": line.period_end.isoformat(),
+        "unit": line.unit,
+        "billed_quantity": decimal_text(line.billed_quantity),
+        "billed_amount": money_text(line.billed_amount, currency),
+        "fresh_quantity": decimal_text(line.fresh_quantity),
+        "fresh_amount": money_text(line.fresh_amount, currency),
+        "adjusted_quantity": decimal_text(line.adjusted_quantity),
+        "adjusted_amount": money_text(line.adjusted_amount, currency),
+        "quantity": decimal_text(line.quantity),
+        "amount": money_text(line.amount, currency),
+    }
+
+
+def drift_json(drift: InvoiceDrift, *, number: str | None) -> dict[str, Any]:
+    currency = drift.currency
+    suggested = None
+    if drift.suggested_credit_amount > 0:
+        suggested = {
+            "credit_note_amount": money_text(drift.suggested_credit_amount, currency),
+            "reason": f"Usage decreased after {number or 'the invoice'} was approved.",
+        }
+    return {
+        "increases": [drift_line_json(line, currency) for line in drift.increases],
+        "decreases": [drift_line_json(line, currency) for line in drift.decreases],
+        "lines": [drift_line_json(line, currency) for line in drift.lines],
+        "increase_amount": money_text(drift.increase_amount, currency),
+        "adjustment_invoice_id": str(drift.adjustment_invoice_id) if drift.adjustment_invoice_id else None,
+        "decrease_amount": money_text(drift.decrease_amount, currency),
+        "credit_amount": money_text(drift.credit_amount, currency),
+        "suggested_credit_note": suggested,
+    }
+
+
 class InvoiceDetailOutput(InvoiceOutput):
     line_items = InvoiceLineOutput(many=True, source="lines", read_only=True)
+    drift = serializers.SerializerMethodField(
+        help_text="An approved invoice whose usage changed since approval (it never changes): increases billed "
+        "as adjustment lines on the contract's next draft, decreases and the credit note they suggest. Null for "
+        "any other status."
+    )
 
     class Meta(InvoiceOutput.Meta):
-        fields = [*InvoiceOutput.Meta.fields, "line_items"]
+        fields = [*InvoiceOutput.Meta.fields, "line_items", "drift"]
+
+    @extend_schema_field(DriftOutput(allow_null=True))
+    def get_drift(self, obj: Invoice) -> dict[str, Any] | None:
+        drift = invoice_drift(invoice=obj)
+        return drift_json(drift, number=obj.number) if drift is not None else None
+
+
+class UpcomingLineOutput(InvoiceLineOutput):
+    id = serializers.UUIDField(read_only=True, allow_null=True, help_text="Null: an upcoming line is not stored.")
+
+
+class UpcomingInvoiceOutput(InvoiceDetailOutput):
+    """A contract's upcoming invoice (status `upcoming`): computed when asked, not stored, so no id."""
+
+    id = serializers.UUIDField(read_only=True, allow_null=True, help_text="Null: an upcoming invoice is not stored.")
+    line_items = UpcomingLineOutput(many=True, source="upcoming_lines", read_only=True)
+
+    @extend_schema_field(DriftOutput(allow_null=True))
+    def get_drift(self, obj: Invoice) -> dict[str, Any] | None:
+        return None
 
 
 class CreditNoteOutput(serializers.ModelSerializer[CreditNote]):
@@ -438,6 +548,51 @@ class PaymentDetailApi(APIView):
     def get(self, request: Request, payment_id: str) -> Response:
         payment = payment_get(organisation=request_actor(request).organisation, payment_id=payment_id)
         return Response(PaymentOutput(payment).data)
+
+
+class UpcomingInvoicesOutput(serializers.Serializer[Any]):
+    results = UpcomingInvoiceOutput(many=True, help_text="One per billed contract of the customer, oldest first.")
+
+
+class ContractUpcomingInvoiceApi(APIView):
+    @extend_schema(
+        responses={
+            200: UpcomingInvoiceOutput,
+            404: error_response("No contract with that id, or it bills nothing today (draft, disputed, ended)."),
+        }
+    )
+    def get(self, request: Request, contract_id: str) -> Response:
+        """The contract's upcoming invoice: its current, open period so far (computed now, not stored)."""
+        contract = contract_get(organisation=request_actor(request).organisation, contract_id=contract_id)
+        invoice = contract_upcoming_invoice(contract=contract)
+        if invoice is None:
+            raise NotFound(f"Contract {contract.id} has no open billing period today (it is {contract.status}).")
+        return Response(UpcomingInvoiceOutput(invoice).data)
+
+
+class UpcomingInvoiceListApi(APIView):
+    @extend_schema(
+        parameters=[
+            OpenApiParameter(
+                "customer_id", OpenApiTypes.UUID, required=True, description="The customer whose invoices to compute."
+            )
+        ],
+        responses={
+            200: UpcomingInvoicesOutput,
+            404: error_response("No customer with that `customer_id` in this organisation."),
+        },
+    )
+    def get(self, request: Request) -> Response:
+        """The upcoming invoice of each of the customer's billed contracts: `{"results": [...]}`, one per
+        contract with an open period today (computed now, not stored)."""
+        raw = request.query_params.get("customer_id")
+        if raw in (None, ""):
+            raise ValidationFailed({"customer_id": ["This field is required: the customer's id."]})
+        if uuid_value(raw) is None:
+            raise ValidationFailed({"customer_id": ["Expected a UUID."]})
+        customer = customer_get(organisation=request_actor(request).organisation, customer_id=raw)
+        invoices = customer_upcoming_invoices(customer=customer)
+        return Response({"results": UpcomingInvoiceOutput(invoices, many=True).data})
 
 
 # --- PDFs ---

@@ -79,6 +79,9 @@ class ComputedLine:
     unit_amount: str  # exact decimal text; "" when the breakdown carries the prices
     breakdown: dict[str, Any]
     amount: Decimal  # rounded to the currency
+    # An adjustment line (billing.invoicing.drift) names the period it corrects; None on a period's own lines.
+    adjustment_of_start: dt.date | None = None
+    adjustment_of_end: dt.date | None = None
 
     def signature(self) -> tuple[Any, ...]:
         """What a stored line must equal to be up to date (drift check)."""
@@ -94,6 +97,8 @@ class ComputedLine:
             self.unit_amount,
             self.breakdown,
             self.amount,
+            self.adjustment_of_start,
+            self.adjustment_of_end,
         )
 
 
@@ -333,9 +338,16 @@ def invoice_compute(
             lines.append(line)
             flagged.extend(line_flags)
     lines.sort(key=lambda line: (line.period_start, line.description, str(line.pricing_id)))
-    currency = contract.currency
+    return computation_of(
+        currency=contract.currency, lines=lines, tax_rate=Decimal(contract.customer.tax_rate), flagged=flagged
+    )
+
+
+def computation_of(
+    *, currency: str, lines: Sequence[ComputedLine], tax_rate: Decimal, flagged: Sequence[str] = ()
+) -> InvoiceComputation:
+    """The totals of `lines`: subtotal = their sum, tax = `tax_rate` percent of it, each rounded half-up."""
     subtotal = sum((line.amount for line in lines), Decimal(0))
-    tax_rate = Decimal(contract.customer.tax_rate)
     tax = money_round(amount=subtotal * tax_rate / 100, currency=currency)
     subtotal = money_round(amount=subtotal, currency=currency)
     return InvoiceComputation(

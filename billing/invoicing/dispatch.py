@@ -1,4 +1,6 @@
-"""Live drafts: when metric values change, the drafts that bill them are recomputed (SPEC §9)."""
+"""Live drafts: when metric values change, the drafts that bill them are recomputed (SPEC §9); when a
+contract's terms, phases or pricings change, or which draft carries the adjustments of its approved
+invoices, its drafts are recomputed the same way: in a task, after commit."""
 
 from __future__ import annotations
 
@@ -16,3 +18,11 @@ def metric_values_changed_receiver(sender: Any, metric_id: int, customer_ids: li
     from billing.tasks import invoice_drafts_refresh_task
 
     enqueue_on_commit(invoice_drafts_refresh_task, (metric_id, list(customer_ids)))
+
+
+def contract_drafts_refresh_on_commit(*, contract_id: Any) -> None:
+    """Once the current transaction commits, recompute the contract's live invoices in a task (the same
+    guarantees as above: a lost enqueue leaves them for the next change, reconcile, or approval)."""
+    from billing.tasks import contract_drafts_refresh_task
+
+    enqueue_on_commit(contract_drafts_refresh_task, (str(contract_id),))

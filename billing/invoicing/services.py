@@ -22,11 +22,14 @@ from billing.customers import json_ready
 from billing.inputs import Fields, uuid_value
 from billing.invoicing.compute import (
     InvoiceComputation,
+    computation_of,
     contract_pricing_links_many,
     invoice_compute,
     invoice_periods,
     invoice_quantities_prefetch,
 )
+from billing.invoicing.dispatch import contract_drafts_refresh_on_commit
+from billing.invoicing.drift import BILLED_STATUSES, adjustment_lines, invoice_drift, live_invoice_compute
 from billing.invoicing.models import (
     FROZEN_STATUSES,
     LIVE_STATUSES,
@@ -120,6 +123,8 @@ def _line_rows(invoice: Invoice, computation: InvoiceComputation) -> list[Invoic
             unit_amount=line.unit_amount,
             breakdown=line.breakdown,
             amount=line.amount,
+            adjustment_of_start=line.adjustment_of_start,
+            adjustment_of_end=line.adjustment_of_end,
         )
         for position, line in enumerate(computation.lines)
     ]
@@ -150,6 +155,8 @@ def invoice_line_signatures(invoice: Invoice) -> list[tuple[Any, ...]]:
             line.unit_amount,
             line.breakdown,
             Decimal(line.amount),
+            line.adjustment_of_start,
+            line.adjustment_of_end,
         )
         for line in invoice.lines.all()  # ordered by position, id (Meta); prefetched lines serve it
     ]
@@ -163,7 +170,10 @@ def invoice_differs(invoice: Invoice, computation: InvoiceComputation) -> bool:
 
 
 def _compute(invoice: Invoice) -> InvoiceComputation:
-    return invoice_compute(contract=invoice.contract, period_start=invoice.period_start, period_end=invoice.period_end)
+    """A live invoice's fresh computation: its period's lines and the adjustments it carries (drift.py)."""
+    return live_invoice_compute(
+        contract=invoice.contract, period_start=invoice.period_start, period_end=invoice.period_end, carrier=invoice
+    )
 
 
 @transaction.atomic
@@ -208,11 +218,28 @@ def invoice_drafts_refresh(*, metric_id: int, customer_ids: Iterable[str]) -> in
     return changed
 
 
+def contract_drafts_refresh(*, contract_id: Any) -> int:
+    """Recompute every live invoice of a contract (after a change of its terms, phases or pricings, or a
+    change of which draft carries the adjustments of its approved invoices); returns how many changed."""
+    changed = 0
+    for invoice_id in Invoice.objects.filter(contract_id=contract_id, status__in=LIVE_STATUSES).values_list(
+        "id", flat=True
+    ):
+        changed += invoice_refresh(invoice_id=invoice_id)
+    return changed
+
+
 # --- generation ---
 
 
-def _invoice_create(*, contract: Contract, start: dt.date, end: dt.date, kind: str, actor: Actor) -> Invoice | None:
-    """Insert the invoice and its lines in one transaction; None when the period's invoice exists."""
+def _invoice_create(
+    *, contract: Contract, start: dt.date, end: dt.date, kind: str, actor: Actor, adjustments: bool = True
+) -> Invoice | None:
+    """Insert the invoice and its lines in one transaction; None when the period's invoice exists.
+
+    `adjustments=False` when the caller knows the contract has no approved invoice (nothing to adjust):
+    the generator saves a query per contract.
+    """
     try:
         with transaction.atomic():
             invoice = Invoice.objects.create(
@@ -225,8 +252,20 @@ def _invoice_create(*, contract: Contract, start: dt.date, end: dt.date, kind: s
                 period_start=start,
                 period_end=end,
             )
-            _lines_write(invoice, invoice_compute(contract=contract, period_start=start, period_end=end))
+            _lines_write(
+                invoice,
+                live_invoice_compute(contract=contract, period_start=start, period_end=end, carrier=invoice)
+                if adjustments
+                else invoice_compute(contract=contract, period_start=start, period_end=end),
+            )
             _audit(actor=actor, invoice=invoice, action="invoice.generate", before=None)
+            if adjustments:
+                # A draft for an earlier period than another draft takes over the adjustments that one carried.
+                later = Invoice.objects.filter(
+                    contract=contract, status=InvoiceStatus.DRAFT, period_start__gt=start
+                ).exclude(id=invoice.id)
+                if later.exists():
+                    contract_drafts_refresh_on_commit(contract_id=contract.id)
     except IntegrityError:
         # The unique constraint on (contract, period) for generated invoices: another run made it first.
         if (
@@ -323,14 +362,32 @@ def _period_invoices_create(
 ) -> int:
     """Insert the drafts of `due` (contract, period start, period end), their lines and audit entries in one
     transaction; returns how many were inserted (a period whose invoice exists is skipped)."""
+    # A contract with an approved invoice may owe adjustments (drift.py): its drafts are made one by one,
+    # as `invoice_refresh` computes them. The others (nearly all at a month's end) are made together.
+    adjusted = set(
+        Invoice.objects.filter(
+            contract__in={contract.id for contract, _, _ in due}, status__in=BILLED_STATUSES
+        ).values_list("contract_id", flat=True)
+    )
+    made = 0
+    for contract, start, end in due:
+        if contract.id in adjusted:
+            made += _period_invoice_create_alone(contract=contract, start=start, end=end)
+    due = [(contract, start, end) for contract, start, end in due if contract.id not in adjusted]
     quantities = invoice_quantities_prefetch(
         invoices=[(contract, links[contract.id], start, end) for contract, start, end in due]
     )
     drafts: list[tuple[Invoice, InvoiceComputation]] = []
     for contract, start, end in due:
-        computation = invoice_compute(
-            contract=contract, period_start=start, period_end=end, links=links[contract.id], quantities=quantities
-        )
+        try:
+            computation = invoice_compute(
+                contract=contract, period_start=start, period_end=end, links=links[contract.id], quantities=quantities
+            )
+        except Exception:
+            # One contract that cannot be billed (a pricing its metric no longer fits) never holds back the
+            # others: it is logged and tried again by the next run.
+            logger.exception("The draft of contract %s for %s to %s could not be computed.", contract.id, start, end)
+            continue
         invoice = Invoice(
             organisation=contract.organisation,
             customer=contract.customer,
@@ -373,7 +430,22 @@ def _period_invoices_create(
                 for invoice, _ in drafts
             ]
         )
-    return len(drafts)
+    return made + len(drafts)
+
+
+def _period_invoice_create_alone(*, contract: Contract, start: dt.date, end: dt.date) -> int:
+    try:
+        invoice = _invoice_create(
+            contract=contract,
+            start=start,
+            end=end,
+            kind=InvoiceKind.PERIOD,
+            actor=system_actor(organisation=contract.organisation),
+        )
+    except Exception:
+        logger.exception("The draft of contract %s for %s to %s could not be made.", contract.id, start, end)
+        return 0
+    return int(invoice is not None)
 
 
 def invoice_generate(*, actor: Actor, contract_id: Any, from_date: Any, to_date: Any) -> Invoice:
@@ -494,6 +566,8 @@ def invoice_void(*, actor: Actor, invoice_id: Any, reason: Any) -> Invoice:
     invoice.voided_at = timezone.now()
     invoice.save(update_fields=["status", "amount_due", "void_reason", "voided_at", "updated_at"])
     _audit(actor=actor, invoice=invoice, action="invoice.void", before=before, reason=text)
+    # Its own drift and the adjustments it carried are no longer owed: the contract's drafts follow.
+    contract_drafts_refresh_on_commit(contract_id=invoice.contract_id)
     return invoice
 
 
@@ -508,6 +582,8 @@ def invoice_discard(*, actor: Actor, invoice_id: Any, reason: Any = "") -> Invoi
     invoice.status = InvoiceStatus.DISCARDED
     invoice.save(update_fields=["status", "updated_at"])
     _audit(actor=actor, invoice=invoice, action="invoice.discard", before=before, reason=text)
+    # The adjustments it carried move on to the contract's next draft.
+    contract_drafts_refresh_on_commit(contract_id=invoice.contract_id)
     return invoice
 
 
@@ -686,10 +762,11 @@ def _timestamp(fields: Fields, name: str) -> dt.datetime | None:
 
 
 def invoices_reconcile(*, organisation_ids: Sequence[Any] | None = None) -> tuple[list[Invoice], list[Invoice]]:
-    """(drafts whose lines differ from a fresh computation, approved invoices whose usage has drifted).
+    """(drafts whose lines differ from a fresh computation, approved invoices with a drift to settle: an
+    increase not billed yet by an approved adjustment, or a decrease; see `invoice_drift`).
 
-    Invoices are recomputed RECONCILE_CHUNK at a time, their pricings and metered quantities read
-    together; each computation is the one `invoice_refresh` makes.
+    Drafts are recomputed RECONCILE_CHUNK at a time, their pricings and metered quantities read together;
+    each computation is the one `invoice_refresh` makes (the adjustment lines a draft carries included).
     """
     invoices = (
         Invoice.objects.select_related("contract__customer")
@@ -719,6 +796,10 @@ def _reconcile_chunk(chunk: Sequence[Invoice], drafts: list[Invoice], drifted: l
         ]
     )
     for invoice in chunk:
+        if invoice.status not in LIVE_STATUSES:
+            if (drift := invoice_drift(invoice=invoice)) is not None and drift.has_drift:
+                drifted.append(invoice)
+            continue
         computation = invoice_compute(
             contract=invoice.contract,
             period_start=invoice.period_start,
@@ -726,5 +807,13 @@ def _reconcile_chunk(chunk: Sequence[Invoice], drafts: list[Invoice], drifted: l
             links=links[invoice.contract_id],
             quantities=quantities,
         )
+        extra = adjustment_lines(contract=invoice.contract, carrier=invoice, period_start=invoice.period_start)
+        if extra:
+            computation = computation_of(
+                currency=computation.currency,
+                lines=[*computation.lines, *extra],
+                tax_rate=computation.tax_rate,
+                flagged=computation.flagged,
+            )
         if invoice_differs(invoice, computation):
-            (drafts if invoice.status in LIVE_STATUSES else drifted).append(invoice)
+            drafts.append(invoice)

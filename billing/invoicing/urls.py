@@ -10,7 +10,13 @@ api_urls = [
     path("invoices/", api.InvoiceListApi.as_view(), name="invoice-list"),
     # Before the id pattern, which would take `generate` as an id.
     path("invoices/generate/", api.InvoiceGenerateApi.as_view(), name="invoice-generate"),
+    path("invoices/upcoming/", api.UpcomingInvoiceListApi.as_view(), name="invoice-upcoming-list"),
     path(INVOICE, api.InvoiceDetailApi.as_view(), name="invoice-detail"),
+    path(
+        "contracts/<str:contract_id>/upcoming-invoice/",
+        api.ContractUpcomingInvoiceApi.as_view(),
+        name="contract-upcoming-invoice",
+    ),
     path(INVOICE + "approve/", api.InvoiceApproveApi.as_view(), name="invoice-approve"),
     path(INVOICE + "void/", api.InvoiceVoidApi.as_view(), name="invoice-void"),
     path(INVOICE + "discard/", api.InvoiceDiscardApi.as_view(), name="invoice-discard"),

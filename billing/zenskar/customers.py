@@ -75,6 +75,7 @@ class CustomerApi(ZenskarApi):
         return Response(CustomerOutput(customer).data)
 
     def delete(self, request: Request, customer_id: str) -> Response:
-        """Archives the customer (a customer with contracts is refused, 409) and answers it, archived."""
+        """Archives the customer (one with contracts, or invoices other than discarded ones, is refused: 409)
+        and answers it, archived."""
         customer = customer_archive(actor=request_actor(request), customer_id=customer_id)
         return Response(CustomerOutput(customer).data)

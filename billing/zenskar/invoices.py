@@ -9,6 +9,9 @@ Where Zenskar's list is silent or has no counterpart here:
 - credit notes are issued at once: their `status` is `issued`; `in_progress`, `void` and `paid` match none.
 - payments are recorded by hand: `type` is `payment` (a refund or reversal is a 400 naming `type`),
   `status` `success`; `customer_id`, when sent, must be the customer of every invoice paid.
+- `GET /invoices/internal?status=upcoming` computes each billed contract's upcoming invoice (its open
+  period so far: they are not stored), paged over the contracts; it takes the customer and contract
+  filters (`customer_id`, `customer__external_id`, `customer__customer_name`, `contract_id`) only.
 - `download_invoice` answers the PDF itself (`application/pdf`, the invoice page's document; a draft's is
   marked DRAFT); `invoice_json_key` is ignored; `customer_id`, when sent, must be the invoice's customer.
 """
@@ -34,6 +37,7 @@ from billing.invoicing.api import (
     InvoiceLineOutput,
     InvoiceOutput,
     PaymentOutput,
+    UpcomingInvoiceOutput,
     invoice_approve_refusing_void,
     invoice_pdf_response,
     money_text,
@@ -54,6 +58,8 @@ from billing.invoicing.services import (
     invoice_void,
     payment_record,
 )
+from billing.invoicing.upcoming import UPCOMING_CONTRACT_STATUSES, contract_upcoming_invoice
+from billing.models import Contract
 from billing.selectors import contract_get
 from billing.zenskar.common import (
     ORDERED_OPS,
@@ -156,9 +162,37 @@ def only_value(params: Any, name: str, allowed: tuple[str, ...], present: str) -
     return bool(raw == present)
 
 
+UPCOMING_FILTERS = {
+    "customer_id": uuid_filter("customer_id"),
+    "customer__external_id": text_filter("customer__external_id"),
+    "customer__customer_name": text_filter("customer__customer_name"),
+    "contract_id": uuid_filter("id"),
+}
+
+
+def upcoming_page(request: Request, view: Any) -> Response:
+    """`status=upcoming`: the upcoming invoice of each billed contract, computed now (they are not stored),
+    paged over the contracts (one with no open period today gives none, so a page may hold fewer)."""
+    contracts: QuerySet[Contract] = filters_apply(
+        Contract.objects.filter(
+            organisation=request_actor(request).organisation, status__in=UPCOMING_CONTRACT_STATUSES
+        ).select_related("customer"),
+        request.query_params,
+        UPCOMING_FILTERS,
+    )
+
+    def serialize(page: list[Contract]) -> list[Any]:
+        found = (contract_upcoming_invoice(contract=contract) for contract in page)
+        return [UpcomingInvoiceOutput(invoice).data for invoice in found if invoice is not None]
+
+    return zenskar_page(request=request, view=view, queryset=contracts, serialize=serialize, ordering="-created_at")
+
+
 class InvoicesInternalApi(ZenskarApi):
     def get(self, request: Request) -> Response:
         params = request.query_params
+        if params.get("status") == InvoiceStatus.UPCOMING:
+            return upcoming_page(request, self)
         invoices: QuerySet[Invoice] = filters_apply(
             invoices_list(organisation=request_actor(request).organisation), params, INVOICE_FILTERS
         )

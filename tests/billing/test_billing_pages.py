@@ -125,7 +125,7 @@ def test_every_billing_page_renders_with_the_organisations_rows_only(admin: Clie
     pages = {
         "/billing/customers/": ["Acme", "cus_acme"],
         "/billing/customers/new/": ["Add customer"],
-        f"/billing/customers/{mine.customer.id}/": ["Acme", "Current period usage", "Acme contract"],
+        f"/billing/customers/{mine.customer.id}/": ["Acme", "Upcoming invoice", "Acme contract"],
         "/billing/products/": ["Acme compute"],
         "/billing/products/new/": ["Add product"],
         f"/billing/products/{mine.product.id}/": ["Tiered (graduated)", "0.1 up to 100; 0.08 above"],

@@ -102,3 +102,23 @@ def test_a_step_reads_and_writes_in_as_many_queries_for_five_contracts_as_for_on
     # insert and check, lines, audit entries; and the transaction's own statements.
     assert one == five
     assert five <= 14
+
+
+@pytest.mark.django_db
+def test_a_contract_that_cannot_be_computed_holds_back_no_other(
+    organisation: Organisation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broken, *others = contracts_make(organisation, catalogue_make(organisation), range(3))
+
+    def compute(**kwargs: object) -> object:
+        if kwargs["contract"] == broken:
+            raise ValueError("a pricing its metric no longer fits")
+        return invoice_compute(**kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr("billing.invoicing.services.invoice_compute", compute)
+    made, resume = invoices_generate_due_step(now=MARCH_5)
+
+    assert (made, resume) == (4, None)  # January and February of the two others
+    assert set(Invoice.objects.values_list("contract_id", flat=True)) == {contract.id for contract in others}
+    monkeypatch.undo()
+    assert invoices_generate_due_step(now=MARCH_5) == (2, None)  # the next run makes the broken one's
