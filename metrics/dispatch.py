@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import threading
 import time
 from typing import Any
@@ -22,10 +23,10 @@ def _refresh_claim(usage_event_id: int) -> str:
     return f"metrics-refresh:{usage_event_id}"
 
 
-def refresh_claim_release(*, usage_event_id: int) -> None:
-    """The refresh task has started: records committed from now on need the next one (it reads the
-    dirty hours after this)."""
-    claim_release(_refresh_claim(usage_event_id))
+def refresh_claim_release(*, usage_event_id: int, token: str) -> None:
+    """The refresh task that holds the claim as `token` has started: records committed from now on
+    need the next one (it reads the dirty hours after this)."""
+    claim_release(_refresh_claim(usage_event_id), token=token)
 
 
 def metrics_refresh_soon(*, usage_event_id: int) -> None:
@@ -52,13 +53,13 @@ def metrics_refresh_soon(*, usage_event_id: int) -> None:
 
     # The countdown gathers the next moments' records into the same refresh; the sweep covers what
     # could not be enqueued.
-    claim = _refresh_claim(usage_event_id)
+    claim, token = _refresh_claim(usage_event_id), secrets.token_hex(8)
     enqueue_on_commit(
         metrics_refresh_task,
-        (usage_event_id,),
+        (usage_event_id, token),
         countdown=debounce,
-        when=lambda: claim_take(claim, seconds=REFRESH_CLAIM_SECONDS),
-        on_failure=lambda exc: claim_release(claim),
+        when=lambda: claim_take(claim, seconds=REFRESH_CLAIM_SECONDS, token=token),
+        on_failure=lambda exc: claim_release(claim, token=token),
     )
 
 

@@ -27,13 +27,15 @@ logger = logging.getLogger(__name__)
 
 
 @shared_task(ignore_result=True, acks_late=True)
-def metrics_refresh_task(usage_event_id: int) -> int:
+def metrics_refresh_task(usage_event_id: int, claim: str | None = None) -> int:
     """Each metric of the usage event is refreshed on its own (a failing one is marked FAILED and the
     others still update); what raises here is the refresh itself, whose dirty hours stay for the sweep.
 
-    It first gives back the usage event's refresh claim, so records committed from here on queue the
-    next refresh (this one may read the dirty hours before they commit)."""
-    refresh_claim_release(usage_event_id=usage_event_id)
+    It first gives back the usage event's refresh claim (`claim`, the token it was queued with), so
+    records committed from here on queue the next refresh (this one may read the dirty hours before
+    they commit)."""
+    if claim is not None:
+        refresh_claim_release(usage_event_id=usage_event_id, token=claim)
     return metric_values_refresh(usage_event_id=usage_event_id)
 
 

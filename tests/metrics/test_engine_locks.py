@@ -327,18 +327,12 @@ def test_one_refresh_of_a_usage_event_is_queued_whatever_the_web_processes(monke
     from metrics import dispatch, tasks
 
     assert settings.REDIS_URL
-    sent: list[int] = []
+    sent: list[tuple[int, str]] = []
     monkeypatch.setattr(
-        tasks.metrics_refresh_task, "apply_async", lambda args, *rest, **kwargs: sent.append(int(args[0]))
+        tasks.metrics_refresh_task, "apply_async", lambda args, *rest, **kwargs: sent.append(tuple(args))
     )
-    organisation = organisation_make()
-    usage_event, other_event = (
-        usage_event_make(organisation=organisation),
-        usage_event_make(organisation=organisation_make()),
-    )
-    # (a stale claim of an earlier run with the same ids)
-    dispatch.refresh_claim_release(usage_event_id=usage_event.id)
-    dispatch.refresh_claim_release(usage_event_id=other_event.id)
+    usage_event = usage_event_make(organisation=organisation_make())
+    other_event = usage_event_make(organisation=organisation_make())
 
     # When records of a usage event arrive in four web processes, each past its own debounce
     for _ in range(4):
@@ -348,12 +342,21 @@ def test_one_refresh_of_a_usage_event_is_queued_whatever_the_web_processes(monke
     dispatch.metrics_refresh_soon(usage_event_id=other_event.id)
 
     # Then one refresh of each is queued
-    assert sent == [usage_event.id, other_event.id]
+    assert [usage_event_id for usage_event_id, _ in sent] == [usage_event.id, other_event.id]
+    (_, token), (_, other_token) = sent
 
-    # When the queued refresh starts, the next record queues the next refresh
-    tasks.metrics_refresh_task.run(usage_event.id)
+    # When a refresh task that does not hold the claim starts (one queued before its claim lapsed),
+    # the claim still holds
+    tasks.metrics_refresh_task.run(usage_event.id, "not-the-token")
     monkeypatch.setattr(dispatch, "_last_enqueued", {})
     dispatch.metrics_refresh_soon(usage_event_id=usage_event.id)
-    assert sent == [usage_event.id, other_event.id, usage_event.id]
-    dispatch.refresh_claim_release(usage_event_id=usage_event.id)
-    dispatch.refresh_claim_release(usage_event_id=other_event.id)
+    assert len(sent) == 2
+
+    # When the queued refresh starts, the next record queues the next refresh
+    tasks.metrics_refresh_task.run(usage_event.id, token)
+    monkeypatch.setattr(dispatch, "_last_enqueued", {})
+    dispatch.metrics_refresh_soon(usage_event_id=usage_event.id)
+    assert len(sent) == 3
+    assert sent[2][0] == usage_event.id
+    dispatch.refresh_claim_release(usage_event_id=usage_event.id, token=sent[2][1])
+    dispatch.refresh_claim_release(usage_event_id=other_event.id, token=other_token)

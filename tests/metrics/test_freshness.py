@@ -103,7 +103,8 @@ def test_count_metrics_stay_fresh_beside_a_sql_metric_that_always_times_out() ->
         # When a user adds the SQL metric whose query always times out (its recompute is enqueued)
         stuck = metric_create(
             actor=system_actor(organisation=organisation),
-            body={"name": "Stuck", "slug": "stuck", "granularity": "hour", "sql": ALWAYS_TIMES_OUT},
+            # by day: its recompute reaches the period that times out after a month's 31 queries, not 720
+            body={"name": "Stuck", "slug": "stuck", "granularity": "day", "sql": ALWAYS_TIMES_OUT},
         )
         created = time.monotonic()
         # and records stream into its usage event,
@@ -134,6 +135,7 @@ def test_count_metrics_stay_fresh_beside_a_sql_metric_that_always_times_out() ->
 
         # while probe records arrive for both organisations, one each every PROBE_EVERY seconds
         latencies: dict[int, list[float]] = {calls.id: [], other_calls.id: []}
+        timeline: dict[int, list[str]] = {calls.id: [], other_calls.id: []}  # sent at: latency, for the record
         pending: dict[tuple[int, str], float] = {}
         n = 0
         try:
@@ -167,6 +169,7 @@ def test_count_metrics_stay_fresh_beside_a_sql_metric_that_always_times_out() ->
                         latencies[key[0]].append(math.inf)
                     else:
                         continue
+                    timeline[key[0]].append(f"{acknowledged - created:.1f}:{latencies[key[0]][-1]:.1f}")
                     del pending[key]
                 time.sleep(0.02)
         finally:
@@ -178,7 +181,8 @@ def test_count_metrics_stay_fresh_beside_a_sql_metric_that_always_times_out() ->
     print(
         f"freshness p95 under a stream of {streamed[0]} records: other organisation {p95(figures['other']):.2f} s, "
         f"same usage event {p95(figures['same']):.2f} s; timed out: "
-        f"{sum(map(math.isinf, figures['other']))} and {sum(map(math.isinf, figures['same']))} of {PROBES}"
+        f"{sum(map(math.isinf, figures['other']))} and {sum(map(math.isinf, figures['same']))} of {PROBES}; "
+        f"(sent at: latency) other {timeline[other_calls.id]}, same {timeline[calls.id]}"
     )
     # Then the SQL metric has timed out and failed (the scenario happened), and the stream was accepted
     assert stuck.recompute_failures >= 1, (stuck.recompute_state, stuck.recompute_error)

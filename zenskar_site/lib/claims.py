@@ -44,27 +44,33 @@ def _client() -> Any | None:
     return _redis(settings.REDIS_URL)
 
 
-def claim_take(name: str, *, seconds: float) -> bool:
-    """Take the claim `name` for `seconds`: True when this caller took it (or there is no shared store
-    to ask), False while another holds it."""
+# Deletes the claim only if it still holds this holder's token: a task that did not take it (one sent
+# before a lapse, say) must not release its successor's.
+_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+
+
+def claim_take(name: str, *, seconds: float, token: str) -> bool:
+    """Take the claim `name` for `seconds` as `token`'s holder: True when this caller took it (or there
+    is no shared store to ask), False while another holds it."""
     client = _client()
     if client is None:
         return True
     try:
-        return bool(client.set(_key(name), "1", nx=True, px=max(1, int(seconds * 1000))))
+        return bool(client.set(_key(name), token, nx=True, px=max(1, int(seconds * 1000))))
     except Exception:
         _down_until[0] = time.monotonic() + RETRY_SECONDS
         logger.warning("Could not reach Redis for the claim %s; going on without it", name, exc_info=True)
         return True
 
 
-def claim_release(name: str) -> None:
-    """Give the claim `name` back (its work started, or could not be enqueued); never raises."""
+def claim_release(name: str, *, token: str) -> None:
+    """Give the claim `name` back if `token` holds it (its work started, or could not be enqueued);
+    never raises."""
     client = _client()
     if client is None:
         return
     try:
-        client.delete(_key(name))
+        client.eval(_RELEASE, 1, _key(name), token)
     except Exception:
         _down_until[0] = time.monotonic() + RETRY_SECONDS
         logger.warning("Could not release the claim %s; it lapses by itself", name, exc_info=True)
