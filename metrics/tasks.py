@@ -8,7 +8,7 @@ from celery import shared_task
 from django.conf import settings
 from django.utils import timezone
 
-from metrics.dispatch import refresh_claim_release
+from metrics.dispatch import metrics_refresh_soon, refresh_claim_release
 from metrics.engine.budget import deferred_metrics_due, sql_budget_prune
 from metrics.engine.refresh import (
     dirty_usage_events,
@@ -22,6 +22,7 @@ from metrics.engine.refresh import (
     stalled_recomputes,
 )
 from metrics.services import sweep_heartbeat_record
+from usage.models import DirtyBucket
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +37,13 @@ def metrics_refresh_task(usage_event_id: int, claim: str | None = None) -> int:
     they commit)."""
     if claim is not None:
         refresh_claim_release(usage_event_id=usage_event_id, token=claim)
-    return metric_values_refresh(usage_event_id=usage_event_id)
+    # One round (at most REFRESH_BATCH dirty hours), then the next refresh of what is left goes to the
+    # back of the queue: under a steady stream a refresh that looped until its usage event was clean
+    # held a worker process for many rounds while other organisations' refreshes waited.
+    processed = metric_values_refresh(usage_event_id=usage_event_id, max_rounds=1)
+    if processed and DirtyBucket.objects.filter(usage_event_id=usage_event_id).exists():
+        metrics_refresh_soon(usage_event_id=usage_event_id)
+    return processed
 
 
 @shared_task(ignore_result=True)
@@ -66,7 +73,8 @@ def metrics_sweep_task() -> int:
     processed = 0
     for usage_event_id in dirty_usage_events(older_than_seconds=1):
         try:
-            processed += metric_values_refresh(usage_event_id=usage_event_id)
+            # One round each: the next sweep (or the usage event's own refresh task) takes the rest.
+            processed += metric_values_refresh(usage_event_id=usage_event_id, max_rounds=1)
         except Exception:
             logger.exception("Refreshing the metrics of usage event %s raised; its dirty hours stay", usage_event_id)
     for metric_id in deferred_metrics_due():
