@@ -37,7 +37,9 @@ import psycopg
 from bench.ingest import admin_url, gunicorn, step, verdict
 
 ROOT = Path(__file__).resolve().parents[1]
-BENCH_DB = "bench_aggregate"
+# BENCH_DB_PREFIX and BENCH_PORT keep runs that share a machine apart (their own database and port).
+BENCH_DB = os.environ.get("BENCH_DB_PREFIX", "") + "bench_aggregate"
+PORT = int(os.environ.get("BENCH_PORT", "18760"))
 RECORDS = int(os.environ.get("BENCH_RECORDS", "5000000"))
 CUSTOMERS = 1000
 DAYS = 30
@@ -394,7 +396,7 @@ def freshness(keys: dict[str, str], ids: dict[str, int]) -> tuple[dict[str, list
     timing-out metric did fail during phase b."""
     notes: list[str] = []
     results: dict[str, list[float]] = {}
-    with Deployment(18760) as deployment, Stream(deployment, keys["Bench"]) as stream:
+    with Deployment(PORT) as deployment, Stream(deployment, keys["Bench"]) as stream:
         time.sleep(2)
         step(f"freshness a: every metric over the usage event (sum, count, SQL) for {FRESHNESS_SECONDS}s")
         every = probe_freshness(

@@ -42,7 +42,8 @@ import psycopg
 import redis
 
 ROOT = Path(__file__).resolve().parents[1]
-BENCH_DB = "bench_ingest"
+# BENCH_DB_PREFIX and BENCH_PORT keep runs that share a machine apart (their own database and ports).
+BENCH_DB = os.environ.get("BENCH_DB_PREFIX", "") + "bench_ingest"
 BATCH = 1000
 COPY_RECORDS = int(os.environ.get("BENCH_COPY_RECORDS", "200000"))
 COPY_CONNECTIONS = (1, 2, 4)
@@ -240,10 +241,12 @@ def gunicorn(app: str, port: int, environment: dict[str, str] | None = None) -> 
         cwd=ROOT,
         env=environment or env(),
     )
-    deadline = time.monotonic() + 30
+    # Ready once it answers anything: a path no app serves (the schema took longer than the probe's
+    # timeout to generate on a busy machine, so gunicorn was taken for not started).
+    deadline = time.monotonic() + 60
     while True:
         try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/schema/", timeout=2)
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/bench-ready", timeout=5)
             return process
         except urllib.error.HTTPError:
             return process  # answering (the bare app answers 202 to anything; errors are fine here)
@@ -348,7 +351,7 @@ def main() -> int:
     batch_body = json.dumps(records(BATCH, prefix=KEY_PLACEHOLDER)).encode()
     single_body = json.dumps(records(1, prefix=KEY_PLACEHOLDER)[0]).encode()
 
-    port = 18700
+    port = int(os.environ.get("BENCH_PORT", "18700"))
     server = gunicorn("zenskar_site.wsgi:application", port)
     try:
         step(

@@ -69,6 +69,10 @@ class BillableMetric(models.Model):
     # Bumped by every deferral: a drain that computed what was owed when it started removes those ranges
     # only if nothing was deferred meanwhile (a range deferred again may hold records it did not see).
     deferred_seq = models.PositiveBigIntegerField(default=0)
+    # While set and not passed, a drain task of the metric is queued or running (metrics.engine.refresh):
+    # whoever claims it (a conditional UPDATE) enqueues the one drain; the drain releases it when it
+    # ends. A claim whose worker died lapses at this time.
+    drain_claimed_until = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["name"]

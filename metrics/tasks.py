@@ -8,9 +8,12 @@ from celery import shared_task
 from django.conf import settings
 from django.utils import timezone
 
+from metrics.dispatch import metrics_refresh_soon, refresh_claim_release
 from metrics.engine.budget import deferred_metrics_due, sql_budget_prune
 from metrics.engine.refresh import (
     dirty_usage_events,
+    drain_claim,
+    drain_release,
     failed_metrics_due,
     metric_deferred_refresh,
     metric_recompute,
@@ -19,23 +22,36 @@ from metrics.engine.refresh import (
     stalled_recomputes,
 )
 from metrics.services import sweep_heartbeat_record
+from usage.models import DirtyBucket
 
 logger = logging.getLogger(__name__)
 
 
 @shared_task(ignore_result=True, acks_late=True)
-def metrics_refresh_task(usage_event_id: int) -> int:
+def metrics_refresh_task(usage_event_id: int, claim: str | None = None) -> int:
     """Each metric of the usage event is refreshed on its own (a failing one is marked FAILED and the
-    others still update); what raises here is the refresh itself, whose dirty hours stay for the sweep."""
-    return metric_values_refresh(usage_event_id=usage_event_id)
+    others still update); what raises here is the refresh itself, whose dirty hours stay for the sweep.
+
+    It first gives back the usage event's refresh claim (`claim`, the token it was queued with), so
+    records committed from here on queue the next refresh (this one may read the dirty hours before
+    they commit)."""
+    if claim is not None:
+        refresh_claim_release(usage_event_id=usage_event_id, token=claim)
+    # One round (at most REFRESH_BATCH dirty hours), then the next refresh of what is left goes to the
+    # back of the queue: under a steady stream a refresh that looped until its usage event was clean
+    # held a worker process for many rounds while other organisations' refreshes waited.
+    processed = metric_values_refresh(usage_event_id=usage_event_id, max_rounds=1)
+    if processed and DirtyBucket.objects.filter(usage_event_id=usage_event_id).exists():
+        metrics_refresh_soon(usage_event_id=usage_event_id)
+    return processed
 
 
 @shared_task(ignore_result=True)
 def metrics_sweep_task() -> int:
     """Beat: restart recomputes whose worker died (each month chunk is its own transaction, so a rerun
     is safe), retry FAILED metrics whose retry time has passed, pick up dirty hours whose prompt
-    task never ran (broker down, worker killed), and compute the periods SQL metrics deferred for their
-    organisation's budget once it allows.
+    task never ran (broker down, worker killed), and enqueue the drain of the periods metrics deferred
+    (a SQL metric, its organisation's budget, a busy lock) once due, for those that have none queued.
 
     Every item is its own step: one that raises is logged and the next still runs. A metric's failure
     is also on the metric (FAILED, with its error and retry time, in the API, the dashboard and the
@@ -57,14 +73,22 @@ def metrics_sweep_task() -> int:
     processed = 0
     for usage_event_id in dirty_usage_events(older_than_seconds=1):
         try:
-            processed += metric_values_refresh(usage_event_id=usage_event_id)
+            # One round each: the next sweep (or the usage event's own refresh task) takes the rest.
+            processed += metric_values_refresh(usage_event_id=usage_event_id, max_rounds=1)
         except Exception:
             logger.exception("Refreshing the metrics of usage event %s raised; its dirty hours stay", usage_event_id)
     for metric_id in deferred_metrics_due():
+        # Enqueued, not run here: a drain may take a SQL time limit, and the sweep refreshes every
+        # organisation's usage events. The claim keeps it to one drain per metric.
         try:
-            metric_deferred_refresh(metric_id=metric_id)
+            if drain_claim(metric_id=metric_id):
+                try:
+                    metric_deferred_refresh_task.apply_async((metric_id,))
+                except Exception:
+                    drain_release(metric_id=metric_id)
+                    raise
         except Exception:
-            logger.exception("Computing the deferred periods of metric %s raised; they stay deferred", metric_id)
+            logger.exception("Enqueueing the drain of metric %s raised; what it owes stays deferred", metric_id)
     try:
         sql_budget_prune()
     except Exception:

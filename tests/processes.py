@@ -70,10 +70,11 @@ def gunicorn_server(*, workers: int = 2, threads: int = 4, **env: str) -> Iterat
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
+        # Generous: generating the schema takes seconds on a busy shared machine.
+        deadline = time.monotonic() + 60
         while True:
             try:
-                urllib.request.urlopen(f"{url}/api/v1/schema/", timeout=2)
+                urllib.request.urlopen(f"{url}/api/v1/schema/", timeout=10)
                 break
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 if time.monotonic() > deadline or process.poll() is not None:

@@ -15,8 +15,13 @@ def metric_values_changed_receiver(sender: Any, metric_id: int, customer_ids: li
     If the broker is down the drafts stay behind until the next change or `reconcile_invoices --fix`;
     approval recomputes a draft before freezing it, so nothing stale is ever approved.
     """
+    from billing.models import PhasePricing
     from billing.tasks import invoice_drafts_refresh_task
 
+    # Most refreshes store values of metrics no contract bills: the task would find no draft, and a
+    # task per metric per refresh crowds the queue every organisation's refreshes share.
+    if not PhasePricing.objects.filter(pricing__metric_id=metric_id).exists():
+        return
     enqueue_on_commit(invoice_drafts_refresh_task, (metric_id, list(customer_ids)))
 
 

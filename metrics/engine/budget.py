@@ -17,7 +17,7 @@ import datetime as dt
 from typing import Any
 
 from django.conf import settings
-from django.db.models import F, Sum
+from django.db.models import F, Q, Sum
 from django.utils import timezone
 
 from metrics.models import BillableMetric, RecomputeState, SqlBudgetCharge
@@ -105,10 +105,13 @@ def deferred_ranges_dump(ranges: list[tuple[dt.datetime, dt.datetime]]) -> list[
 
 
 def deferred_metrics_due(*, limit: int = 100) -> list[int]:
-    """Ids of metrics whose deferred periods are due. Failed ones wait (their retry comes first), and so
-    do those whose recompute runs (it holds their lock; the ranges stay owed until it ends)."""
+    """Ids of metrics whose deferred periods are due and that have no drain queued or running (no live
+    drain claim). Failed ones wait (their retry comes first), and so do those whose recompute runs (it
+    holds their lock; the ranges stay owed until it ends)."""
+    now = timezone.now()
     return list(
-        BillableMetric.objects.filter(deferred_until__lte=timezone.now(), archived=False)
+        BillableMetric.objects.filter(deferred_until__lte=now, archived=False)
+        .filter(Q(drain_claimed_until__isnull=True) | Q(drain_claimed_until__lte=now))
         .exclude(recompute_state__in=(RecomputeState.FAILED, RecomputeState.RUNNING))
         .order_by("deferred_until", "id")
         .values_list("id", flat=True)[:limit]

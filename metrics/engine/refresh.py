@@ -16,6 +16,16 @@ nothing until its retry.
 SQL metrics are never computed by a refresh: their periods are deferred (due at once) and drained by
 their own task, held to their organisation's budget of evaluation time (`metrics.engine.budget`):
 past it they stay deferred, not failed, until the budget's next window.
+
+A metric has at most one drain queued or running: whoever defers its periods enqueues a drain only
+if it wins the metric's drain claim (`drain_claim`, a conditional UPDATE of `drain_claimed_until`),
+and the drain gives the claim back when it ends, under the metric's row lock, enqueueing its
+successor itself when more was deferred meanwhile. So a stream of records into a usage event with a
+slow SQL metric costs one drain at a time, not one per refresh: the workers every organisation
+shares are never filled with drains of one metric. A claim whose worker died lapses after
+`drain_claim_seconds()`, and the sweep claims what is due and unclaimed. Nothing is enqueued for a
+metric that is FAILED (its retry recomputes everything) or RUNNING, or whose periods are not due
+(its organisation's budget is spent until the next window).
 """
 
 from __future__ import annotations
@@ -29,7 +39,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
-from django.db.models import Max, Min
+from django.db.models import Max, Min, Q
 from django.utils import timezone
 
 from metrics.engine.budget import (
@@ -139,18 +149,58 @@ def metric_values_refresh(*, usage_event_id: int, max_rounds: int = 20) -> int:
                     if left is not None and left <= 0:
                         due = sql_budget_window(due)[1]  # nothing to spend before the next window
                 metric_defer(metric_id=metric.id, ranges=ranges, due=due)
-                if due <= timezone.now() and metric.recompute_state == RecomputeState.IDLE:
+                if (
+                    due <= timezone.now()
+                    and metric.recompute_state == RecomputeState.IDLE
+                    and drain_claim(metric_id=metric.id)
+                ):
                     _drain_after_commit(metric.id)
             DirtyBucket.objects.filter(id__in=[row_id for row_id, _ in dirty]).delete()
             processed += len(dirty)
     return processed
 
 
+def drain_claim_seconds() -> float:
+    """How long a drain claim holds: longer than a drain's wait in the queue and its run take in
+    practice (a drain computes at most an organisation's budget of a minute's SQL, or what it owes a
+    SQL time limit at a time), short enough that the drain of a worker that died is soon claimed again.
+    A claim that lapses while its drain still runs only lets a second drain be enqueued, which finds
+    the metric's lock busy or nothing left to do."""
+    return max(60.0, 6 * settings.METRIC_SQL_TIMEOUT_MS / 1000)
+
+
+def drain_claim(*, metric_id: int) -> bool:
+    """Claim the metric's one drain, in the caller's transaction: True for the one caller that must
+    enqueue it, False while a drain is already queued or running (its claim has not lapsed)."""
+    now = timezone.now()
+    claimed = (
+        BillableMetric.objects.filter(id=metric_id)
+        .filter(Q(drain_claimed_until__isnull=True) | Q(drain_claimed_until__lte=now))
+        .update(drain_claimed_until=now + dt.timedelta(seconds=drain_claim_seconds()))
+    )
+    return claimed == 1
+
+
+def drain_release(*, metric_id: int) -> None:
+    """Give back the metric's drain claim (its drain ended, or could not be enqueued)."""
+    BillableMetric.objects.filter(id=metric_id).update(drain_claimed_until=None)
+
+
 def _drain_after_commit(metric_id: int) -> None:
+    """Enqueue the drain whose claim the caller's transaction holds, once it commits. If the broker is
+    unreachable the claim is given back at once, and the sweep claims and enqueues the drain again."""
     from metrics.tasks import metric_deferred_refresh_task
 
-    # If the broker is unreachable, the sweep drains what is due.
-    enqueue_on_commit(metric_deferred_refresh_task, (metric_id,))
+    enqueue_on_commit(
+        metric_deferred_refresh_task, (metric_id,), on_failure=lambda exc: _drain_release_quietly(metric_id)
+    )
+
+
+def _drain_release_quietly(metric_id: int) -> None:
+    try:
+        drain_release(metric_id=metric_id)
+    except DatabaseError:
+        logger.warning("Could not release the drain claim of metric %s; it lapses by itself", metric_id)
 
 
 def _metric_ranges_refresh(
@@ -203,6 +253,10 @@ def metric_deferred_refresh(*, metric_id: int, max_passes: int = 5) -> bool:
     """Compute the periods a metric owes (deferred by a refresh, or by its organisation's SQL budget)
     once they are due; returns whether nothing is owed any more (else what is left stays owed).
 
+    It is the metric's one drain (see the module's docstring): when it ends it releases the drain
+    claim (`_drain_end`), whether or not it holds it (a drain enqueued before the claim existed, or run
+    again after its worker died, ends the same way).
+
     Each pass is a transaction under the metric's lock, tried rather than waited for: when it is busy
     (its recompute or another drain runs) the ranges stay owed and due, and the sweep asks again, so a
     worker never sits waiting for a SQL metric's time limit. A pass reads what is owed without the
@@ -211,19 +265,61 @@ def metric_deferred_refresh(*, metric_id: int, max_passes: int = 5) -> bool:
     it computed. If anything was deferred while it ran, those ranges may hold records it did not see:
     everything stays owed and the next pass computes it again.
     """
-    for _ in range(max_passes):
-        outcome = _deferred_pass(metric_id=metric_id)
-        if outcome is not None:
-            return outcome
-    return False
+    successor = True
+    try:
+        for _ in range(max_passes):
+            outcome = _deferred_pass(metric_id=metric_id)
+            if outcome is _BUSY:
+                successor = False
+                return False
+            if outcome is not None:
+                return bool(outcome)
+        return False  # deferred again during every pass: what is left stays owed, for its successor
+    finally:
+        _drain_end(metric_id=metric_id, successor=successor)
 
 
-def _deferred_pass(*, metric_id: int) -> bool | None:
+# `_deferred_pass`'s answer when the metric's lock is busy (its recompute, a refresh of a builder
+# metric, or a drain whose claim lapsed holds it): nothing done, and no successor enqueued, which would
+# only find it busy again; what is owed stays due and the sweep claims it.
+_BUSY = object()
+
+
+def _drain_end(*, metric_id: int, successor: bool) -> None:
+    """Release the metric's drain claim under its row lock, so that a refresh deferring meanwhile
+    either wins the next claim itself or deferred before this looks. With `successor`, what is owed and
+    due now (deferred while the drain ran, when a refresh could not claim) gets the next drain here."""
+    try:
+        with transaction.atomic():
+            metric = (
+                BillableMetric.objects.select_for_update(of=("self",))
+                .filter(id=metric_id)
+                .values("archived", "recompute_state", "deferred_until")
+                .first()
+            )
+            if metric is None:
+                return
+            drain_release(metric_id=metric_id)
+            due = metric["deferred_until"]
+            if (
+                successor
+                and not metric["archived"]
+                and metric["recompute_state"] == RecomputeState.IDLE
+                and due is not None
+                and due <= timezone.now()
+                and drain_claim(metric_id=metric_id)
+            ):
+                _drain_after_commit(metric_id)
+    except DatabaseError:
+        logger.warning("Could not release the drain claim of metric %s; it lapses by itself", metric_id, exc_info=True)
+
+
+def _deferred_pass(*, metric_id: int) -> bool | object | None:
     """One pass of `metric_deferred_refresh`: True (nothing owed), False (stopped, what is left stays
-    owed), None (more was deferred while it ran: pass again)."""
+    owed), None (more was deferred while it ran: pass again), _BUSY (the metric's lock is busy)."""
     with transaction.atomic():
         if not _lock_metric(metric_id, wait=False):
-            return False
+            return _BUSY
         metric = BillableMetric.objects.select_related("usage_event").filter(id=metric_id, archived=False).first()
         if metric is None or metric.deferred_until is None or metric.deferred_until > timezone.now():
             return False  # gone, or done (or pushed back) by another drain meanwhile

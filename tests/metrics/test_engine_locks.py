@@ -177,3 +177,186 @@ def test_a_drain_keeps_owed_what_was_deferred_while_it_ran(monkeypatch: pytest.M
 
 def iso(moment: dt.datetime) -> str:
     return moment.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+@pytest.fixture
+def drains_enqueued(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The metric ids of the drain tasks sent, recorded instead of run: the claim decides how many are
+    sent, which is what these tests count (the drains themselves are run by the tests)."""
+    from metrics.tasks import metric_deferred_refresh_task
+
+    sent: list[int] = []
+    monkeypatch.setattr(
+        metric_deferred_refresh_task, "apply_async", lambda args, *rest, **kwargs: sent.append(int(args[0]))
+    )
+    return sent
+
+
+def test_a_metric_has_one_drain_queued_however_many_refreshes_defer_it(drains_enqueued: list[int]) -> None:
+    from metrics import tasks
+
+    # Given a usage event with a SQL metric (every refresh defers its periods, due at once)
+    organisation = organisation_make()
+    usage_event = usage_event_make(organisation=organisation)
+    sql_metric = metric_make(organisation, "cpu", sql=SUM_PER_CUSTOMER)
+
+    # When records arrive and the usage event is refreshed five times before any drain runs
+    for customer in "abcde":
+        records_add(usage_event, [customer])
+        metric_values_refresh(usage_event_id=usage_event.id)
+    # and the sweep runs meanwhile
+    tasks.metrics_sweep_task()
+
+    # Then one drain was enqueued, and the metric holds its claim
+    assert drains_enqueued == [sql_metric.id]
+    assert BillableMetric.objects.get(id=sql_metric.id).drain_claimed_until is not None
+
+    # When that drain runs
+    assert metric_deferred_refresh(metric_id=sql_metric.id) is True
+
+    # Then it computed every deferred record and gave the claim back, enqueueing nothing more
+    assert values_of(sql_metric) == dict.fromkeys("abcde", "2")
+    assert BillableMetric.objects.get(id=sql_metric.id).drain_claimed_until is None
+    assert drains_enqueued == [sql_metric.id]
+    # and the next refresh enqueues the next drain
+    records_add(usage_event, ["f"])
+    metric_values_refresh(usage_event_id=usage_event.id)
+    assert drains_enqueued == [sql_metric.id] * 2
+
+
+def test_a_claim_whose_drain_died_lapses_and_the_sweep_enqueues_it_again(drains_enqueued: list[int]) -> None:
+    from metrics import tasks
+
+    # Given a SQL metric whose drain was claimed and enqueued, then lost with its worker
+    organisation = organisation_make()
+    usage_event = usage_event_make(organisation=organisation)
+    sql_metric = metric_make(organisation, "cpu", sql=SUM_PER_CUSTOMER)
+    records_add(usage_event, ["a"])
+    metric_values_refresh(usage_event_id=usage_event.id)
+    assert drains_enqueued == [sql_metric.id]
+
+    # When the sweep runs while the claim holds, nothing is enqueued
+    tasks.metrics_sweep_task()
+    assert drains_enqueued == [sql_metric.id]
+
+    # When the claim has lapsed
+    BillableMetric.objects.filter(id=sql_metric.id).update(drain_claimed_until=timezone.now() - dt.timedelta(seconds=1))
+    tasks.metrics_sweep_task()
+
+    # Then the sweep claims and enqueues the drain again, once, and that drain stores what was owed
+    tasks.metrics_sweep_task()
+    assert drains_enqueued == [sql_metric.id] * 2
+    assert metric_deferred_refresh(metric_id=sql_metric.id) is True
+    assert values_of(sql_metric) == {"a": "2"}
+
+
+def test_a_drain_enqueues_its_successor_for_what_was_deferred_while_it_ran(
+    monkeypatch: pytest.MonkeyPatch, drains_enqueued: list[int]
+) -> None:
+    # Given a SQL metric whose one drain is queued
+    organisation = organisation_make()
+    usage_event = usage_event_make(organisation=organisation)
+    sql_metric = metric_make(organisation, "cpu", sql=SUM_PER_CUSTOMER)
+    records_add(usage_event, ["a"])
+    metric_values_refresh(usage_event_id=usage_event.id)
+    assert drains_enqueued == [sql_metric.id]
+
+    # When a refresh defers it again during each of the drain's passes (records it may not have seen)
+    from metrics.engine import refresh
+
+    compute = refresh.metric_compute
+
+    def compute_then_refresh(**kwargs: object) -> object:
+        computed = compute(**kwargs)  # type: ignore[arg-type]
+        records_add(usage_event, ["b"])
+        metric_values_refresh(usage_event_id=usage_event.id)  # cannot claim: the drain holds the claim
+        return computed
+
+    monkeypatch.setattr(refresh, "metric_compute", compute_then_refresh)
+    assert metric_deferred_refresh(metric_id=sql_metric.id, max_passes=2) is False
+    monkeypatch.setattr(refresh, "metric_compute", compute)
+
+    # Then no refresh enqueued a drain while it ran, and the drain enqueued its one successor when it ended
+    assert drains_enqueued == [sql_metric.id] * 2
+    assert BillableMetric.objects.get(id=sql_metric.id).drain_claimed_until is not None
+    # and the successor computes what was deferred meanwhile
+    assert metric_deferred_refresh(metric_id=sql_metric.id) is True
+    assert values_of(sql_metric) == {"a": "2", "b": "4"}
+    assert BillableMetric.objects.get(id=sql_metric.id).drain_claimed_until is None
+
+
+def test_no_drain_is_enqueued_for_a_failed_metric_or_one_past_its_budget(drains_enqueued: list[int]) -> None:
+    from metrics.models import SqlBudgetCharge
+
+    # Given a usage event with two SQL metrics: one FAILED (in backoff), one whose organisation has spent
+    # its SQL budget for this minute
+    organisation = organisation_make()
+    usage_event = usage_event_make(organisation=organisation)
+    failed = metric_make(organisation, "failed", sql=SUM_PER_CUSTOMER)
+    BillableMetric.objects.filter(id=failed.id).update(
+        recompute_state="failed", recompute_retry_at=timezone.now() + dt.timedelta(minutes=5)
+    )
+    other_org = organisation_make()
+    other_event = usage_event_make(organisation=other_org)
+    spent = metric_make(other_org, "spent", sql=SUM_PER_CUSTOMER)
+    from django.conf import settings
+
+    SqlBudgetCharge.objects.create(
+        organisation=other_org, charged_at=timezone.now(), milliseconds=settings.METRIC_SQL_BUDGET_MS_PER_MINUTE
+    )
+
+    # When records arrive for both and their usage events are refreshed
+    records_add(usage_event, ["a"])
+    records_add(other_event, ["a"])
+    metric_values_refresh(usage_event_id=usage_event.id)
+    metric_values_refresh(usage_event_id=other_event.id)
+
+    # Then no drain was enqueued: the failed metric's retry recomputes everything, and the other's
+    # periods are owed until its budget's next window, when the sweep enqueues its drain
+    assert drains_enqueued == []
+    owed = BillableMetric.objects.get(id=spent.id)
+    assert owed.deferred_until is not None
+    assert owed.deferred_until > timezone.now()
+    assert owed.drain_claimed_until is None
+
+
+def test_one_refresh_of_a_usage_event_is_queued_whatever_the_web_processes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The refresh claim lives in Redis (production mode), shared by every web process."""
+    from django.conf import settings
+
+    from metrics import dispatch, tasks
+
+    assert settings.REDIS_URL
+    sent: list[tuple[int, str]] = []
+    monkeypatch.setattr(
+        tasks.metrics_refresh_task, "apply_async", lambda args, *rest, **kwargs: sent.append(tuple(args))
+    )
+    usage_event = usage_event_make(organisation=organisation_make())
+    other_event = usage_event_make(organisation=organisation_make())
+
+    # When records of a usage event arrive in four web processes, each past its own debounce
+    for _ in range(4):
+        monkeypatch.setattr(dispatch, "_last_enqueued", {})
+        dispatch.metrics_refresh_soon(usage_event_id=usage_event.id)
+    # and a record of another usage event arrives
+    dispatch.metrics_refresh_soon(usage_event_id=other_event.id)
+
+    # Then one refresh of each is queued
+    assert [usage_event_id for usage_event_id, _ in sent] == [usage_event.id, other_event.id]
+    (_, token), (_, other_token) = sent
+
+    # When a refresh task that does not hold the claim starts (one queued before its claim lapsed),
+    # the claim still holds
+    tasks.metrics_refresh_task.run(usage_event.id, "not-the-token")
+    monkeypatch.setattr(dispatch, "_last_enqueued", {})
+    dispatch.metrics_refresh_soon(usage_event_id=usage_event.id)
+    assert len(sent) == 2
+
+    # When the queued refresh starts, the next record queues the next refresh
+    tasks.metrics_refresh_task.run(usage_event.id, token)
+    monkeypatch.setattr(dispatch, "_last_enqueued", {})
+    dispatch.metrics_refresh_soon(usage_event_id=usage_event.id)
+    assert len(sent) == 3
+    assert sent[2][0] == usage_event.id
+    dispatch.refresh_claim_release(usage_event_id=usage_event.id, token=sent[2][1])
+    dispatch.refresh_claim_release(usage_event_id=other_event.id, token=other_token)

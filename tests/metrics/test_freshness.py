@@ -2,8 +2,13 @@
 every metric over its usage event within 2 seconds, p95), with real processes: gunicorn, a prefork
 Celery worker with beat, PostgreSQL and Redis, and the SQL time limit at its production default.
 
-`make bench` (bench/aggregate.py, phase b) measures the same scenario under a 500 records/s stream
-with the strict 2 s target; this test keeps the behaviour: the count metrics keep up.
+It loads the deployment as `make bench` (bench/aggregate.py, phase b) does: a steady stream of records
+into the usage event with the timing-out SQL metric while probes measure, from each 202, the time
+until the record's value is in the count metric of that usage event and in another organisation's
+count metric. A probe not reflected after PROBE_TIMEOUT counts as infinitely late, so the p95
+includes it. Every refresh of the streamed usage event defers the SQL metric's periods; if each of
+them enqueued its own drain (up to a SQL time limit each), the drains would fill both worker
+processes and the other organisation's refreshes would wait in the queue behind them.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import threading
 import time
 from collections.abc import Iterator
 
@@ -27,13 +33,18 @@ from usage.models import UsageRecord
 from zenskar_site.accounts.actors import system_actor
 from zenskar_site.celery import app
 
-PROBES = 20
-PROBE_EVERY = 1.0  # seconds between probes: 20 probes span the creation's recompute and the first retry
-PROBE_TIMEOUT = 15.0
-# Looser than SPEC's 2 s: this runs beside other suites on a shared 2-core machine, where a refresh
-# waits for a core now and then. A metric that holds the count metrics back for its SQL time limit
-# (5 s) still fails it; the strict 2 s figure is `make bench`'s.
-P95_BOUND = 4.0
+PROBES = 40
+PROBE_EVERY = 0.5  # seconds between probes: 20 s span the creation's recompute and the first retries
+PROBE_TIMEOUT = 10.0
+# The stream into the usage event with the SQL metric: a batch every STREAM_EVERY seconds.
+STREAM_BATCH = 20
+STREAM_EVERY = 0.1
+# SPEC's target, for the other organisation: nothing of another tenant may hold its metrics back.
+P95_OTHER = 2.0
+# The count metric beside the SQL metric shares its usage event's refreshes with the stream's records;
+# on a shared 2-core machine a refresh waits for a core now and then. A SQL metric that held it back
+# for its time limit (5 s) would still fail this.
+P95_SAME = 3.0
 # Every record of the period paired with every pair of the usage event's records: with a few thousand
 # records no SQL time limit lets it finish.
 ALWAYS_TIMES_OUT = """
@@ -92,60 +103,96 @@ def test_count_metrics_stay_fresh_beside_a_sql_metric_that_always_times_out() ->
         # When a user adds the SQL metric whose query always times out (its recompute is enqueued)
         stuck = metric_create(
             actor=system_actor(organisation=organisation),
-            body={"name": "Stuck", "slug": "stuck", "granularity": "hour", "sql": ALWAYS_TIMES_OUT},
+            # by day: its recompute reaches the period that times out after a month's 31 queries, not 720
+            body={"name": "Stuck", "slug": "stuck", "granularity": "day", "sql": ALWAYS_TIMES_OUT},
         )
         created = time.monotonic()
+        # and records stream into its usage event,
+        stop, streamed, refused = threading.Event(), [0], [0]
 
-        # and records keep arriving for both organisations, one probe a second each
+        def stream() -> None:
+            i = 0
+            while not stop.is_set():
+                now = timezone.now().isoformat()
+                batch = [
+                    {"customer_id": f"s{(i + n) % 50}", "timestamp": now, "data": {"cpu_usage_hours": 1}}
+                    for n in range(STREAM_BATCH)
+                ]
+                status, _ = http_post(
+                    f"{url}/usage/compute_hours",
+                    json.dumps(batch).encode(),
+                    {"x-api-key": secrets[calls.id], "Content-Type": "application/json"},
+                )
+                if status == 202:
+                    streamed[0] += STREAM_BATCH
+                else:
+                    refused[0] += 1
+                i += STREAM_BATCH
+                stop.wait(STREAM_EVERY)
+
+        streamer = threading.Thread(target=stream, daemon=True)
+        streamer.start()
+
+        # while probe records arrive for both organisations, one each every PROBE_EVERY seconds
         latencies: dict[int, list[float]] = {calls.id: [], other_calls.id: []}
+        timeline: dict[int, list[str]] = {calls.id: [], other_calls.id: []}  # sent at: latency, for the record
         pending: dict[tuple[int, str], float] = {}
         n = 0
-        while n < PROBES or pending:
-            if n < PROBES and time.monotonic() >= created + n * PROBE_EVERY:
-                n += 1
-                for metric_id, secret in secrets.items():
-                    customer = f"probe{n}"
-                    record = {
-                        "customer_id": customer,
-                        "timestamp": timezone.now().isoformat(),
-                        "data": {"cpu_usage_hours": 1},
-                    }
-                    status, body = http_post(
-                        f"{url}/usage/compute_hours",
-                        json.dumps(record).encode(),
-                        {"x-api-key": secret, "Content-Type": "application/json"},
-                    )
-                    assert status == 202, body
-                    pending[(metric_id, customer)] = time.monotonic()
-            landed = set(
-                MetricValue.objects.filter(
-                    metric_id__in=list(latencies), customer_id__in=[c for _, c in pending]
-                ).values_list("metric_id", "customer_id")
-            )
-            now = time.monotonic()
-            for key, acknowledged in list(pending.items()):
-                if key in landed:
-                    latencies[key[0]].append(now - acknowledged)
-                elif now - acknowledged > PROBE_TIMEOUT:
-                    latencies[key[0]].append(math.inf)
-                else:
-                    continue
-                del pending[key]
-            time.sleep(0.02)
+        try:
+            while n < PROBES or pending:
+                if n < PROBES and time.monotonic() >= created + n * PROBE_EVERY:
+                    n += 1
+                    for metric_id, secret in secrets.items():
+                        customer = f"probe{n}"
+                        record = {
+                            "customer_id": customer,
+                            "timestamp": timezone.now().isoformat(),
+                            "data": {"cpu_usage_hours": 1},
+                        }
+                        status, body = http_post(
+                            f"{url}/usage/compute_hours",
+                            json.dumps(record).encode(),
+                            {"x-api-key": secret, "Content-Type": "application/json"},
+                        )
+                        assert status == 202, body
+                        pending[(metric_id, customer)] = time.monotonic()
+                landed = set(
+                    MetricValue.objects.filter(
+                        metric_id__in=list(latencies), customer_id__in=[c for _, c in pending]
+                    ).values_list("metric_id", "customer_id")
+                )
+                now = time.monotonic()
+                for key, acknowledged in list(pending.items()):
+                    if key in landed:
+                        latencies[key[0]].append(now - acknowledged)
+                    elif now - acknowledged > PROBE_TIMEOUT:
+                        latencies[key[0]].append(math.inf)
+                    else:
+                        continue
+                    timeline[key[0]].append(f"{acknowledged - created:.1f}:{latencies[key[0]][-1]:.1f}")
+                    del pending[key]
+                time.sleep(0.02)
+        finally:
+            stop.set()
+            streamer.join(15)
         stuck.refresh_from_db()
 
-    # Then the SQL metric has timed out and failed (the scenario happened)
+    figures = {name: sorted(latencies[m.id]) for name, m in (("same", calls), ("other", other_calls))}
+    print(
+        f"freshness p95 under a stream of {streamed[0]} records: other organisation {p95(figures['other']):.2f} s, "
+        f"same usage event {p95(figures['same']):.2f} s; timed out: "
+        f"{sum(map(math.isinf, figures['other']))} and {sum(map(math.isinf, figures['same']))} of {PROBES}; "
+        f"(sent at: latency) other {timeline[other_calls.id]}, same {timeline[calls.id]}"
+    )
+    # Then the SQL metric has timed out and failed (the scenario happened), and the stream was accepted
     assert stuck.recompute_failures >= 1, (stuck.recompute_state, stuck.recompute_error)
     assert stuck.recompute_error == "sql: The query was stopped after 5000 ms."
-    # and every probe reached the other organisation's count metric, p95 within the bound
-    figures = {name: sorted(latencies[m.id]) for name, m in (("same", calls), ("other", other_calls))}
-    assert not any(math.isinf(v) for v in figures["other"]), figures
-    assert p95(figures["other"]) <= P95_BOUND, figures
-    # and every probe reached the count metric of the same usage event, p95 within the bound: the SQL
-    # metric's recompute and drains hold only its own lock, and refreshes defer it rather than wait
-    print(
-        f"freshness p95: same usage event {p95(figures['same']):.2f} s, other organisation {p95(figures['other']):.2f} s"
-    )
-    assert not any(math.isinf(v) for v in figures["same"]), figures
-    assert p95(figures["same"]) <= P95_BOUND, figures
+    assert refused[0] == 0, refused
+    assert streamed[0] >= 1000, streamed
+    # and the other organisation's count metric kept SPEC's target, a probe that timed out counting as
+    # infinitely late
+    assert p95(figures["other"]) <= P95_OTHER, figures
+    # and so did the count metric of the same usage event, within the looser bound: the SQL metric's
+    # recompute and drains hold only its own lock, and refreshes defer it rather than wait
+    assert p95(figures["same"]) <= P95_SAME, figures
     assert BillableMetric.objects.get(id=calls.id).recompute_state == "idle"

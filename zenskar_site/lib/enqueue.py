@@ -22,10 +22,16 @@ def enqueue_on_commit(
     *,
     countdown: float | None = None,
     on_failure: Callable[[Exception], None] | None = None,
+    when: Callable[[], bool] | None = None,
 ) -> None:
-    """Send `task(*args)` after commit (at once outside a transaction); if the broker is down, log and `on_failure`."""
+    """Send `task(*args)` after commit (at once outside a transaction); if the broker is down, log and `on_failure`.
+
+    With `when`, it is asked after commit, and the task is sent only if it answers True (a claim that
+    another process may hold, say)."""
 
     def send() -> None:
+        if when is not None and not when():
+            return
         try:
             task.apply_async(tuple(args), countdown=countdown)
         except Exception as exc:  # the broker is unreachable: what was written stays for a sweep
