@@ -21,6 +21,7 @@ from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
+from billing.invoicing.api import money_text
 from billing.invoicing.document import (
     credit_note_document,
     credit_note_pdf,
@@ -29,6 +30,7 @@ from billing.invoicing.document import (
     money_format,
     pdf_filename,
 )
+from billing.invoicing.drift import invoice_drift
 from billing.invoicing.forms import (
     LISTED_STATUSES,
     CreditNoteForm,
@@ -138,6 +140,21 @@ def invoice_list(request: HttpRequest, actor: Actor) -> HttpResponse:
 def _invoice_context(request: HttpRequest, actor: Actor, invoice: Invoice, **forms: Any) -> dict[str, Any]:
     currency = invoice.currency
     notes = list(credit_notes_list(organisation=actor.organisation).filter(invoice=invoice).order_by("created_at"))
+    drift = invoice_drift(invoice=invoice)
+    drift_context = None
+    credit_initial: dict[str, str] = {}
+    if drift is not None and drift.has_drift:
+        drift_context = {
+            "drift": drift,
+            "lines": [(line, money_format(line.amount, currency)) for line in (*drift.increases, *drift.decreases)],
+            "increase": money_format(drift.increase_amount, currency),
+            "suggested_credit": money_format(drift.suggested_credit_amount, currency),
+        }
+        if drift.suggested_credit_amount > 0:
+            credit_initial = {
+                "credit_note_amount": money_text(drift.suggested_credit_amount, currency),
+                "reason": "Usage decreased after approval",
+            }
     parts = list(PaymentPart.objects.filter(invoice=invoice).select_related("payment").order_by("payment__timestamp"))
     return {
         **invoice_document(invoice=invoice),
@@ -149,11 +166,11 @@ def _invoice_context(request: HttpRequest, actor: Actor, invoice: Invoice, **for
         "can_settle": invoice.status in PAYABLE_STATUSES,
         "void_form": forms.get("void_form") or VoidForm(prefix="void"),
         "discard_form": DiscardForm(prefix="discard"),
-        "credit_form": forms.get("credit_form") or CreditNoteForm(prefix="credit"),
+        "credit_form": forms.get("credit_form") or CreditNoteForm(prefix="credit", initial=credit_initial),
         "payment_form": forms.get("payment_form")
         or PaymentForm(prefix="pay", initial={"payment_method": "bank_transfer"}),
-        # The drift banner's slot: billing.invoicing's `invoice_drift` fills it (None: nothing drifted).
-        "drift": None,
+        # Usage that changed after approval (SPEC §9): the banner, with its suggested credit note.
+        "drift": drift_context,
     }
 
 

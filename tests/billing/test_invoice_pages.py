@@ -22,7 +22,8 @@ from billing.invoicing.document import invoice_pdf, money_format
 from billing.invoicing.models import CreditNote, Invoice, InvoiceStatus
 from billing.invoicing.services import credit_note_create, invoice_approve, invoice_generate
 from billing.models import Contract
-from tests.billing.invoice_helpers import all_models_contract, pdf_text
+from metrics.models import MetricValue
+from tests.billing.invoice_helpers import all_models_contract, day, pdf_text
 from tests.billing.test_invoice_api import flat_fee_contract
 from tests.billing.zenskar_support import ZenskarClient
 from tests.factories import ApiKeyBundle, organisation_admin
@@ -95,6 +96,24 @@ def test_the_invoice_page_is_the_document(admin: Client, invoice: Invoice) -> No
     assert 'id="invoice-drift-slot"' in html
     assert 'id="approve-invoice"' in html
     assert 'id="void-invoice"' not in html
+
+
+def test_usage_changed_after_approval_shows_the_drift_banner_and_fills_in_the_credit_note(
+    admin: Client, invoice: Invoice
+) -> None:
+    page = f"/billing/invoices/{invoice.id}/"
+    admin.post(f"{page}approve/")
+    assert 'id="invoice-drift"' not in admin.get(page).content.decode()
+
+    # 100 of January 3rd's 150 US CPU hours taken away after approval (SPEC §9: a suggested credit note).
+    MetricValue.objects.filter(customer_id="cus_1", period_start=day(2024, 1, 3)).update(computed_value="50")
+    html = admin.get(page).content.decode()
+
+    banner = text_of(html[html.index('id="invoice-drift"') : html.index("</table>", html.index('id="invoice-drift"'))])
+    assert f"Compute packs: Compute packs 250.5 150.5 {money_format(Decimal('-9.99'), 'USD')}" in banner
+    assert "Suggested credit note: $21.44" in text_of(html)
+    assert 'value="21.44"' in html  # the credit note form, filled in
+    assert Invoice.objects.get(id=invoice.id).total == Decimal("151.48")  # the invoice itself never changes
 
 
 def test_approve_then_credit_then_pay_move_the_invoice(admin: Client, invoice: Invoice) -> None:

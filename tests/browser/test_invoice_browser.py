@@ -15,8 +15,9 @@ from playwright.sync_api import Page, expect
 
 from billing.invoicing.models import Invoice, InvoiceStatus
 from billing.invoicing.services import invoice_approve, invoice_generate
+from metrics.models import MetricValue
 from tests.billing.conftest import customer_make
-from tests.billing.invoice_helpers import all_models_contract, contract_make, pricing_make
+from tests.billing.invoice_helpers import all_models_contract, contract_make, day, pricing_make
 from tests.browser.conftest import SCREENSHOTS
 from tests.browser.pages import PASSWORD, sign_in
 from tests.factories import organisation_make
@@ -99,6 +100,14 @@ def test_an_invoice_is_approved_downloaded_and_credited_in_the_browser(
         assert "INV-000002" in text
         assert "Initech Ltd" in text
         assert "Umbrella Metering Inc." in text
+
+    # Usage taken away after approval: the banner shows the drift and fills in the suggested credit note.
+    MetricValue.objects.filter(customer_id="cus_1", period_start=day(2024, 1, 3)).update(computed_value="50")
+    page.reload()
+    expect(page.locator("#invoice-drift")).to_contain_text("Suggested credit note: $21.44")
+    expect(page.locator("#id_credit-credit_note_amount")).to_have_value("21.44")
+    expect(page.locator("#doc-total")).to_have_text("$151.48")
+    shot("invoice_drift")
 
     page.locator("#id_credit-credit_note_amount").fill("12.50")
     page.locator("#id_credit-reason").fill("Two hours of downtime on 14 January")
