@@ -255,6 +255,20 @@ def test_a_month_of_every_pricing_model_through_the_worker(settings: Any) -> Non
         time.sleep(2)  # give a (wrong) refresh of the approved invoice the time to happen
         assert amounts(draft.id) == JANUARY_LIKE
         assert api.get(f"/api/v1/invoices/{draft.id}/").json()["total"] == "150.73"
+        # It lands as adjustment lines on the contract's next invoice (the current period: its upcoming
+        # invoice, until that period closes and its draft carries them): 40 US hours and one call more.
+        upcoming = api.get(f"/api/v1/contracts/{contract.id}/upcoming-invoice/").json()
+        adjusted = {
+            line["description"].split(": ")[-1]: (line["amount"], line["adjustment_of_start"])
+            for line in upcoming["line_items"]
+            if line["adjustment_of_start"]
+        }
+        assert adjusted == {
+            "Calls": ("1.23", start.isoformat()),  # 13 - 12 calls at 1.23
+            "Calls volume": ("0.75", start.isoformat()),  # 12.25 - 11.50
+            "Compute tiered": ("3.20", start.isoformat()),  # 5 + 10 + 190.5 x 0.08 = 30.24, was 27.04
+            "Compute by region": ("0.60", start.isoformat()),  # 190 x 0.015 + 2.5125 = 5.3625 -> 5.36, was 4.76
+        }
 
     # A credit note, then a partial and a full payment (SPEC §9: amount due = total - credited - paid).
     note = api.post(
