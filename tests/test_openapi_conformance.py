@@ -40,7 +40,7 @@ from tests.processes import gunicorn_server, http_post
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
 CHECKS = [not_a_server_error, status_code_conformance, response_schema_conformance]
-MAX_EXAMPLES = int(os.environ.get("OPENAPI_MAX_EXAMPLES", "25"))
+MAX_EXAMPLES = int(os.environ.get("OPENAPI_MAX_EXAMPLES", "15"))
 HOUR = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=2)).replace(minute=0, second=0, microsecond=0)
 
 

@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+# Each test starts its own process with its own environment: the test database plays no part, so once is enough.
+pytestmark = pytest.mark.sqlite_only
+
 ROOT = Path(__file__).resolve().parents[1]
 PRODUCTION_ENV = {
     "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/test",
