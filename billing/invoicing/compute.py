@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from billing.invoicing.models import Invoice, InvoiceLine
 from billing.models import Contract, ContractPhase, PhasePricing, Pricing, QuantityType
 from billing.periods import (
     CADENCES,
@@ -359,3 +360,27 @@ def computation_of(
         total=subtotal + tax,
         flagged=tuple(flagged),
     )
+
+
+def invoice_line_rows(invoice: Invoice, computation: InvoiceComputation) -> list[InvoiceLine]:
+    """Unsaved line rows of `invoice` for `computation`'s lines, in order (stored, or shown upcoming)."""
+    return [
+        InvoiceLine(
+            invoice=invoice,
+            position=position,
+            description=line.description,
+            product_id=line.product_id,
+            pricing_id=line.pricing_id,
+            pricing_type=line.pricing_type,
+            period_start=line.period_start,
+            period_end=line.period_end,
+            quantity=line.quantity,
+            unit=line.unit,
+            unit_amount=line.unit_amount,
+            breakdown=line.breakdown,
+            amount=line.amount,
+            adjustment_of_start=line.adjustment_of_start,
+            adjustment_of_end=line.adjustment_of_end,
+        )
+        for position, line in enumerate(computation.lines)
+    ]

@@ -25,6 +25,7 @@ from billing.invoicing.compute import (
     computation_of,
     contract_pricing_links_many,
     invoice_compute,
+    invoice_line_rows,
     invoice_periods,
     invoice_quantities_prefetch,
 )
@@ -102,32 +103,9 @@ def _audit(*, actor: Actor, invoice: Invoice, action: str, before: dict[str, Any
 def _lines_write(invoice: Invoice, computation: InvoiceComputation) -> None:
     """Replace a live invoice's lines and totals with `computation` (the caller holds its row lock)."""
     invoice.lines.all().delete()
-    InvoiceLine.objects.bulk_create(_line_rows(invoice, computation))
+    InvoiceLine.objects.bulk_create(invoice_line_rows(invoice, computation))
     _totals_set(invoice, computation)
     invoice.save()
-
-
-def _line_rows(invoice: Invoice, computation: InvoiceComputation) -> list[InvoiceLine]:
-    return [
-        InvoiceLine(
-            invoice=invoice,
-            position=position,
-            description=line.description,
-            product_id=line.product_id,
-            pricing_id=line.pricing_id,
-            pricing_type=line.pricing_type,
-            period_start=line.period_start,
-            period_end=line.period_end,
-            quantity=line.quantity,
-            unit=line.unit,
-            unit_amount=line.unit_amount,
-            breakdown=line.breakdown,
-            amount=line.amount,
-            adjustment_of_start=line.adjustment_of_start,
-            adjustment_of_end=line.adjustment_of_end,
-        )
-        for position, line in enumerate(computation.lines)
-    ]
 
 
 def _totals_set(invoice: Invoice, computation: InvoiceComputation) -> None:
@@ -416,7 +394,7 @@ def _period_invoices_create(
                 raise IntegrityError(f"invoices refused for {sorted(skipped - made_elsewhere, key=str)[:5]}")
         drafts = [(invoice, computation) for invoice, computation in drafts if invoice.id in inserted]
         InvoiceLine.objects.bulk_create(
-            [row for invoice, computation in drafts for row in _line_rows(invoice, computation)], batch_size=1000
+            [row for invoice, computation in drafts for row in invoice_line_rows(invoice, computation)], batch_size=1000
         )
         audit_records(
             changes=[

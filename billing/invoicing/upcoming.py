@@ -20,9 +20,9 @@ from collections.abc import Sequence
 
 from django.utils import timezone
 
-from billing.invoicing.compute import contract_pricing_links, invoice_periods
+from billing.invoicing.compute import contract_pricing_links, invoice_line_rows, invoice_periods
 from billing.invoicing.drift import live_invoice_compute
-from billing.invoicing.models import Invoice, InvoiceKind, InvoiceLine, InvoiceStatus
+from billing.invoicing.models import Invoice, InvoiceKind, InvoiceStatus
 from billing.models import Contract, ContractStatus, Customer
 
 # The contracts that will be invoiced for their current period (as the generator bills them).
@@ -64,27 +64,10 @@ def contract_upcoming_invoice(*, contract: Contract, now: dt.datetime | None = N
         updated_at=moment,
         computed_at=moment,
     )
-    invoice.upcoming_lines = [  # type: ignore[attr-defined]
-        InvoiceLine(
-            id=None,
-            invoice=invoice,
-            position=position,
-            description=line.description,
-            product_id=line.product_id,
-            pricing_id=line.pricing_id,
-            pricing_type=line.pricing_type,
-            period_start=line.period_start,
-            period_end=line.period_end,
-            quantity=line.quantity,
-            unit=line.unit,
-            unit_amount=line.unit_amount,
-            breakdown=line.breakdown,
-            amount=line.amount,
-            adjustment_of_start=line.adjustment_of_start,
-            adjustment_of_end=line.adjustment_of_end,
-        )
-        for position, line in enumerate(computation.lines)
-    ]
+    lines = invoice_line_rows(invoice, computation)
+    for line in lines:
+        line.id = None  # never stored: no id to show (the model's default would make one up)
+    invoice.upcoming_lines = lines  # type: ignore[attr-defined]
     return invoice
 
 
