@@ -296,3 +296,45 @@ def test_once_redis_is_back_the_count_is_shared_again(
     messages = [r.getMessage() for r in caplog.records if r.name == "zenskar_site.lib.ratelimit"]
     assert len(messages) == 2
     assert "reaches Redis again" in messages[1]
+
+
+@pytest.mark.skipif(not os.environ.get("REDIS_URL"), reason="needs Redis: runs in the PostgreSQL + Redis pass")
+def test_processes_lease_the_shared_budget_and_together_never_admit_more_than_the_limit(
+    settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two processes (two limiter states) on one Redis: each takes growing leases of the window's budget,
+    so a busy process asks Redis a few times, not once per request, and the two together stop at the limit."""
+    organisation_id = f"lease-{time.time_ns()}"
+    now = time.time()
+    leases: list[int] = []
+    real_lease = ratelimit._redis_lease
+
+    def counted_lease(key: str, *, size: int, limit: int) -> int | None:
+        leases.append(size)
+        return real_lease(key, size=size, limit=limit)
+
+    monkeypatch.setattr(ratelimit, "_redis_lease", counted_lease)
+    first, second = ratelimit._Fallback(), ratelimit._Fallback()
+
+    def admitted_by(state: ratelimit._Fallback, requests: int, *, at: float = now) -> int:
+        monkeypatch.setattr(ratelimit, "_fallback", state)
+        answers = [
+            ratelimit.rate_limit_retry_after(organisation_id=organisation_id, now=at, limit=100)
+            for _ in range(requests)
+        ]
+        return answers.count(None)
+
+    assert admitted_by(first, 60) == 60
+    first_round_trips = len(leases)
+    # Leases of 1, 2, 4, then 5 (the limit's 1/20) each: 14 round trips for 60 requests, 62 leased.
+    assert first_round_trips == 14
+    shared = ratelimit._redis(settings.REDIS_URL)
+    assert int(shared.get(f"ratelimit:ingest:{organisation_id}:{int(now)}")) == 62
+    # The other process gets what is left (38), then 429s; the 2 the first still holds are not given twice.
+    assert admitted_by(second, 60) == 38
+    assert admitted_by(first, 5) == 2
+    # The next second, a steady process starts with the lease size it ended with; one quiet second resets it.
+    leases.clear()
+    assert admitted_by(first, 1, at=now + 1) == 1
+    assert admitted_by(first, 1, at=now + 3) == 1
+    assert leases == [5, 1]

@@ -7,7 +7,8 @@ before dispatch, under a deadline of REQUEST_BODY_GRACE_SECONDS plus the length 
 REQUEST_BODY_MIN_BYTES_PER_SECOND, never more than REQUEST_BODY_TIMEOUT_SECONDS (kept under the
 worker timeout), and hands the application the bytes in memory. A body that does not arrive in time
 is a 408, one cut short by the client a 400, both JSON with `Connection: close`, and the worker is
-free at once.
+free at once. A body gunicorn already holds in memory (it came with the headers, as a small
+request's does) is taken as it is, with no deadline to keep.
 
 A socket timeout alone cannot bound the total: it applies to each recv(), and gunicorn's reader
 loops on recv() until it has what it was asked for, so one byte per almost-timeout keeps it going.
@@ -93,6 +94,15 @@ class _Watchdog:
 _watchdog = _Watchdog()
 
 
+def _buffered(stream: Any) -> int:
+    """How many bytes of the body gunicorn already holds in memory (read with the headers); 0 when the
+    stream is not gunicorn's `Body` as this version builds it (its reader's unreader buffers read-ahead)."""
+    try:
+        return int(stream.reader.unreader.buf.getbuffer().nbytes)
+    except (AttributeError, TypeError, ValueError):
+        return 0
+
+
 def request_body_read(environ: dict[str, Any], *, max_bytes: int, refuse_over_limit: bool) -> BodyRefusal | None:
     """Read the body of a gunicorn request into memory under its deadline; None when the application
     may go on (the body is then `environ["wsgi.input"]`), else the refusal to send.
@@ -109,13 +119,17 @@ def request_body_read(environ: dict[str, Any], *, max_bytes: int, refuse_over_li
         if refuse_over_limit:
             return BodyRefusal(413, "Request Entity Too Large", f"The body is over the limit of {max_bytes} bytes.")
         return None
+    stream = environ["wsgi.input"]
+    if _buffered(stream) >= length:
+        # The body came with the headers (most small requests): reading it cannot block, so no deadline.
+        environ["wsgi.input"] = io.BytesIO(stream.read(length))
+        return None
     began = time.monotonic()
     allowed = min(
         settings.REQUEST_BODY_TIMEOUT_SECONDS,
         settings.REQUEST_BODY_GRACE_SECONDS + length / settings.REQUEST_BODY_MIN_BYTES_PER_SECOND,
     )
     watch = _watchdog.watch(sock, began + allowed)
-    stream = environ["wsgi.input"]
     chunks: list[bytes] = []
     received = 0
     try:
