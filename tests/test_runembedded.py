@@ -104,6 +104,8 @@ def test_runembedded_starts_its_worker_again_when_the_worker_is_killed(tmp_path:
         assert wait_for(swept_since_kill, 60), (health(port), log.read_text()[-3000:])
         assert server.poll() is None
         second = celery_child(server.pid)
+        # The killed worker's beat went with it: one worker and one beat run, never a second beat.
+        assert wait_for(lambda: len(processes_of(tmp_path)) == 2, 10), processes_of(tmp_path)
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
@@ -111,6 +113,22 @@ def test_runembedded_starts_its_worker_again_when_the_worker_is_killed(tmp_path:
     # Stopping the command stops its worker too (no orphan left behind).
     assert second is not None
     assert wait_for(lambda: not Path(f"/proc/{second}").exists() or _zombie(second), 15)
+    assert wait_for(lambda: not processes_of(tmp_path), 15), processes_of(tmp_path)
+
+
+def processes_of(data_dir: Path) -> list[str]:
+    """The live processes started for this run: the worker and its beat name its schedule file."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+        if str(data_dir / "celerybeat-schedule") in command and not _zombie(int(entry.name)):
+            found.append(f"{entry.name}: {command}")
+    return found
 
 
 def _zombie(pid: int) -> bool:

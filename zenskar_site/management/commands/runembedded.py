@@ -7,6 +7,7 @@ so metrics keep refreshing without anyone restarting the command.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -49,7 +50,9 @@ class WorkerSupervisor:
     def _spawn(self) -> None:
         with self._lock:
             if not self._stopping.is_set():
-                self._process = subprocess.Popen(self.command)
+                # Its own process group: the worker forks beat (and a pool may fork more), and a worker
+                # killed outright leaves those behind; the group lets them go with it (see `_group_end`).
+                self._process = subprocess.Popen(self.command, start_new_session=True)
 
     def _watch(self) -> None:
         pause = 1.0
@@ -59,6 +62,9 @@ class WorkerSupervisor:
             if process is None:
                 return
             code = process.wait()
+            # A worker killed outright (SIGKILL, the OOM killer) leaves its beat process running: a second
+            # beat would come with the restarted worker and every periodic task would run twice.
+            _group_end(process.pid, signal.SIGKILL)
             if self._stopping.is_set():
                 return
             lived = time.monotonic() - started
@@ -73,13 +79,19 @@ class WorkerSupervisor:
         with self._lock:
             self._stopping.set()
             process = self._process
-        if process is None or process.poll() is not None:
+        if process is None:
             return
-        process.send_signal(signal.SIGTERM)
-        try:
+        _group_end(process.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        _group_end(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def _group_end(group: int, signum: int) -> None:
+    """Send `signum` to every process of the worker's group (the worker, its beat, its pool)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(group, signum)
 
 
 class Command(BaseCommand):
