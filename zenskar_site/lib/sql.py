@@ -72,7 +72,8 @@ def connection_retire_if_dropped() -> None:
 
 
 def hot_rows(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
-    """Run a fixed statement and return its rows (PostgreSQL: prepared; SQLite: Django's cursor).
+    """Run a fixed statement and return its rows, none for a statement without RETURNING (PostgreSQL:
+    prepared; SQLite: Django's cursor).
 
     Placeholders are `%s`, and on PostgreSQL also `%b` for a parameter sent in binary (arrays).
     """
@@ -96,6 +97,9 @@ def hot_rows(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
             result = _exec_prepared(raw, text, values, types, value_formats)
         else:
             result = raw.pgconn.exec_params(text, values, param_types=types, param_formats=value_formats)
+        if result.status == pq.ExecStatus.COMMAND_OK:
+            result.clear()
+            return []
         if result.status != pq.ExecStatus.TUPLES_OK:
             raise _error(raw, result)
         transformer.set_pgresult(result)
