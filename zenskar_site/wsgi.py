@@ -24,6 +24,20 @@ from zenskar_site.lib.bodies import body_refusal_send, request_body_read  # noqa
 from zenskar_site.lib.sql import connection_retire_if_dropped  # noqa: E402
 
 
+def _hot_path_warm() -> None:
+    """Load at start, not while serving the first requests, what the ingestion route imports lazily: the
+    Redis client (rate limits, refresh claims) and the metric refresh task with the broker's transport."""
+    if settings.REDIS_URL:
+        import redis  # noqa: F401
+
+    from metrics.tasks import metrics_refresh_task
+
+    metrics_refresh_task.app.connection_for_write().transport  # noqa: B018  (imports the transport; no connect)
+
+
+_hot_path_warm()
+
+
 def application(environ, start_response):  # type: ignore[no-untyped-def]
     path = environ.get("PATH_INFO", "")
     if environ.get("REQUEST_METHOD") == "POST" and path.startswith("/usage/"):
