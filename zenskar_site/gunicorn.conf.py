@@ -5,8 +5,10 @@ cores and more web machines scale it further. WEB_CONCURRENCY, GUNICORN_WORKER_C
 client connections alive) and GUNICORN_THREADS override the defaults.
 """
 
+import gc
 import multiprocessing
 import os
+from typing import Any
 
 bind = os.environ.get("BIND", f"0.0.0.0:{os.environ.get('PORT', '8000')}")
 # One process per core plus one: each request is CPU work in Python plus a short wait on the
@@ -22,3 +24,11 @@ max_requests_jitter = 2000
 # The TLS-terminating proxy in front sets X-Forwarded-Proto; Django trusts it via SECURE_PROXY_SSL_HEADER.
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
 accesslog = os.environ.get("ACCESS_LOG") or None
+
+
+def post_worker_init(worker: Any) -> None:
+    """Once the worker has loaded the application: its modules, settings and caches live as long as the
+    process, so they are moved out of the garbage collector's reach. Otherwise every full collection (one
+    every few batch requests, as each batch leaves thousands of objects promoted) scans them all again:
+    about 2 µs per record of a 1,000-record batch (measured in-process, bench/ingest.py's batch)."""
+    gc.freeze()

@@ -35,9 +35,10 @@ from usage.ingestion.statements import (
 )
 from usage.models import UsageEvent, UsageEventKind, UsageRecord
 from usage.schema import (
+    RecordValidator,
+    TimestampBounds,
     ValidRecord,
     dataschema_has_decimal,
-    datetime_format,
     record_validator,
     timestamp_bounds,
 )
@@ -45,27 +46,29 @@ from zenskar_site.accounts.models import ApiKeyScope
 from zenskar_site.lib.periods import period_floor
 from zenskar_site.lib.sql import hot_rows, on_postgres
 
+# An entry of the response's `results`, built once: {"index", "status", "id"} or {"index", "status", "errors"}.
+Entry = dict[str, Any]
+
 
 @dataclass
-class Candidate:
-    index: int
-    record: ValidRecord
-    content_hash: str
-    period_start: dt.datetime | None
-    status: str = "pending"
-    id: int | None = None
-    errors: dict[str, list[str]] = field(default_factory=dict)
-    same_as: Candidate | None = None  # an earlier record of this batch with the same idempotency key
+class _Batch:
+    """A request's items sorted out before the write. `rows` are what the write stores: every unkeyed
+    record and the first record of each idempotency key, in item order, `indexes` their item indexes.
+    A later record with an earlier row's key is a repeat: it gets that row's answer (or a rejection)."""
+
+    rows: list[RecordRow] = field(default_factory=list)
+    indexes: list[int] = field(default_factory=list)
+    rejected: dict[int, dict[str, list[str]]] = field(default_factory=dict)  # by item index: invalid, out of bounds
+    repeats: list[tuple[int, int, str]] = field(default_factory=list)  # (item index, row position, content hash)
 
 
 @dataclass
 class IngestResult:
-    results: list[dict[str, Any]]
+    results: list[Entry]
     accepted: int
     duplicates: int
     rejected: int
     usage_event_id: int
-    touched: list[tuple[str, dt.datetime]]  # (customer_id, timestamp) of every accepted record
 
     @property
     def status_code(self) -> int:
@@ -104,10 +107,14 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+# orjson writes an aware datetime in UTC as isoformat() does, with Z for +00:00 (OPT_UTC_Z): the bytes of
+# datetime_format's text, which stored hashes were made from, without building the text first.
+_CANONICAL = orjson.OPT_SORT_KEYS | orjson.OPT_UTC_Z
+
+
 def content_hash_of(record: ValidRecord) -> str:
-    canonical = orjson.dumps(
-        [record.customer_id, datetime_format(record.timestamp), record.data], option=orjson.OPT_SORT_KEYS
-    )
+    """SHA-256 of [customer_id, timestamp in UTC (datetime_format's text), data with sorted keys] as JSON."""
+    canonical = orjson.dumps([record.customer_id, record.timestamp.astimezone(dt.UTC), record.data], option=_CANONICAL)
     return hashlib.sha256(canonical).hexdigest()
 
 
@@ -134,52 +141,58 @@ def postgres_write_one(write: PostgresWrite) -> list[tuple[int, str | None]]:
     return []  # the key is taken: the caller finds the record that holds it
 
 
-def _resolve_inserted(*, usage_event_id: int, rows: list[Candidate], inserted: list[tuple[int, str | None]]) -> None:
-    """Mark each row accepted (with its id), duplicate or rejected (its key is taken by other content)."""
+def _resolve_inserted(
+    *, usage_event_id: int, rows: list[RecordRow], entries: list[Entry], inserted: list[tuple[int, str | None]]
+) -> None:
+    """Answer each row (written in this order): accepted with its id, or, if the insert skipped it (its key
+    was taken), a duplicate of the stored record with the same content or rejected (other content)."""
+    if len(inserted) == len(rows):  # every row was stored (ids in the order written)
+        for entry, (record_id, _) in zip(entries, inserted, strict=True):
+            entry["status"], entry["id"] = "accepted", record_id
+        return
     position = 0
-    conflicted: list[Candidate] = []
-    for candidate in rows:
-        if position < len(inserted) and (
-            candidate.record.idempotency_key is None or inserted[position][1] == candidate.record.idempotency_key
-        ):
-            candidate.status, candidate.id = "accepted", inserted[position][0]
+    conflicted: list[tuple[RecordRow, Entry]] = []
+    for row, entry in zip(rows, entries, strict=True):
+        if position < len(inserted) and (row.idempotency_key is None or inserted[position][1] == row.idempotency_key):
+            entry["status"], entry["id"] = "accepted", inserted[position][0]
             position += 1
         else:
-            conflicted.append(candidate)
-    if not conflicted:
-        return
+            conflicted.append((row, entry))
     existing = {
         key: (record_id, content_hash)
         for key, record_id, content_hash in UsageRecord.objects.filter(
-            usage_event_id=usage_event_id, idempotency_key__in=[c.record.idempotency_key for c in conflicted]
+            usage_event_id=usage_event_id, idempotency_key__in=[row.idempotency_key for row, _ in conflicted]
         ).values_list("idempotency_key", "id", "content_hash")
     }
-    for candidate in conflicted:
-        found = existing.get(candidate.record.idempotency_key)
+    for row, entry in conflicted:
+        found = existing.get(row.idempotency_key)
         if found is None:  # the conflicting row vanished (its writer rolled back): let the client retry
             raise IngestError(503, "A concurrent request with the same idempotency key did not finish; retry.")
         record_id, content_hash = found
-        if content_hash == candidate.content_hash:
-            candidate.status, candidate.id = "duplicate", record_id
+        if content_hash == row.content_hash:
+            entry["status"], entry["id"] = "duplicate", record_id
         else:
-            candidate.status = "rejected"
-            candidate.errors = {
-                "idempotency_key": [
-                    f"The idempotency key {candidate.record.idempotency_key!r} was already used for record "
-                    f"{record_id} with different content; use a new key for a new record."
-                ]
-            }
+            entry["status"], entry["errors"] = (
+                "rejected",
+                {
+                    "idempotency_key": [
+                        f"The idempotency key {row.idempotency_key!r} was already used for record "
+                        f"{record_id} with different content; use a new key for a new record."
+                    ]
+                },
+            )
 
 
-def _supersede(*, usage_event_id: int, rows: list[Candidate]) -> list[dt.datetime]:
+def _supersede(*, usage_event_id: int, rows: list[RecordRow], entries: list[Entry]) -> list[dt.datetime]:
     """Make the newest accepted value of each (customer, period) current; earlier ones stay as history.
 
-    Returns the timestamps of the records that stopped counting, whose hours the metrics must revisit.
+    `rows` in item order. Returns the timestamps of the records that stopped counting, whose hours the
+    metrics must revisit.
     """
-    newest: dict[tuple[str, dt.datetime], Candidate] = {}
-    for candidate in rows:
-        if candidate.status == "accepted" and candidate.period_start is not None:
-            newest[(candidate.record.customer_id, candidate.period_start)] = candidate
+    newest: dict[tuple[str, dt.datetime], int] = {}
+    for row, entry in zip(rows, entries, strict=True):
+        if entry["status"] == "accepted" and row.period_start is not None:
+            newest[(row.customer_id, row.period_start)] = entry["id"]
     if not newest:
         return []
     current = UsageRecord.objects.filter(usage_event_id=usage_event_id, superseded=False, period_start__isnull=False)
@@ -190,7 +203,7 @@ def _supersede(*, usage_event_id: int, rows: list[Candidate]) -> list[dt.datetim
     replaced = list(current.filter(pairs).values_list("id", "timestamp"))
     if replaced:
         UsageRecord.objects.filter(id__in=[record_id for record_id, _ in replaced]).update(superseded=True)
-    UsageRecord.objects.filter(id__in=[c.id for c in newest.values()]).update(superseded=False)
+    UsageRecord.objects.filter(id__in=list(newest.values())).update(superseded=False)
     return [moment for _, moment in replaced]
 
 
@@ -213,79 +226,96 @@ def records_store(*, context: IngestContext, items: list[Any], backfill: bool, n
     """The one write path for new records (the endpoint and CSV imports): validate each item with the
     usage event's compiled validator, then store the batch with ingestion's one statement."""
     usage_event, api_key = context.usage_event, context.api_key
-    validate = record_validator(usage_event.dataschema)
     aggregate = usage_event.kind == UsageEventKind.AGGREGATE
-    period = usage_event.aggregate_period or ""
-    bounds = timestamp_bounds(now=now, backfill=backfill)
-
-    outcomes: list[Candidate | dict[str, list[str]]] = []
-    first_by_key: dict[str, Candidate] = {}
-    to_insert: list[Candidate] = []
-    for index, item in enumerate(items):
-        record, errors = validate(item)
-        if record is None:
-            outcomes.append(errors)
-            continue
-        out_of_bounds = bounds.problems(record.timestamp)
-        if out_of_bounds:
-            outcomes.append(out_of_bounds)
-            continue
-        candidate = Candidate(
-            index=index,
-            record=record,
-            content_hash=content_hash_of(record),
-            period_start=period_floor(record.timestamp, period) if aggregate else None,
-        )
-        key = record.idempotency_key
-        if key is not None and key in first_by_key:
-            candidate.same_as = first_by_key[key]
-        else:
-            if key is not None:
-                first_by_key[key] = candidate
-            to_insert.append(candidate)
-        outcomes.append(candidate)
-
-    rejected = [(items[i], o) for i, o in enumerate(outcomes) if isinstance(o, dict)]
+    batch = _batch_sort(
+        items,
+        validate=record_validator(usage_event.dataschema),
+        bounds=timestamp_bounds(now=now, backfill=backfill),
+        period=(usage_event.aggregate_period or "") if aggregate else None,
+    )
+    entries: list[Entry] = [{"index": index, "status": "pending"} for index in batch.indexes]
+    rejected = [(items[index], errors) for index, errors in batch.rejected.items()]
     # An event request on PostgreSQL is one statement in autocommit; anything else is one transaction.
     with transaction.atomic() if aggregate or not on_postgres() else nullcontext():
-        if aggregate and to_insert:
+        if aggregate and batch.rows:
             # Serialises aggregate writers per usage event, so "latest received wins" is well defined.
             UsageEvent.objects.select_for_update().filter(id=usage_event.id).values_list("id").first()
         # Keyed records in one order (by key: the same in every request), so concurrent batches that share
         # keys take the unique index's locks in the same order and never deadlock; unkeyed ones after them.
-        write_order = sorted(to_insert, key=_lock_order)
+        order = _lock_order(batch.rows)
+        rows = [batch.rows[position] for position in order]
         inserted = _write(
             usage_event_id=usage_event.id,
-            rows=write_order,
+            rows=rows,
             received_at=now,
             aggregate=aggregate,
             rejected=rejected,
             api_key_prefix=api_key.prefix,
             guard=(api_key.id, usage_event.updated_at) if context.cached else None,
         )
-        _resolve_inserted(usage_event_id=usage_event.id, rows=write_order, inserted=inserted)
+        _resolve_inserted(
+            usage_event_id=usage_event.id, rows=rows, entries=[entries[p] for p in order], inserted=inserted
+        )
         if aggregate:
             hours_mark_dirty(
-                usage_event_id=usage_event.id, moments=_supersede(usage_event_id=usage_event.id, rows=to_insert)
+                usage_event_id=usage_event.id,
+                moments=_supersede(usage_event_id=usage_event.id, rows=batch.rows, entries=entries),
             )
-        for outcome in outcomes:
-            if isinstance(outcome, Candidate) and outcome.same_as is not None:
-                _follow_first(outcome)
-        reused = [(items[o.index], o.errors) for o in outcomes if isinstance(o, Candidate) and o.status == "rejected"]
+        results = _results(batch, entries, item_count=len(items))
+        reused = [
+            (items[entry["index"]], entry["errors"])
+            for entry in results
+            if entry["status"] == "rejected" and entry["index"] not in batch.rejected
+        ]
         if reused:  # keys found taken only after the insert: logged in a second write
             errors_log(usage_event_id=usage_event.id, errors_to_log=reused, now=now, api_key_prefix=api_key.prefix)
-    return _result(usage_event_id=usage_event.id, outcomes=outcomes)
+    return _result(usage_event_id=usage_event.id, results=results, rejected=len(rejected) + len(reused))
 
 
-def _lock_order(candidate: Candidate) -> tuple[bool, str, int]:
-    key = candidate.record.idempotency_key
-    return (key is None, key or "", candidate.index)
+def _batch_sort(items: list[Any], *, validate: RecordValidator, bounds: TimestampBounds, period: str | None) -> _Batch:
+    """Validate every item and sort the request out (see _Batch). `period` is an aggregate's period, else None.
+
+    This loop runs for every record of every request: it builds one row per record and nothing more.
+    """
+    batch = _Batch()
+    rows, indexes = batch.rows, batch.indexes
+    earliest, latest = bounds.earliest or dt.datetime.min.replace(tzinfo=dt.UTC), bounds.latest
+    row_of_key: dict[str, int] = {}
+    for index, item in enumerate(items):
+        record, errors = validate(item)
+        if record is None:
+            batch.rejected[index] = errors
+            continue
+        customer_id, timestamp, data, key = record
+        if not earliest <= timestamp <= latest:
+            batch.rejected[index] = bounds.problems(timestamp)
+            continue
+        content_hash = content_hash_of(record)
+        if key is not None:
+            position = row_of_key.setdefault(key, len(rows))
+            if position != len(rows):
+                batch.repeats.append((index, position, content_hash))
+                continue
+        period_start = None if period is None else period_floor(timestamp, period)
+        rows.append(RecordRow(customer_id, timestamp, period_start, orjson.dumps(data).decode(), key, content_hash))
+        indexes.append(index)
+    return batch
+
+
+def _lock_order(rows: list[RecordRow]) -> list[int]:
+    """The positions of `rows` in the order the write takes them: keyed ones by key (keys are unique among
+    the rows), then unkeyed ones as they came."""
+    keys = [row.idempotency_key for row in rows]
+    keyed = sorted((p for p, key in enumerate(keys) if key is not None), key=keys.__getitem__)
+    if len(keyed) == len(rows):
+        return keyed
+    return keyed + [p for p, key in enumerate(keys) if key is None]
 
 
 def _write(
     *,
     usage_event_id: int,
-    rows: list[Candidate],
+    rows: list[RecordRow],
     received_at: dt.datetime,
     aggregate: bool,
     rejected: list[tuple[Any, dict[str, list[str]]]],
@@ -300,17 +330,7 @@ def _write(
         usage_event_id=usage_event_id,
         received_at=received_at,
         superseded=aggregate,  # aggregates go in superseded; _supersede then makes the newest current
-        rows=[
-            RecordRow(
-                customer_id=c.record.customer_id,
-                timestamp=c.record.timestamp,
-                period_start=c.period_start,
-                data=orjson.dumps(c.record.data).decode(),
-                idempotency_key=c.record.idempotency_key,
-                content_hash=c.content_hash,
-            )
-            for c in rows
-        ],
+        rows=rows,
     )
     if on_postgres():
         write = PostgresWrite(
@@ -318,7 +338,7 @@ def _write(
             error_rows=error_rows(rejected),
             api_key_prefix=api_key_prefix,
             # A duplicate's hour marked too only costs a recompute.
-            dirty_hours=dirty_hours(c.record.timestamp for c in rows),
+            dirty_hours=dirty_hours(row.timestamp for row in rows),
             guard=guard,
         )
         if len(rows) == 1 and not write.error_rows:
@@ -329,7 +349,7 @@ def _write(
         params = sqlite_insert_params(records, adapt=connection.ops.adapt_datetimefield_value)
         inserted = [(int(r[0]), r[1]) for r in hot_rows(sqlite_insert_sql(rows=len(rows)), params)]
     if inserted:
-        hours_mark_dirty(usage_event_id=usage_event_id, moments=[c.record.timestamp for c in rows])
+        hours_mark_dirty(usage_event_id=usage_event_id, moments=[row.timestamp for row in rows])
     if rejected:
         errors_log(
             usage_event_id=usage_event_id, errors_to_log=rejected, now=received_at, api_key_prefix=api_key_prefix
@@ -337,45 +357,40 @@ def _write(
     return inserted
 
 
-def _result(*, usage_event_id: int, outcomes: list[Candidate | dict[str, list[str]]]) -> IngestResult:
-    results: list[dict[str, Any]] = []
-    counts = {"accepted": 0, "duplicate": 0, "rejected": 0}
-    touched: list[tuple[str, dt.datetime]] = []
-    for index, outcome in enumerate(outcomes):
-        if isinstance(outcome, dict):
-            results.append({"index": index, "status": "rejected", "errors": outcome})
-            counts["rejected"] += 1
-        elif outcome.status == "rejected":
-            results.append({"index": index, "status": "rejected", "errors": outcome.errors})
-            counts["rejected"] += 1
-        else:
-            results.append({"index": index, "status": outcome.status, "id": outcome.id})
-            counts[outcome.status] += 1
-            if outcome.status == "accepted":
-                touched.append((outcome.record.customer_id, outcome.record.timestamp))
-    return IngestResult(
-        results=results,
-        accepted=counts["accepted"],
-        duplicates=counts["duplicate"],
-        rejected=counts["rejected"],
-        usage_event_id=usage_event_id,
-        touched=touched,
-    )
+def _results(batch: _Batch, entries: list[Entry], *, item_count: int) -> list[Entry]:
+    """Every item's entry in item order: the rows' (answered by the write), the rejected items', the repeats'."""
+    results: list[Entry | None] = [None] * item_count
+    for entry in entries:
+        results[entry["index"]] = entry
+    for index, errors in batch.rejected.items():
+        results[index] = {"index": index, "status": "rejected", "errors": errors}
+    for index, position, content_hash in batch.repeats:
+        first, entry = batch.rows[position], entries[position]
+        results[index] = _repeat_entry(index, first=first, entry=entry, content_hash=content_hash)
+    return results  # type: ignore[return-value]  # every index is one of the three
 
 
-def _follow_first(candidate: Candidate) -> None:
+def _repeat_entry(index: int, *, first: RecordRow, entry: Entry, content_hash: str) -> Entry:
     """A later record of the batch reusing an earlier one's key: the same content is a duplicate of it."""
-    first = candidate.same_as
-    assert first is not None
-    if first.content_hash != candidate.content_hash:
-        candidate.status = "rejected"
-        candidate.errors = {
+    if first.content_hash != content_hash:
+        errors = {
             "idempotency_key": [
-                f"The idempotency key {candidate.record.idempotency_key!r} was already used earlier in this "
-                f"batch (index {first.index}) with different content."
+                f"The idempotency key {first.idempotency_key!r} was already used earlier in this "
+                f"batch (index {entry['index']}) with different content."
             ]
         }
-    elif first.status == "rejected":
-        candidate.status, candidate.errors = "rejected", first.errors
-    else:
-        candidate.status, candidate.id = "duplicate", first.id
+        return {"index": index, "status": "rejected", "errors": errors}
+    if entry["status"] == "rejected":
+        return {"index": index, "status": "rejected", "errors": entry["errors"]}
+    return {"index": index, "status": "duplicate", "id": entry["id"]}
+
+
+def _result(*, usage_event_id: int, results: list[Entry], rejected: int) -> IngestResult:
+    duplicates = sum(1 for entry in results if entry["status"] == "duplicate")
+    return IngestResult(
+        results=results,
+        accepted=len(results) - duplicates - rejected,
+        duplicates=duplicates,
+        rejected=rejected,
+        usage_event_id=usage_event_id,
+    )
