@@ -305,11 +305,11 @@ def _batch_sort(items: list[Any], *, validate: RecordValidator, bounds: Timestam
 def _lock_order(rows: list[RecordRow]) -> list[int]:
     """The positions of `rows` in the order the write takes them: keyed ones by key (keys are unique among
     the rows), then unkeyed ones as they came."""
-    keys = [row.idempotency_key for row in rows]
-    keyed = sorted((p for p, key in enumerate(keys) if key is not None), key=keys.__getitem__)
+    keys = {position: row.idempotency_key for position, row in enumerate(rows) if row.idempotency_key is not None}
+    keyed = sorted(keys, key=keys.__getitem__)
     if len(keyed) == len(rows):
         return keyed
-    return keyed + [p for p, key in enumerate(keys) if key is None]
+    return keyed + [position for position in range(len(rows)) if position not in keys]
 
 
 def _write(
