@@ -30,5 +30,5 @@ def post_worker_init(worker: Any) -> None:
     """Once the worker has loaded the application: its modules, settings and caches live as long as the
     process, so they are moved out of the garbage collector's reach. Otherwise every full collection (one
     every few batch requests, as each batch leaves thousands of objects promoted) scans them all again:
-    about 2 µs per record of a 1,000-record batch (measured in-process, bench/ingest.py's batch)."""
+    about 2 µs per record of a 1,000-record batch (measured in-process with bench/ingest.py's batch)."""
     gc.freeze()

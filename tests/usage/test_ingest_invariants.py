@@ -86,8 +86,9 @@ def test_a_utc_timestamp_is_read_as_its_instant_in_utc(
 
 @pytest.mark.parametrize("text", ["2026-02-30T10:00:00Z", "2026-02-29T10:00:00+00:00", "2026-11-20 24:00:00Z"])
 def test_a_utc_timestamp_that_does_not_exist_is_refused_with_the_offset_forms_message(text: str) -> None:
-    with pytest.raises(InvalidValue, match="^Expected DateTime64, got a date or time that does not exist in UTC.$"):
+    with pytest.raises(InvalidValue) as refused:
         datetime_parse(text)
+    assert str(refused.value) == "Expected DateTime64, got a date or time that does not exist in UTC."
 
 
 def test_a_record_rows_fields_are_the_per_record_columns_in_order() -> None:
