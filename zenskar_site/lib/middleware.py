@@ -48,6 +48,11 @@ class NulRejectMiddleware:
         problem = url_nul_problem(request)
         if problem is None:
             return self.get_response(request)
-        detail, errors = problem
-        body = {"detail": detail, "errors": errors} if errors else {"detail": detail}
-        return HttpResponse(orjson.dumps(body), status=400, content_type="application/json")
+        return nul_refusal(problem)
+
+
+def nul_refusal(problem: tuple[str, dict[str, list[str]]]) -> HttpResponse:
+    """The 400 for a problem `url_nul_problem` found."""
+    detail, errors = problem
+    body = {"detail": detail, "errors": errors} if errors else {"detail": detail}
+    return HttpResponse(orjson.dumps(body), status=400, content_type="application/json")
