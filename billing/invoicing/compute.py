@@ -25,8 +25,10 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from django.db.models import QuerySet
+
 from billing.invoicing.models import Invoice, InvoiceLine
-from billing.models import Contract, ContractPhase, PhasePricing, Pricing, QuantityType
+from billing.models import Contract, ContractPause, ContractPhase, PhasePricing, Pricing, QuantityType
 from billing.periods import (
     CADENCES,
     BillingPeriod,
@@ -126,21 +128,51 @@ def contract_pricing_links(*, contract: Contract) -> list[PhasePricing]:
     )
 
 
-def contract_pricing_links_many(*, contract_ids: Iterable[Any]) -> dict[Any, list[PhasePricing]]:
+# What computing an invoice reads of a link and its phase (`contract_pricing_links_many`).
+LINK_FIELDS = ("id", "phase_id", "pricing_id", "start_date", "end_date", "anchor_date", "description")
+PHASE_FIELDS = ("id", "contract_id", "phase_type", "start_date", "end_date")
+
+
+def contract_pricing_links_many(
+    *, contract_ids: Iterable[Any], within: QuerySet[Contract] | None = None
+) -> dict[Any, list[PhasePricing]]:
     """`contract_pricing_links` of many contracts, by contract id (every id has a list): the links with
-    their phases in one query, each pricing they name (with its product and metric) once in another."""
+    their phases in one query, each pricing they name (with its product and metric) once in another.
+
+    `within`, when given, is a queryset of these contracts that the database reads as a subquery (a
+    range of ids): the statement then carries no list of ids, which costs more to build than to run. A
+    contract it holds that `contract_ids` does not (one activated meanwhile) is left out.
+    """
     ids = list(contract_ids)
     links: dict[Any, list[PhasePricing]] = {contract_id: [] for contract_id in ids}
+    scope: Any = ids if within is None else within.values("id")
     rows = list(
-        PhasePricing.objects.filter(phase__contract_id__in=ids)
+        PhasePricing.objects.filter(phase__contract_id__in=scope)
         .select_related("phase")
+        .only(*LINK_FIELDS, *(f"phase__{name}" for name in PHASE_FIELDS))
         .order_by("phase__start_date", "created_at", "id")
     )
     pricings = Pricing.objects.select_related("product", "metric").in_bulk({link.pricing_id for link in rows})
     for link in rows:
-        link.pricing = pricings[link.pricing_id]
-        links[link.phase.contract_id].append(link)
+        if link.phase.contract_id in links:
+            link.pricing = pricings[link.pricing_id]
+            links[link.phase.contract_id].append(link)
     return links
+
+
+def contract_pauses_many(
+    *, contract_ids: Iterable[Any], within: QuerySet[Contract] | None = None
+) -> dict[Any, list[PauseSpan]]:
+    """`contract_pauses` of many contracts in one query, by contract id (every id has a list); `within` as
+    for `contract_pricing_links_many`."""
+    ids = list(contract_ids)
+    pauses: dict[Any, list[PauseSpan]] = {contract_id: [] for contract_id in ids}
+    scope: Any = ids if within is None else within.values("id")
+    rows = ContractPause.objects.filter(contract_id__in=scope)
+    for contract_id, start, end in rows.values_list("contract_id", "start_date", "end_date"):
+        if contract_id in pauses:
+            pauses[contract_id].append(PauseSpan(start=start, end=end))
+    return pauses
 
 
 def invoice_cadence(*, links: Sequence[PhasePricing]) -> Cadence:
@@ -305,17 +337,19 @@ def invoice_compute(
     period_start: dt.date,
     period_end: dt.date,
     links: Sequence[PhasePricing] | None = None,
+    pauses: Sequence[PauseSpan] | None = None,
     quantities: QuantitySource = metered_quantities_by_dimension,
 ) -> InvoiceComputation:
     """The lines and totals of `contract`'s invoice for [period_start, period_end), from current values.
 
-    `links` (contract_pricing_links) and `quantities` (a MeteredQuantities) may come prefetched for
-    many invoices at once; the result is the same.
+    `links` (contract_pricing_links), `pauses` (contract_pauses) and `quantities` (a MeteredQuantities)
+    may come prefetched for many invoices at once; the result is the same.
     """
     if links is None:
         links = contract_pricing_links(contract=contract)
+    if pauses is None:
+        pauses = contract_pauses(contract)
     end = contract_end(contract)
-    pauses = contract_pauses(contract)
     lines: list[ComputedLine] = []
     flagged: list[str] = []
     for link in links:
@@ -362,25 +396,52 @@ def computation_of(
     )
 
 
+# The stored fields of a line (InvoiceLine attnames) besides its id and invoice, in the order
+# `invoice_line_values` gives them.
+LINE_FIELDS = (
+    "position",
+    "description",
+    "product_id",
+    "pricing_id",
+    "pricing_type",
+    "period_start",
+    "period_end",
+    "quantity",
+    "unit",
+    "unit_amount",
+    "breakdown",
+    "amount",
+    "adjustment_of_start",
+    "adjustment_of_end",
+)
+
+
+def invoice_line_values(computation: InvoiceComputation) -> list[tuple[Any, ...]]:
+    """What each of `computation`'s lines stores, in order: the values of LINE_FIELDS."""
+    return [
+        (
+            position,
+            line.description,
+            line.product_id,
+            line.pricing_id,
+            line.pricing_type,
+            line.period_start,
+            line.period_end,
+            line.quantity,
+            line.unit,
+            line.unit_amount,
+            line.breakdown,
+            line.amount,
+            line.adjustment_of_start,
+            line.adjustment_of_end,
+        )
+        for position, line in enumerate(computation.lines)
+    ]
+
+
 def invoice_line_rows(invoice: Invoice, computation: InvoiceComputation) -> list[InvoiceLine]:
     """Unsaved line rows of `invoice` for `computation`'s lines, in order (stored, or shown upcoming)."""
     return [
-        InvoiceLine(
-            invoice=invoice,
-            position=position,
-            description=line.description,
-            product_id=line.product_id,
-            pricing_id=line.pricing_id,
-            pricing_type=line.pricing_type,
-            period_start=line.period_start,
-            period_end=line.period_end,
-            quantity=line.quantity,
-            unit=line.unit,
-            unit_amount=line.unit_amount,
-            breakdown=line.breakdown,
-            amount=line.amount,
-            adjustment_of_start=line.adjustment_of_start,
-            adjustment_of_end=line.adjustment_of_end,
-        )
-        for position, line in enumerate(computation.lines)
+        InvoiceLine(invoice=invoice, **dict(zip(LINE_FIELDS, values, strict=True)))
+        for values in invoice_line_values(computation)
     ]
