@@ -16,7 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.db import IntegrityError, transaction
-from django.db.models import F, Q, QuerySet, Sum
+from django.db.models import F, Q, Sum
 from django.utils import timezone
 
 from billing.customers import json_ready
@@ -62,7 +62,10 @@ logger = logging.getLogger(__name__)
 
 # Contracts the generator bills: a paused contract still bills its usage, an expired one its last period.
 BILLED_CONTRACT_STATUSES = (ContractStatus.ACTIVE, ContractStatus.PAUSED, ContractStatus.EXPIRED)
-GENERATE_BATCH = 200
+# Drafts one generator step makes, at most: a step's own costs (its queries, its commit, the task's
+# round trip) are spread over that many drafts, and the month-end run's last step keeps one worker
+# process busy that long while the other has nothing left.
+GENERATE_BATCH = 500
 # Contracts one generator step looks at, at most: a step stays short when few periods are due.
 GENERATE_SCAN = 1000
 # What the generator reads of a contract and its customer: what computing and writing a draft use. A
@@ -336,17 +339,16 @@ def invoices_generate_due_step(
         if not batch:
             break
         _organisations_attach(batch)
-        first = first or batch[0].id
+        first = batch[0].id if first is None else first
         # The slice's contracts are the billed ones in its range of ids: the queries about them name the
-        # range, not each id.
-        within = billed.filter(id__gte=batch[0].id, id__lte=batch[-1].id)
-        ids = [contract.id for contract in batch]
-        links.update(contract_pricing_links_many(contract_ids=ids, within=within))
-        pauses.update(contract_pauses_many(contract_ids=ids, within=within))
+        # range, not each id (the few other contracts in it are left out).
+        ids, id_range = [contract.id for contract in batch], (batch[0].id, batch[-1].id)
+        links.update(contract_pricing_links_many(contract_ids=ids, id_range=id_range))
+        pauses.update(contract_pauses_many(contract_ids=ids, id_range=id_range))
         existing = set(
-            Invoice.objects.filter(contract__in=within.values("id"), kind=InvoiceKind.PERIOD).values_list(
-                "contract_id", "period_start", "period_end"
-            )
+            Invoice.objects.filter(
+                contract_id__gte=id_range[0], contract_id__lte=id_range[1], kind=InvoiceKind.PERIOD
+            ).values_list("contract_id", "period_start", "period_end")
         )
         for contract in batch:
             periods = [
@@ -366,8 +368,9 @@ def invoices_generate_due_step(
         then(resume)
     if not due:
         return 0, resume
-    step = billed.filter(id__gte=first, id__lte=due[-1][0].id)  # every contract with a period due
-    return _period_invoices_create(due=due, links=links, pauses=pauses, within=step), resume
+    # Every contract with a period due is in the step's range of ids.
+    made = _period_invoices_create(due=due, links=links, pauses=pauses, id_range=(first, due[-1][0].id))
+    return made, resume
 
 
 def _organisations_attach(contracts: Sequence[Contract]) -> None:
@@ -383,17 +386,17 @@ def _period_invoices_create(
     due: Sequence[tuple[Contract, dt.date, dt.date]],
     links: Mapping[Any, Sequence[PhasePricing]],
     pauses: Mapping[Any, Sequence[PauseSpan]],
-    within: QuerySet[Contract],
+    id_range: tuple[Any, Any],
 ) -> int:
     """Insert the drafts of `due` (contract, period start, period end), their lines and audit entries in one
-    transaction; returns how many were inserted (a period whose invoice exists is skipped). `within`
-    holds every contract of `due` (and may hold others)."""
+    transaction; returns how many were inserted (a period whose invoice exists is skipped). `id_range`
+    holds the ids of every contract of `due` (and may hold others)."""
     # A contract with an approved invoice may owe adjustments (drift.py): its drafts are made one by one,
     # as `invoice_refresh` computes them. The others (nearly all at a month's end) are made together.
     adjusted = set(
-        Invoice.objects.filter(contract__in=within.values("id"), status__in=BILLED_STATUSES).values_list(
-            "contract_id", flat=True
-        )
+        Invoice.objects.filter(
+            contract_id__gte=id_range[0], contract_id__lte=id_range[1], status__in=BILLED_STATUSES
+        ).values_list("contract_id", flat=True)
     )
     made = 0
     for contract, start, end in due:
