@@ -388,11 +388,15 @@ def pricing_data_normalise(*, model: PricingModel) -> dict[str, Any]:
 # --- rating ---
 
 
+# Made once: `decimal.localcontext` works on a copy of the context it is given.
+_EXACT_CONTEXT = decimal.Context(prec=_PRECISION, traps=[decimal.Inexact, decimal.InvalidOperation, decimal.Overflow])
+_ROUNDING_CONTEXT = decimal.Context(prec=_PRECISION)
+
+
 @contextmanager
 def _exact() -> Iterator[None]:
     """Decimal arithmetic that raises instead of rounding: every amount the engine returns is exact."""
-    context = decimal.Context(prec=_PRECISION, traps=[decimal.Inexact, decimal.InvalidOperation, decimal.Overflow])
-    with decimal.localcontext(context):
+    with decimal.localcontext(_EXACT_CONTEXT):
         yield
 
 
@@ -576,5 +580,5 @@ def currency_exponent(*, currency: str, field: str = "currency") -> int:
 def money_round(*, amount: Decimal, currency: str) -> Decimal:
     """`amount` rounded half-up (halves away from zero) to the currency's minor unit: one invoice line."""
     exponent = currency_exponent(currency=currency)
-    with decimal.localcontext(decimal.Context(prec=_PRECISION)):
+    with decimal.localcontext(_ROUNDING_CONTEXT):
         return amount.quantize(Decimal(1).scaleb(-exponent), rounding=ROUND_HALF_UP)

@@ -26,7 +26,7 @@ from decimal import Decimal
 from typing import Any
 
 from billing.invoicing.models import Invoice, InvoiceLine
-from billing.models import Contract, ContractPhase, PhasePricing, Pricing, QuantityType
+from billing.models import Contract, ContractPause, ContractPhase, PhasePricing, Pricing, QuantityType
 from billing.periods import (
     CADENCES,
     BillingPeriod,
@@ -126,21 +126,65 @@ def contract_pricing_links(*, contract: Contract) -> list[PhasePricing]:
     )
 
 
-def contract_pricing_links_many(*, contract_ids: Iterable[Any]) -> dict[Any, list[PhasePricing]]:
-    """`contract_pricing_links` of many contracts, by contract id (every id has a list): the links with
-    their phases in one query, each pricing they name (with its product and metric) once in another."""
+# What computing an invoice reads of a link and its phase (`contract_pricing_links_many`).
+LINK_FIELDS = ("id", "phase_id", "pricing_id", "start_date", "end_date", "anchor_date", "description")
+PHASE_FIELDS = ("id", "contract_id", "phase_type", "start_date", "end_date")
+
+
+def _contracts_filter(prefix: str, contract_ids: list[Any], id_range: tuple[Any, Any] | None) -> dict[str, Any]:
+    """The filter on `prefix` (a contract id's path) for these ids, or for the ids in `id_range` (both ends
+    included): a range costs the statement nothing to carry, a list of ids costs more to build than to run."""
+    if id_range is None:
+        return {f"{prefix}__in": contract_ids}
+    return {f"{prefix}__gte": id_range[0], f"{prefix}__lte": id_range[1]}
+
+
+def contract_pricing_links_many(
+    *, contract_ids: Iterable[Any], id_range: tuple[Any, Any] | None = None
+) -> dict[Any, list[PhasePricing]]:
+    """`contract_pricing_links` of many contracts, by contract id (every id has a list): the links in one
+    query, their phases in another, each pricing they name (with its product and metric) once in a
+    third. Links of one phase share its instance, and links of one pricing the pricing's.
+
+    `id_range` (the least and the greatest of `contract_ids`, for ids that are most of the contracts in
+    between: a generator step's slice) has the queries name the range instead of each id; the other
+    contracts in it are left out.
+    """
     ids = list(contract_ids)
     links: dict[Any, list[PhasePricing]] = {contract_id: [] for contract_id in ids}
     rows = list(
-        PhasePricing.objects.filter(phase__contract_id__in=ids)
-        .select_related("phase")
+        PhasePricing.objects.filter(**_contracts_filter("phase__contract_id", ids, id_range))
+        .only(*LINK_FIELDS)
         .order_by("phase__start_date", "created_at", "id")
     )
+    # Read after the links: a link read has its phase here unless the phase was deleted meanwhile (a
+    # KeyError: the caller's work fails and is done again, never computed without the link).
+    phases = {
+        phase.id: phase
+        for phase in ContractPhase.objects.filter(**_contracts_filter("contract_id", ids, id_range)).only(*PHASE_FIELDS)
+    }
     pricings = Pricing.objects.select_related("product", "metric").in_bulk({link.pricing_id for link in rows})
     for link in rows:
-        link.pricing = pricings[link.pricing_id]
-        links[link.phase.contract_id].append(link)
+        phase = phases[link.phase_id]
+        if phase.contract_id in links:
+            link.phase = phase
+            link.pricing = pricings[link.pricing_id]
+            links[phase.contract_id].append(link)
     return links
+
+
+def contract_pauses_many(
+    *, contract_ids: Iterable[Any], id_range: tuple[Any, Any] | None = None
+) -> dict[Any, list[PauseSpan]]:
+    """`contract_pauses` of many contracts in one query, by contract id (every id has a list); `id_range`
+    as for `contract_pricing_links_many`."""
+    ids = list(contract_ids)
+    pauses: dict[Any, list[PauseSpan]] = {contract_id: [] for contract_id in ids}
+    rows = ContractPause.objects.filter(**_contracts_filter("contract_id", ids, id_range))
+    for contract_id, start, end in rows.values_list("contract_id", "start_date", "end_date"):
+        if contract_id in pauses:
+            pauses[contract_id].append(PauseSpan(start=start, end=end))
+    return pauses
 
 
 def invoice_cadence(*, links: Sequence[PhasePricing]) -> Cadence:
@@ -305,17 +349,19 @@ def invoice_compute(
     period_start: dt.date,
     period_end: dt.date,
     links: Sequence[PhasePricing] | None = None,
+    pauses: Sequence[PauseSpan] | None = None,
     quantities: QuantitySource = metered_quantities_by_dimension,
 ) -> InvoiceComputation:
     """The lines and totals of `contract`'s invoice for [period_start, period_end), from current values.
 
-    `links` (contract_pricing_links) and `quantities` (a MeteredQuantities) may come prefetched for
-    many invoices at once; the result is the same.
+    `links` (contract_pricing_links), `pauses` (contract_pauses) and `quantities` (a MeteredQuantities)
+    may come prefetched for many invoices at once; the result is the same.
     """
     if links is None:
         links = contract_pricing_links(contract=contract)
+    if pauses is None:
+        pauses = contract_pauses(contract)
     end = contract_end(contract)
-    pauses = contract_pauses(contract)
     lines: list[ComputedLine] = []
     flagged: list[str] = []
     for link in links:
@@ -362,25 +408,52 @@ def computation_of(
     )
 
 
+# The stored fields of a line (InvoiceLine attnames) besides its id and invoice, in the order
+# `invoice_line_values` gives them.
+LINE_FIELDS = (
+    "position",
+    "description",
+    "product_id",
+    "pricing_id",
+    "pricing_type",
+    "period_start",
+    "period_end",
+    "quantity",
+    "unit",
+    "unit_amount",
+    "breakdown",
+    "amount",
+    "adjustment_of_start",
+    "adjustment_of_end",
+)
+
+
+def invoice_line_values(computation: InvoiceComputation) -> list[tuple[Any, ...]]:
+    """What each of `computation`'s lines stores, in order: the values of LINE_FIELDS."""
+    return [
+        (
+            position,
+            line.description,
+            line.product_id,
+            line.pricing_id,
+            line.pricing_type,
+            line.period_start,
+            line.period_end,
+            line.quantity,
+            line.unit,
+            line.unit_amount,
+            line.breakdown,
+            line.amount,
+            line.adjustment_of_start,
+            line.adjustment_of_end,
+        )
+        for position, line in enumerate(computation.lines)
+    ]
+
+
 def invoice_line_rows(invoice: Invoice, computation: InvoiceComputation) -> list[InvoiceLine]:
     """Unsaved line rows of `invoice` for `computation`'s lines, in order (stored, or shown upcoming)."""
     return [
-        InvoiceLine(
-            invoice=invoice,
-            position=position,
-            description=line.description,
-            product_id=line.product_id,
-            pricing_id=line.pricing_id,
-            pricing_type=line.pricing_type,
-            period_start=line.period_start,
-            period_end=line.period_end,
-            quantity=line.quantity,
-            unit=line.unit,
-            unit_amount=line.unit_amount,
-            breakdown=line.breakdown,
-            amount=line.amount,
-            adjustment_of_start=line.adjustment_of_start,
-            adjustment_of_end=line.adjustment_of_end,
-        )
-        for position, line in enumerate(computation.lines)
+        InvoiceLine(invoice=invoice, **dict(zip(LINE_FIELDS, values, strict=True)))
+        for values in invoice_line_values(computation)
     ]

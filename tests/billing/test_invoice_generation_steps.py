@@ -11,9 +11,9 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from billing.invoicing.compute import invoice_compute
+from billing.invoicing.compute import invoice_compute, invoice_line_rows
 from billing.invoicing.models import Invoice, InvoiceLine
-from billing.invoicing.services import invoices_generate_due_step, invoices_reconcile
+from billing.invoicing.services import invoice_snapshot, invoices_generate_due_step, invoices_reconcile
 from billing.models import Contract, Pricing
 from metrics.models import BillableMetric
 from tests.billing.conftest import TIERED, customer_make, metric_make
@@ -98,10 +98,11 @@ def test_a_step_reads_and_writes_in_as_many_queries_for_five_contracts_as_for_on
     contracts_make(organisation, catalogue, range(1, 5))
     five = step_queries()
 
-    # Contracts, pauses, links, pricings, periods made, quantities (one per period: 2), the invoices'
-    # insert and check, lines, audit entries; and the transaction's own statements.
+    # Contracts, their pauses and organisations, links, phases, pricings, periods made, approved invoices,
+    # quantities (one per period: 2), the invoices' insert (and on SQLite their check), lines, audit
+    # entries; and the transaction's own statements.
     assert one == five
-    assert five <= 14
+    assert five <= 16
 
 
 @pytest.mark.django_db
@@ -122,3 +123,48 @@ def test_a_contract_that_cannot_be_computed_holds_back_no_other(
     assert set(Invoice.objects.values_list("contract_id", flat=True)) == {contract.id for contract in others}
     monkeypatch.undo()
     assert invoices_generate_due_step(now=MARCH_5) == (2, None)  # the next run makes the broken one's
+
+
+@pytest.mark.django_db
+def test_a_step_stores_each_draft_its_lines_and_audit_entry_as_the_models_would(organisation: Organisation) -> None:
+    # On PostgreSQL the step writes arrays of values, not model instances: the rows must be the same.
+    contracts_make(organisation, catalogue_make(organisation), range(2))
+
+    assert invoices_generate_due_step(now=MARCH_5) == (4, None)
+
+    line_fields = [f.attname for f in InvoiceLine._meta.concrete_fields if f.attname != "id"]
+    for invoice in Invoice.objects.select_related("contract__customer"):
+        fresh = invoice_compute(
+            contract=invoice.contract, period_start=invoice.period_start, period_end=invoice.period_end
+        )
+        stored = [[getattr(line, name) for name in line_fields] for line in invoice.lines.all()]
+        assert stored == [[getattr(line, name) for name in line_fields] for line in invoice_line_rows(invoice, fresh)]
+        assert (invoice.kind, invoice.status, invoice.number, invoice.flagged, invoice.void_reason) == (
+            "period",
+            "draft",
+            None,
+            [],
+            "",
+        )
+        assert (invoice.tax_rate, invoice.amount_credited, invoice.amount_paid) == (Decimal("8.25"), 0, 0)
+        assert invoice.computed_at is not None
+        assert invoice.updated_at >= invoice.created_at
+        entry = AuditEntry.objects.get(object_id=str(invoice.id))
+        assert (entry.organisation_id, entry.actor, entry.actor_user_id, entry.actor_api_key_id) == (
+            organisation.id,
+            "system",
+            None,
+            None,
+        )
+        assert (entry.action, entry.object_type, entry.before, entry.reason) == (
+            "invoice.generate",
+            "invoice",
+            None,
+            "",
+        )
+        assert entry.after is not None
+        assert entry.after.keys() == invoice_snapshot(invoice).keys()
+        for name, value in invoice_snapshot(invoice).items():  # amounts as written: 65.25 stored as 65.2500
+            assert entry.after[name] == value or Decimal(entry.after[name]) == Decimal(value)
+    # `before` is SQL NULL (what Django stores for None), not JSON null.
+    assert AuditEntry.objects.filter(action="invoice.generate", before__isnull=True).count() == 4

@@ -157,6 +157,10 @@ def test_approval_numbers_dates_and_freezes_the_invoice(organisation: Organisati
     with pytest.raises(DatabaseError), transaction.atomic():
         InvoiceLine.objects.filter(invoice=first).delete()
     with pytest.raises(DatabaseError), transaction.atomic():
+        InvoiceLine.objects.create(
+            invoice=first, description="Extra", period_start=first.period_start, period_end=first.period_end, amount=1
+        )
+    with pytest.raises(DatabaseError), transaction.atomic():
         Invoice.objects.filter(id=first.id).update(status="draft", number=None)
     # The reconcile command reports the approved invoices' drift without failing on it (no draft differs).
     call_command("reconcile_invoices")

@@ -21,7 +21,7 @@ from django.test import Client
 from rest_framework.test import APIClient
 
 from billing.invoicing.models import Invoice
-from billing.invoicing.services import invoices_generate_due
+from billing.invoicing.services import GENERATE_BATCH, invoices_generate_due
 from billing.tasks import invoices_generate_due_task
 from metrics.definitions import metric_create
 from metrics.models import MetricValue
@@ -300,12 +300,13 @@ def test_a_month_of_every_pricing_model_through_the_worker(settings: Any) -> Non
 def test_the_generation_task_killed_mid_run_completes_on_the_next_run_without_a_gap_or_a_double() -> None:
     organisation = organisation_make()
     flat = pricing_make(organisation, "Platform", {"pricing_type": "flat_fee", "unit_amount": "10"})
-    contracts = [
-        contract_make(organisation, customer_make(organisation, external_id=f"cus_{n}"), [flat], start="2025-01-01")
-        for n in range(15)
-    ]
     this_month = dt.datetime.now(UTC).date().replace(day=1)
     periods = (this_month.year - 2025) * 12 + this_month.month - 1  # monthly periods closed since 2025-01-01
+    # More drafts than two steps make: when the first step's commit is seen, two more remain to run.
+    contracts = [
+        contract_make(organisation, customer_make(organisation, external_id=f"cus_{n}"), [flat], start="2025-01-01")
+        for n in range(2 * GENERATE_BATCH // periods + 1)
+    ]
     expected = len(contracts) * periods
 
     with celery_worker() as worker:

@@ -19,6 +19,7 @@ from django.utils import timezone
 from zenskar_site.accounts.actors import Actor
 from zenskar_site.accounts.models import ApiKey, ApiKeyScope, AuditEntry, Membership, Organisation, Role
 from zenskar_site.lib.errors import Forbidden, NotFound, Unauthenticated, ValidationFailed
+from zenskar_site.lib.sql import on_postgres, rows_insert
 from zenskar_site.lib.text import unstorable_message
 
 KEY_PREFIX_ALPHABET = string.ascii_lowercase + string.digits
@@ -109,9 +110,50 @@ def audit_record(
     return entry
 
 
-def audit_records(*, changes: Iterable[AuditChange]) -> list[AuditEntry]:
-    """`audit_record` for many changes in one INSERT (in the caller's transaction, as audit_record)."""
-    return AuditEntry.objects.bulk_create([change.entry() for change in changes], batch_size=1000)
+# Every stored field of an entry but its id, in the order `audit_records` gives them on PostgreSQL.
+AUDIT_FIELDS = (
+    "at",
+    "organisation_id",
+    "actor_user_id",
+    "actor_api_key_id",
+    "actor",
+    "action",
+    "object_type",
+    "object_id",
+    "before",
+    "after",
+    "reason",
+)
+
+
+def audit_records(*, changes: Iterable[AuditChange]) -> int:
+    """`audit_record` for many changes in one INSERT (in the caller's transaction, as audit_record);
+    returns how many. On PostgreSQL the entries go as arrays (`rows_insert`: no model instance, no
+    quoting on the client), stamped with one clock reading."""
+    changes = list(changes)
+    if not changes:
+        return 0
+    if not on_postgres():
+        return len(AuditEntry.objects.bulk_create([change.entry() for change in changes], batch_size=1000))
+    at = timezone.now()
+    rows = [
+        (
+            at,
+            change.actor.organisation.pk,
+            change.actor.user.pk if change.actor.user is not None else None,
+            change.actor.api_key.pk if change.actor.api_key is not None else None,
+            change.actor.label,
+            change.action,
+            change.object_type,
+            str(change.object_id),
+            change.before,
+            change.after,
+            change.reason,
+        )
+        for change in changes
+    ]
+    rows_insert(AuditEntry, columns=AUDIT_FIELDS, rows=rows)
+    return len(rows)
 
 
 def api_key_snapshot(api_key: ApiKey) -> dict[str, Any]:

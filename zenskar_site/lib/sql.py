@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import re
 import select
 import weakref
@@ -25,6 +26,8 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection
+from django.db.backends.utils import CursorDebugWrapper, CursorWrapper
+from django.db.models import JSONField, Model
 
 _PLACEHOLDER_RE = re.compile(r"%[sb%]")
 # psycopg connection -> names of the statements prepared on it. Keyed weakly: a connection that
@@ -106,6 +109,62 @@ def hot_rows(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         rows: list[tuple[Any, ...]] = transformer.load_rows(0, result.ntuples, tuple)
         result.clear()
     return rows
+
+
+def rows_insert(
+    model: type[Model], *, columns: Sequence[str], rows: Sequence[Sequence[Any]], then: str = ""
+) -> list[tuple[Any, ...]]:
+    """PostgreSQL only: insert `rows` into `model`'s table in one statement, whose text does not depend
+    on their number: each column goes as one binary array, and the arrays are unnested. (Django's
+    bulk_create quotes every value into the statement's text on the client, which costs more than the
+    insert itself when the rows are many.) `columns` are attnames of the model's concrete fields, each
+    row their values as `Model.save` would store them (a JSON field's as its data, a date as a date);
+    `then` follows the SELECT (`ON CONFLICT DO NOTHING RETURNING id`). Returns what RETURNING gives.
+
+    Each array is cast to its column's type without a length or precision (a cast to varchar(n) would cut
+    a longer text): the INSERT itself refuses a value too long, as bulk_create's would.
+    """
+    sql, json_columns = _insert_sql(model, tuple(columns), then)
+    arrays: list[list[Any]] = [[] for _ in columns]
+    for row in rows:
+        for values, value in zip(arrays, row, strict=True):
+            values.append(value)
+    for index, encoder in json_columns:
+        arrays[index] = [None if value is None else json.dumps(value, cls=encoder) for value in arrays[index]]
+    from psycopg import Cursor
+
+    connection.ensure_connection()
+    # A cursor that binds on the server (Django's bind on the client, quoting each value into the text),
+    # wrapped as Django wraps its own: its errors are Django's, its statements logged when Django logs
+    # them, and psycopg begins Django's transaction before it if no statement has yet.
+    wrapper = CursorDebugWrapper if connection.queries_logged else CursorWrapper
+    with wrapper(Cursor(connection.connection), connection) as cursor:
+        cursor.execute(sql, arrays)
+        return [tuple(row) for row in cursor.fetchall()] if cursor.description else []
+
+
+@functools.cache
+def _insert_sql(model: type[Model], columns: tuple[str, ...], then: str) -> tuple[str, list[tuple[int, Any]]]:
+    fields = {field.attname: field for field in model._meta.concrete_fields}
+    casts: list[str] = []
+    json_columns: list[tuple[int, Any]] = []
+    for index, name in enumerate(columns):
+        field = fields[name]
+        db_type = re.sub(r"\(.*?\)", "", field.db_type(connection) or "")
+        if isinstance(field, JSONField):
+            json_columns.append((index, field.encoder))
+            casts.append("%b::text[]::jsonb[]")
+        else:
+            casts.append(f"%b::{db_type}[]")
+    table = connection.ops.quote_name(model._meta.db_table)
+    names = ", ".join(connection.ops.quote_name(fields[name].column or name) for name in columns)
+    # Names and types from the model's meta; `then` is the caller's fixed text. No value is in the text.
+    sql = f"""
+        INSERT INTO {table} ({names})
+        SELECT * FROM unnest({", ".join(casts)})
+        {then}
+    """  # noqa: S608
+    return sql, json_columns
 
 
 @functools.cache
