@@ -25,7 +25,7 @@ from rest_framework.views import APIView
 
 from billing.api.common import FilteredListApi, body_object
 from billing.inputs import uuid_value
-from billing.invoicing.compute import decimal_text
+from billing.invoicing.compute import LINE_FIELDS, decimal_text
 from billing.invoicing.document import credit_note_pdf, invoice_pdf, pdf_filename
 from billing.invoicing.drift import DriftLine, InvoiceDrift, invoice_drift
 from billing.invoicing.models import CreditNote, Invoice, InvoiceLine, InvoiceStatus, Payment, PaymentPart
@@ -85,23 +85,7 @@ class InvoiceLineOutput(serializers.ModelSerializer[InvoiceLine]):
 
     class Meta:
         model = InvoiceLine
-        fields = [
-            "id",
-            "position",
-            "description",
-            "product_id",
-            "pricing_id",
-            "pricing_type",
-            "period_start",
-            "period_end",
-            "quantity",
-            "unit",
-            "unit_amount",
-            "breakdown",
-            "amount",
-            "adjustment_of_start",
-            "adjustment_of_end",
-        ]
+        fields = ["id", *LINE_FIELDS]
 
 
 INVOICE_MONEY = ("subtotal", "tax", "total", "amount_credited", "amount_paid", "amount_due")
