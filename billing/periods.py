@@ -28,6 +28,7 @@ from __future__ import annotations
 import calendar
 import datetime as dt
 import decimal
+import functools
 import itertools
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
@@ -149,6 +150,7 @@ def _prorate(amount: Decimal, days: int, full_days: int) -> Decimal:
 # --- boundaries ---
 
 
+@functools.lru_cache(maxsize=4096)  # pure; a month-end run asks the same few anchors and months per contract
 def _add_months(anchor: dt.date, months: int) -> dt.date:
     total = anchor.year * 12 + anchor.month - 1 + months
     year, month = divmod(total, 12)

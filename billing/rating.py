@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import decimal
 import re
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
@@ -393,11 +393,9 @@ _EXACT_CONTEXT = decimal.Context(prec=_PRECISION, traps=[decimal.Inexact, decima
 _ROUNDING_CONTEXT = decimal.Context(prec=_PRECISION)
 
 
-@contextmanager
-def _exact() -> Iterator[None]:
+def _exact() -> AbstractContextManager[decimal.Context]:
     """Decimal arithmetic that raises instead of rounding: every amount the engine returns is exact."""
-    with decimal.localcontext(_EXACT_CONTEXT):
-        yield
+    return decimal.localcontext(_EXACT_CONTEXT)
 
 
 def rate(
