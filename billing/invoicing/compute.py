@@ -322,24 +322,34 @@ def _line(
     return line, flagged
 
 
+# Customers whose metered quantities one query reads, at most. For a hundred the database looks each up
+# in the values' index; for many more it reads the whole table, in parallel, which costs more CPU and
+# time (measured: 500 customers among 10,000, 0.29 s of CPU in one query, 0.19 s in five).
+QUANTITIES_CHUNK = 100
+
+
 def invoice_quantities_prefetch(
     *, invoices: Iterable[tuple[Contract, Sequence[PhasePricing], dt.date, dt.date]]
 ) -> MeteredQuantities:
     """The metered quantities of many invoices (contract, its links, period start and end), read together:
-    one query per distinct period, so a month-end run reads one per batch. A piece whose span is not
-    its invoice's period (mixed cadences, a phase changing mid-period) is read when it is computed."""
-    wanted: dict[tuple[dt.date, dt.date], tuple[dict[int, BillableMetric], set[str]]] = {}
+    one query per distinct period and QUANTITIES_CHUNK customers (a customer's keys in the same query),
+    so a month-end run reads a few per batch. A piece whose span is not its invoice's period (mixed
+    cadences, a phase changing mid-period) is read when it is computed."""
+    wanted: dict[tuple[dt.date, dt.date], tuple[dict[int, BillableMetric], dict[Any, list[str]]]] = {}
     for contract, links, start, end in invoices:
         metrics = {link.pricing.metric.id: link.pricing.metric for link in links if link.pricing.metric is not None}
         if not metrics:
             continue
-        period_metrics, keys = wanted.setdefault((start, end), ({}, set()))
+        period_metrics, customers = wanted.setdefault((start, end), ({}, {}))
         period_metrics.update(metrics)
-        keys.update(_customer_keys(contract))
+        customers[contract.customer_id] = _customer_keys(contract)
     quantities = MeteredQuantities()
-    for (start, end), (metrics, keys) in wanted.items():
+    for (start, end), (metrics, customers) in wanted.items():
         start_at, end_at = period_datetimes(start=start, end=end)
-        quantities.prefetch(metrics=metrics.values(), customer_ids=keys, start=start_at, end=end_at)
+        keys = list(customers.values())
+        for low in range(0, len(keys), QUANTITIES_CHUNK):
+            chunk = [key for customer_keys in keys[low : low + QUANTITIES_CHUNK] for key in customer_keys]
+            quantities.prefetch(metrics=metrics.values(), customer_ids=chunk, start=start_at, end=end_at)
     return quantities
 
 

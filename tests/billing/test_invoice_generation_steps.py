@@ -168,3 +168,21 @@ def test_a_step_stores_each_draft_its_lines_and_audit_entry_as_the_models_would(
             assert entry.after[name] == value or Decimal(entry.after[name]) == Decimal(value)
     # `before` is SQL NULL (what Django stores for None), not JSON null.
     assert AuditEntry.objects.filter(action="invoice.generate", before__isnull=True).count() == 4
+
+
+@pytest.mark.django_db
+def test_a_step_reads_quantities_a_few_customers_per_query_with_each_customers_keys_together(
+    organisation: Organisation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    contracts = contracts_make(organisation, catalogue_make(organisation), range(5))
+    monkeypatch.setattr("billing.invoicing.compute.QUANTITIES_CHUNK", 2)
+
+    with CaptureQueriesContext(connection) as queries:
+        assert invoices_generate_due_step(now=MARCH_5) == (10, None)
+
+    reads = [query["sql"] for query in queries.captured_queries if "metrics_metricvalue" in query["sql"]]
+    assert len(reads) == 6  # January and February, 5 customers 2 at a time
+    for contract in contracts:  # a customer is named by its external id or its id: both in the same query
+        named = [(f"'{contract.customer.external_id}'" in sql, f"'{contract.customer_id}'" in sql) for sql in reads]
+        assert sorted(named) == [(False, False)] * 4 + [(True, True)] * 2  # once a month
+    assert invoices_reconcile() == ([], [])
