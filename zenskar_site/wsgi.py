@@ -32,7 +32,8 @@ def _hot_path_warm() -> None:
 
     from metrics.tasks import metrics_refresh_task
 
-    metrics_refresh_task.app.connection_for_write().transport  # noqa: B018  (imports the transport; no connect)
+    with metrics_refresh_task.app.connection_for_write() as broker:  # released at once; never connected
+        broker.transport  # noqa: B018  (imports and builds the transport)
 
 
 _hot_path_warm()
