@@ -7,7 +7,8 @@
    indexes and unique constraints, from 1, 2 and 4 parallel connections; the best of the three is
    the baseline, since the endpoint too writes from several connections at once;
 2. the batch endpoint: 1,000-record batches, every record with its own idempotency key, from several
-   concurrent clients (wrk), under gunicorn as production mode runs it;
+   concurrent clients (wrk), under gunicorn as production mode runs it. Phases 1 and 2 take turns in
+   slices, so both are measured under the same machine speed;
 3. the single-record endpoint (wrk), each record with its own idempotency key;
 4. a bare WSGI app under the same gunicorn settings: the HTTP limit. Phases 3 and 4 take turns in
    short slices, so a drift in the machine's speed (this is a shared VM) weighs on both alike.
@@ -17,7 +18,8 @@ and one 2-core machine serves more single-record requests than that, so the load
 ORGANISATIONS tenants, each with its own key and usage event, as a real deployment's load does: the
 limiter's cost (one Redis round trip per request) is measured, and its budget is not what is
 measured. A 429 (or any status but 202) fails the run.
-Every phase starts after VACUUM ANALYZE and a CHECKPOINT, so no phase pays for the previous one's rows.
+Each slice of phases 1 and 2, and phases 3 and 4, start after VACUUM ANALYZE and a CHECKPOINT, so none
+pays for the rows written before it.
 It prints records/s, requests/s and the two ratios the ingestion issue names, each with PASS or FAIL
 against its target; the exit status is 1 when any line fails.
 """
@@ -52,6 +54,9 @@ CLIENT_CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "8"))
 # Tenants sharing the load: each stays far under its rate limit even on a machine several times faster.
 ORGANISATIONS = int(os.environ.get("BENCH_ORGANISATIONS", "8"))
 SLICES = 5
+# A batch request takes a good part of a second: a slice this long keeps the requests wrk cuts off when it
+# stops (it counts only those it saw answered) a small share of those it counts.
+BATCH_SLICE_SECONDS = float(os.environ.get("BENCH_BATCH_SLICE_SECONDS", "4"))
 BENCH_REDIS = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
 WORKERS = os.environ.get("WEB_CONCURRENCY", str((os.cpu_count() or 2) + 1))
 BATCH_TARGET = 0.5
@@ -180,46 +185,65 @@ def copy_payloads(event_id: int, *, prefix: str) -> list[str]:
     return payloads
 
 
-def copy_limit(event_id: int, *, connections: int) -> float:
-    """Records/s of raw COPY, 1,000 rows a transaction, from `connections` connections at once, into
-    a fresh clone of the records table (its indexes, the idempotency key's unique index included)."""
-    payloads = copy_payloads(event_id, prefix=f"copy{connections}")
-    with psycopg.connect(bench_url(), autocommit=True) as conn:
-        conn.execute("DROP TABLE IF EXISTS bench_copy")
-        conn.execute("CREATE TABLE bench_copy (LIKE usage_usagerecord INCLUDING ALL)")
-    shares = [payloads[n::connections] for n in range(connections)]
-    opened = [psycopg.connect(bench_url()) for _ in range(connections)]
-    errors: list[BaseException] = []
-    start = threading.Barrier(connections + 1)
+class CopyLimit:
+    """Raw COPY, 1,000 rows a transaction, from `connections` connections at once, into a clone of the
+    records table (its indexes, the idempotency key's unique index included), a slice at a time: the
+    table is made once and grows over the slices, as the endpoint's does."""
 
-    def run(conn: psycopg.Connection[tuple[object, ...]], share: list[str]) -> None:
-        try:
-            start.wait()
-            for payload in share:
-                with conn.cursor() as cur, cur.copy(f"COPY bench_copy ({COPY_COLUMNS}) FROM STDIN") as copy:
-                    copy.write(payload)
-                conn.commit()
-        except BaseException as exc:  # reported below: a failed baseline must not pass as a fast one
-            errors.append(exc)
+    def __init__(self, event_id: int, *, connections: int) -> None:
+        self.connections = connections
+        self.table = f"bench_copy_{connections}"
+        payloads = copy_payloads(event_id, prefix=f"copy{connections}")
+        # Slice n takes every SLICES-th payload from n: each slice copies the same number of rows.
+        self.slices = [payloads[n::SLICES] for n in range(SLICES)]
+        self.records = 0
+        self.seconds = 0.0
+        with psycopg.connect(bench_url(), autocommit=True) as conn:
+            conn.execute(f"DROP TABLE IF EXISTS {self.table}")
+            conn.execute(f"CREATE TABLE {self.table} (LIKE usage_usagerecord INCLUDING ALL)")
 
-    threads = [threading.Thread(target=run, args=(c, s)) for c, s in zip(opened, shares, strict=True)]
-    for thread in threads:
-        thread.start()
-    start.wait()
-    started = time.perf_counter()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - started
-    for conn in opened:
-        conn.close()
-    if errors:
-        raise RuntimeError(f"COPY failed: {errors[0]!r}")
-    with psycopg.connect(bench_url(), autocommit=True) as conn:
-        stored = int(conn.execute("SELECT count(*) FROM bench_copy").fetchone()[0])  # type: ignore[index]
-        conn.execute("DROP TABLE bench_copy")
-    if stored != COPY_RECORDS:
-        raise RuntimeError(f"COPY stored {stored:,} records of {COPY_RECORDS:,}")
-    return COPY_RECORDS / elapsed
+    @property
+    def rate(self) -> float:
+        return self.records / self.seconds
+
+    def run(self, n: int) -> None:
+        """Copy slice n, its payloads shared out between the connections, and add its rows and time."""
+        shares = [self.slices[n][c :: self.connections] for c in range(self.connections)]
+        opened = [psycopg.connect(bench_url()) for _ in range(self.connections)]
+        errors: list[BaseException] = []
+        start = threading.Barrier(self.connections + 1)
+
+        def run(conn: psycopg.Connection[tuple[object, ...]], share: list[str]) -> None:
+            try:
+                start.wait()
+                for payload in share:
+                    with conn.cursor() as cur, cur.copy(f"COPY {self.table} ({COPY_COLUMNS}) FROM STDIN") as copy:
+                        copy.write(payload)
+                    conn.commit()
+            except BaseException as exc:  # reported below: a failed baseline must not pass as a fast one
+                errors.append(exc)
+
+        threads = [threading.Thread(target=run, args=(c, s)) for c, s in zip(opened, shares, strict=True)]
+        for thread in threads:
+            thread.start()
+        start.wait()
+        started = time.perf_counter()
+        for thread in threads:
+            thread.join()
+        self.seconds += time.perf_counter() - started
+        for conn in opened:
+            conn.close()
+        if errors:
+            raise RuntimeError(f"COPY failed: {errors[0]!r}")
+        self.records += sum(payload.count("\n") for payload in self.slices[n])
+
+    def finish(self) -> None:
+        """Check that every row was stored, and drop the table."""
+        with psycopg.connect(bench_url(), autocommit=True) as conn:
+            stored = int(conn.execute(f"SELECT count(*) FROM {self.table}").fetchone()[0])  # type: ignore[index]
+            conn.execute(f"DROP TABLE {self.table}")
+        if stored != self.records or stored != COPY_RECORDS:
+            raise RuntimeError(f"COPY stored {stored:,} records of {COPY_RECORDS:,}")
 
 
 def gunicorn(app: str, port: int, environment: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
@@ -339,14 +363,8 @@ def main() -> int:
     with psycopg.connect(bench_url()) as conn:
         event_id = int(conn.execute("SELECT min(id) FROM usage_usageevent WHERE api_slug = %s", [slug]).fetchone()[0])  # type: ignore[index]
 
-    copy_rates: dict[int, float] = {}
-    for connections in COPY_CONNECTIONS:
-        step(
-            f"raw COPY limit: {COPY_RECORDS:,} keyed records in {BATCH:,}-row transactions, {connections} connection(s)"
-        )
-        settle()
-        copy_rates[connections] = copy_limit(event_id, connections=connections)
-    copy_connections, copy_rate = max(copy_rates.items(), key=lambda item: item[1])
+    step(f"preparing the raw COPY limit's {COPY_RECORDS:,} keyed records for each of {COPY_CONNECTIONS} connection(s)")
+    copies = [CopyLimit(event_id, connections=connections) for connections in COPY_CONNECTIONS]
 
     batch_body = json.dumps(records(BATCH, prefix=KEY_PLACEHOLDER)).encode()
     single_body = json.dumps(records(1, prefix=KEY_PLACEHOLDER)[0]).encode()
@@ -354,17 +372,39 @@ def main() -> int:
     port = int(os.environ.get("BENCH_PORT", "18700"))
     server = gunicorn("zenskar_site.wsgi:application", port)
     try:
+        # The batch endpoint and raw COPY (1, 2 and 4 connections) take turns in slices too: the limit and
+        # the endpoint are measured under the same machine speed, each slice from a checkpointed state.
         step(
-            f"batch endpoint: {CLIENT_CONNECTIONS} connections x {BATCH:,}-record keyed batches for {DURATION}s, "
-            f"{ORGANISATIONS} organisations, rate limit {limit}/s each"
+            f"batch endpoint: {CLIENT_CONNECTIONS} connections x {BATCH:,}-record keyed batches, {ORGANISATIONS} "
+            f"organisations, rate limit {limit}/s each; and raw COPY of {COPY_RECORDS:,} keyed records in "
+            f"{BATCH:,}-row transactions from {COPY_CONNECTIONS} connection(s); taking turns in {SLICES} slices "
+            f"({BATCH_SLICE_SECONDS:g}s of the endpoint each)"
         )
-        settle()
         before = stored_records()
-        batch_rps, batch_codes = wrk(
-            f"http://127.0.0.1:{port}/usage/{slug}", batch_body, keys, connections=CLIENT_CONNECTIONS
-        )
-        time.sleep(3)  # requests wrk left in flight finish before the next phase is measured
+        batch_rates: list[float] = []
+        batch_codes = Counter[int]()
+        for n in range(SLICES):
+            for copy in copies:
+                settle()
+                copy.run(n)
+            settle()
+            rate, codes = wrk(
+                f"http://127.0.0.1:{port}/usage/{slug}",
+                batch_body,
+                keys,
+                connections=CLIENT_CONNECTIONS,
+                seconds=BATCH_SLICE_SECONDS,
+            )
+            batch_rates.append(rate)
+            batch_codes.update(codes)
+            time.sleep(1)  # requests wrk left in flight finish before the next slice is measured
+        time.sleep(2)
         batch_stored = stored_records() - before
+        batch_rps = sum(batch_rates) / SLICES
+        for copy in copies:
+            copy.finish()
+        copy_rates = {copy.connections: copy.rate for copy in copies}
+        copy_connections, copy_rate = max(copy_rates.items(), key=lambda item: item[1])
         bare = gunicorn("bench.bare_wsgi:application", port + 1)
         try:
             # The single-record endpoint and the bare app take turns in short slices, so a change in the
@@ -404,7 +444,7 @@ def main() -> int:
     batch_ratio, single_ratio = batch_records / copy_rate, single_rps / bare_rps
     # Every answer a 202 (no 429 from the limiter, no error) and every accepted record stored (requests
     # still in flight when wrk stopped may add a few it did not count).
-    batch_ok = set(batch_codes) == {202} and batch_stored >= batch_codes.get(202, 0) * BATCH
+    batch_ok = set(batch_codes) == {202} and batch_stored >= batch_codes[202] * BATCH
     single_ok = set(single_codes) == {202} and single_stored >= single_codes.get(202, 0)
     lines = [
         (
@@ -415,7 +455,7 @@ def main() -> int:
             f"ratio single / bare WSGI    {single_ratio:6.2f}x   (target >= {SINGLE_TARGET:.2f}x)",
             single_ratio >= SINGLE_TARGET,
         ),
-        (f"batch answers all 202, every record stored (statuses {batch_codes})", batch_ok),
+        (f"batch answers all 202, every record stored (statuses {dict(batch_codes)})", batch_ok),
         (f"single answers all 202, every record stored (statuses {dict(single_codes)})", single_ok),
     ]
     print()
@@ -426,9 +466,10 @@ def main() -> int:
     for connections, rate in copy_rates.items():
         print(f"raw COPY, {connections} connection(s)     {rate:12,.0f} records/s")
     print(f"fair COPY (best: {copy_connections})        {copy_rate:12,.0f} records/s")
+    batch_slices = ", ".join(f"{r * BATCH:,.0f}" for r in batch_rates)
     print(
         f"batch endpoint             {batch_records:12,.0f} records/s  ({batch_rps:,.1f} requests/s; "
-        f"statuses {batch_codes}; stored {batch_stored:,})"
+        f"statuses {dict(batch_codes)}; stored {batch_stored:,}; slices {batch_slices})"
     )
     print(
         f"single-record endpoint     {single_rps:12,.0f} requests/s (statuses {dict(single_codes)}; "

@@ -8,9 +8,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from django.db import IntegrityError
 from django.utils import timezone
 
 from tests.factories import api_key_make, organisation_make, usage_event_make
+from usage.ingestion import store
 from usage.ingestion.context import StaleContext
 from usage.ingestion.statements import RECORD_COLUMNS, PostgresWrite, RecordRow, RecordsWrite
 from usage.ingestion.store import postgres_write_many, postgres_write_one
@@ -109,3 +111,60 @@ def test_a_taken_key_under_a_cached_guard_is_told_apart_by_the_caller() -> None:
     assert outcome(postgres_write_many, a_write(usage_event, key="k9", guard=guard)) == "stale"
     assert outcome(postgres_write_one, a_write(usage_event, key="k9", guard=guard)) == "stale"
     assert UsageRecord.objects.filter(usage_event=usage_event).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_in_autocommit_a_plain_insert_meets_a_taken_key_and_runs_again_skipping_it(monkeypatch: Any) -> None:
+    """Outside a transaction the write first runs as a plain INSERT; a taken key fails it as a whole, and it
+    runs again with ON CONFLICT, which stores the rest; that usage event's next writes skip taken keys at once."""
+    statements: list[bool] = []  # per statement run: whether it skips taken keys
+    real_hot_rows = store.hot_rows
+
+    def spy(sql: str, params: Any) -> Any:
+        statements.append("ON CONFLICT" in sql)
+        return real_hot_rows(sql, params)
+
+    monkeypatch.setattr(store, "hot_rows", spy)
+    monkeypatch.setattr(store, "_key_taken_at", {})
+    usage_event = usage_event_make(organisation=organisation_make())
+    other = usage_event_make(organisation=organisation_make(name="Other"), api_slug="other")
+
+    assert outcome(postgres_write_one, a_write(usage_event, key="k1")) == "stored"
+    assert outcome(postgres_write_one, a_write(usage_event, key=None)) == "stored"
+    assert statements == [False, False]
+
+    statements.clear()
+    batch = a_write(usage_event, key="k1")
+    rows = [*batch.records.rows, batch.records.rows[0]._replace(idempotency_key="k2")]
+    batch = PostgresWrite(**{**vars(batch), "records": RecordsWrite(**{**vars(batch.records), "rows": rows})})
+    assert [key for _, key in postgres_write_many(batch)] == ["k2"]  # k1 is taken: skipped, k2 stored
+    assert statements == [False, True]
+    assert usage_event.id in store._key_taken_at
+
+    statements.clear()
+    assert outcome(postgres_write_one, a_write(usage_event, key="k3")) == "stored"
+    assert outcome(postgres_write_one, a_write(other, key="k1")) == "stored"  # another usage event: plain
+    assert statements == [True, False]
+    assert [row[4] for row in stored_columns(usage_event)] == ["k1", None, "k2", "k3"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_plain_insert_failing_on_another_constraint_is_not_taken_for_a_taken_key() -> None:
+    usage_event = usage_event_make(organisation=organisation_make())
+    stored = postgres_write_one(a_write(usage_event, key="k1"))
+    taken_id = stored[0][0]
+    retried: list[bool] = []
+
+    def statement(skip_taken_keys: bool) -> str:
+        retried.append(skip_taken_keys)
+        return (  # the primary key, not the idempotency key, is taken
+            "INSERT INTO usage_usagerecord (id, usage_event_id, customer_id, timestamp, data, idempotency_key, "
+            "content_hash, received_at, voided, superseded) "
+            "SELECT %s, usage_event_id, customer_id, timestamp, data, 'k2', content_hash, received_at, voided, "
+            "superseded FROM usage_usagerecord WHERE id = %s"
+        )
+
+    with pytest.raises(IntegrityError):
+        store._records_insert(a_write(usage_event, key="k2"), statement, [taken_id, taken_id])
+    assert retried == [False]
+    assert usage_event.id not in store._key_taken_at

@@ -6,7 +6,9 @@ module generates for the database in use:
 - PostgreSQL: ONE statement for the whole request, so it is atomic even in autocommit (no BEGIN and
   COMMIT round trips): a guard (the usage event exists; for a cached context, the key is still active
   and the definition unchanged), the error log's rows, the records (one array per column, unnested,
-  in order, `ON CONFLICT DO NOTHING` on the idempotency key) and the dirty-hour marks.
+  in order) and the dirty-hour marks. The records go in either as a plain INSERT, which fails as a
+  whole on an idempotency key already taken, or with `ON CONFLICT DO NOTHING` on the key, which skips
+  the records whose key is taken; usage/ingestion/store.py says which it runs when.
 - SQLite: one multi-row INSERT of the records; the caller's transaction writes the rest.
 """
 
@@ -48,6 +50,7 @@ RECORD_COLUMNS: tuple[Column, ...] = (
     Column("superseded", "boolean", per_record=False),
 )
 _CONFLICT = "ON CONFLICT (usage_event_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
+IDEMPOTENCY_CONSTRAINT = "usage_record_unique_idempotency_key"  # the unique index a taken key violates
 
 
 class RecordRow(NamedTuple):
@@ -97,8 +100,9 @@ class PostgresWrite:
 
 
 @functools.cache
-def postgres_write_sql(*, guarded: bool, with_errors: bool) -> str:
-    """The whole request in one statement; its first row counts the guard's rows, then (id, key) per record."""
+def postgres_write_sql(*, guarded: bool, with_errors: bool, skip_taken_keys: bool) -> str:
+    """The whole request in one statement; its first row counts the guard's rows, then (id, key) per record.
+    Without `skip_taken_keys`, a record whose idempotency key is taken fails the statement (nothing written)."""
     per_record = [c for c in RECORD_COLUMNS if c.per_record]
     arrays = ", ".join(f"%b::{c.wire_type or c.pg_type}[]" for c in per_record)
     names = ", ".join(c.quoted for c in per_record)
@@ -126,7 +130,7 @@ def postgres_write_sql(*, guarded: bool, with_errors: bool) -> str:
             FROM unnest({arrays}) WITH ORDINALITY AS t({names}, ord)
             WHERE EXISTS (SELECT 1 FROM ok)
             ORDER BY t.ord
-            {_CONFLICT}
+            {_CONFLICT if skip_taken_keys else ""}
             RETURNING id, idempotency_key
         ), dirty AS (
             INSERT INTO {DirtyBucket._meta.db_table} (usage_event_id, hour_start)
@@ -156,18 +160,18 @@ def postgres_write_params(write: PostgresWrite) -> list[Any]:
 
 
 @functools.cache
-def postgres_write_one_sql(*, guarded: bool) -> str:
+def postgres_write_one_sql(*, guarded: bool, skip_taken_keys: bool) -> str:
     """A single-record request without errors to log (most of the traffic): the same columns and guard as
     postgres_write_sql, but scalar parameters and no separate guard CTE and counts, which the benchmark
     showed cost a single record a fifth of its throughput. One row back means stored; none means the
-    guard failed or the idempotency key is taken (the caller tells them apart)."""
+    guard failed or (with `skip_taken_keys`) the idempotency key is taken: the caller tells them apart."""
     values = ", ".join(f"%s::{c.pg_type}" for c in RECORD_COLUMNS)
     return f"""
         WITH ins AS (
             INSERT INTO {UsageRecord._meta.db_table} ({", ".join(c.quoted for c in RECORD_COLUMNS)})
             SELECT {values}
             WHERE EXISTS ({_guard_sql(guarded=guarded)})
-            {_CONFLICT}
+            {_CONFLICT if skip_taken_keys else ""}
             RETURNING id, idempotency_key
         ), dirty AS (
             INSERT INTO {DirtyBucket._meta.db_table} (usage_event_id, hour_start) SELECT %s, %s FROM ins
