@@ -58,7 +58,7 @@ SLICES = 5
 # stops (it counts only those it saw answered) a small share of those it counts.
 BATCH_SLICE_SECONDS = float(os.environ.get("BENCH_BATCH_SLICE_SECONDS", "4"))
 BENCH_REDIS = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
-WORKERS = os.environ.get("WEB_CONCURRENCY", str((os.cpu_count() or 2) + 1))
+WORKERS = os.environ.get("WEB_CONCURRENCY", str(2 * (os.cpu_count() or 2) + 1))  # gunicorn.conf.py's default
 BATCH_TARGET = 0.5
 SINGLE_TARGET = 0.25
 # The placeholder each request's Lua replaces with its own prefix, so every idempotency key is new.
