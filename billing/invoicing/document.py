@@ -7,15 +7,17 @@ frozen invoice and is the same bytes every time (WeasyPrint's creation date is t
 its file identifier derived from the invoice's id; nothing reads the clock). A draft renders too,
 marked DRAFT across the page and dated by its last computation.
 
-What is not frozen with the invoice: the organisation's name and the customer's name and address are
-read when the document is rendered (the invoice has no copy of them); editing a customer's address
-changes the PDF of their approved invoices.
+The parties are frozen too: approving copies the seller's name and the customer's name, email and
+address lines into the invoice (`Invoice.parties`, refused any change by the database like the lines),
+and the document of an approved invoice, and of its credit notes, shows that copy. Renaming the
+organisation or the customer, or moving the customer, changes only live invoices (upcoming, draft).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import os
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from functools import cache
@@ -132,8 +134,8 @@ def _line(line: InvoiceLine, currency: str) -> DocumentLine:
     )
 
 
-def customer_address(invoice: Invoice) -> list[str]:
-    customer = invoice.customer
+def customer_address(customer: Any) -> list[str]:
+    """The customer's postal address as the document's lines (a historical model's instance will do)."""
     place = " ".join(p for p in (customer.address_zipCode, customer.address_city) if p)
     lines = [
         customer.address_line1,
@@ -145,18 +147,39 @@ def customer_address(invoice: Invoice) -> list[str]:
     return [line for line in lines if line]
 
 
+def parties_of(*, seller_name: str, customer: Any) -> dict[str, Any]:
+    """What the document shows of the seller and the customer, as `Invoice.parties` keeps it (JSON)."""
+    return {
+        "seller": {"name": seller_name},
+        "customer": {
+            "customer_name": customer.customer_name,
+            "email": customer.email,
+            "address": customer_address(customer),
+        },
+    }
+
+
+def invoice_parties(invoice: Invoice) -> dict[str, Any]:
+    """The parties of `invoice`'s document: the copy taken at approval, else (a live invoice) the
+    organisation's and the customer's details as they are now."""
+    if invoice.parties is not None:
+        return invoice.parties
+    return parties_of(seller_name=invoice.organisation.name, customer=invoice.customer)
+
+
 def invoice_document(*, invoice: Invoice) -> dict[str, Any]:
-    """The template context of the invoice document (`invoice` with its lines, customer and organisation)."""
+    """The template context of the invoice document (`invoice` with its lines, and its parties)."""
     currency = invoice.currency
     money = {
         name: money_format(getattr(invoice, name), currency)
         for name in ("subtotal", "tax", "total", "amount_credited", "amount_paid", "amount_due")
     }
+    parties = invoice_parties(invoice)
     return {
         "invoice": invoice,
-        "seller": invoice.organisation,
-        "customer": invoice.customer,
-        "address": customer_address(invoice),
+        "seller": parties["seller"],
+        "customer": parties["customer"],
+        "address": parties["customer"]["address"],
         "lines": [_line(line, currency) for line in invoice.lines.all()],
         "money": money,
         "tax_rate": number_format(format(Decimal(invoice.tax_rate).normalize(), "f")),
@@ -170,12 +193,13 @@ def invoice_document(*, invoice: Invoice) -> dict[str, Any]:
 
 def credit_note_document(*, note: CreditNote) -> dict[str, Any]:
     invoice = note.invoice
+    parties = invoice_parties(invoice)  # a credit note's invoice is approved: the parties it was issued to
     return {
         "note": note,
         "invoice": invoice,
-        "seller": invoice.organisation,
-        "customer": invoice.customer,
-        "address": customer_address(invoice),
+        "seller": parties["seller"],
+        "customer": parties["customer"],
+        "address": parties["customer"]["address"],
         "amount": money_format(note.amount, note.currency),
         "invoice_total": money_format(invoice.total, invoice.currency),
     }
@@ -190,6 +214,11 @@ def _stylesheet() -> str:
 
 
 def _pdf(*, html: str, identifier: str) -> bytes:
+    # fontTools, which subsets the embedded fonts where HarfBuzz-Subset is missing (Debian 12), stamps each
+    # subset font with the moment it was made unless SOURCE_DATE_EPOCH (reproducible builds) names one:
+    # without it an approved invoice's PDF differed from one second to the next. A fixed stamp, as the
+    # documents' other dates are theirs, not the clock's.
+    os.environ.setdefault("SOURCE_DATE_EPOCH", str(int(EPOCH.timestamp())))
     # Imported here: WeasyPrint loads Pango through cffi, which only the PDF needs.
     from weasyprint import CSS, HTML
 

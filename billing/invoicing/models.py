@@ -71,6 +71,11 @@ class Invoice(models.Model):
     computed_at = models.DateTimeField(null=True, blank=True)
     approved_at = models.DateTimeField(null=True, blank=True)
     voided_at = models.DateTimeField(null=True, blank=True)
+    # The seller and the customer as the document shows them (names, email, address lines), copied at
+    # approval: renaming the organisation or the customer, or moving the customer, later never changes an
+    # issued invoice or its credit notes. None while the invoice is live (the document then reads them
+    # from the organisation and the customer). See billing.invoicing.document.invoice_parties.
+    parties = models.JSONField(null=True, blank=True, editable=False)
 
     class Meta:
         ordering = ["-period_start", "-created_at"]

@@ -34,6 +34,7 @@ from billing.invoicing.compute import (
     invoice_quantities_prefetch,
 )
 from billing.invoicing.dispatch import contract_drafts_refresh_on_commit
+from billing.invoicing.document import invoice_parties
 from billing.invoicing.drift import BILLED_STATUSES, adjustment_lines, invoice_drift, live_invoice_compute
 from billing.invoicing.models import (
     FROZEN_STATUSES,
@@ -608,6 +609,7 @@ def invoice_approve(*, actor: Actor, invoice_id: Any) -> Invoice:
     invoice.issue_date = now.astimezone(dt.UTC).date()
     invoice.due_date = invoice.issue_date + dt.timedelta(days=invoice.contract.customer.payment_terms_days)
     invoice.approved_at = now
+    invoice.parties = invoice_parties(invoice)  # as the document showed them when it was approved
     invoice.status = InvoiceStatus.APPROVED if invoice.amount_due > 0 else InvoiceStatus.PAID
     invoice.save()
     _audit(actor=actor, invoice=invoice, action="invoice.approve", before=before)

@@ -10,6 +10,8 @@ A transactional test's flush: PostgreSQL truncates (no row trigger fires); on SQ
 tests/billing/test_invoice_*.py, which drop and restore these triggers around such a flush.
 """
 
+from collections.abc import Sequence
+
 from django.db import migrations
 
 from zenskar_site.lib.migration_sql import vendor_sql
@@ -35,7 +37,12 @@ BILLED = (
     "approved_at",
 )
 
-POSTGRES_UP = f"""
+
+
+def postgres_invoice_frozen(billed: Sequence[str]) -> str:
+    """The function behind the invoice's trigger: a frozen invoice refuses DELETE, a return to a live
+    status and any change to a column of `billed` (0005 adds one)."""
+    return f"""
 CREATE OR REPLACE FUNCTION billing_invoice_frozen() RETURNS trigger AS $$
 BEGIN
     IF TG_OP = 'DELETE' THEN
@@ -46,14 +53,25 @@ BEGIN
     END IF;
     IF OLD.status IN {FROZEN} AND (
         NEW.status NOT IN {FROZEN}
-        OR {" OR ".join(f"NEW.{c} IS DISTINCT FROM OLD.{c}" for c in BILLED)}
+        OR {" OR ".join(f"NEW.{c} IS DISTINCT FROM OLD.{c}" for c in billed)}
     ) THEN
         RAISE EXCEPTION 'invoice % is approved: its lines and totals are frozen', OLD.number;
     END IF;
     RETURN NEW;
 END;
 $$ LANGUAGE plpgsql;
-CREATE TRIGGER billing_invoice_frozen BEFORE UPDATE OR DELETE ON {INVOICE}
+"""
+
+
+def sqlite_invoice_frozen_update(billed: Sequence[str]) -> str:
+    """SQLite's trigger for the same rule on UPDATE."""
+    return f"""CREATE TRIGGER billing_invoice_frozen_update BEFORE UPDATE ON {INVOICE}
+        WHEN OLD.status IN {FROZEN} AND (
+            NEW.status NOT IN {FROZEN} OR {" OR ".join(f"NEW.{c} IS NOT OLD.{c}" for c in billed)})
+        BEGIN SELECT RAISE(ABORT, 'the invoice is approved: its lines and totals are frozen'); END;"""
+
+
+POSTGRES_UP = postgres_invoice_frozen(BILLED) + f"""CREATE TRIGGER billing_invoice_frozen BEFORE UPDATE OR DELETE ON {INVOICE}
     FOR EACH ROW EXECUTE FUNCTION billing_invoice_frozen();
 
 CREATE OR REPLACE FUNCTION billing_invoice_line_frozen() RETURNS trigger AS $$
@@ -91,10 +109,7 @@ DROP FUNCTION IF EXISTS billing_credit_note_append_only();
 
 _FROZEN_INVOICE = f"(SELECT status FROM {INVOICE} WHERE id = {{row}}.invoice_id) IN {FROZEN}"
 SQLITE_UP = [
-    f"""CREATE TRIGGER billing_invoice_frozen_update BEFORE UPDATE ON {INVOICE}
-        WHEN OLD.status IN {FROZEN} AND (
-            NEW.status NOT IN {FROZEN} OR {" OR ".join(f"NEW.{c} IS NOT OLD.{c}" for c in BILLED)})
-        BEGIN SELECT RAISE(ABORT, 'the invoice is approved: its lines and totals are frozen'); END;""",
+    sqlite_invoice_frozen_update(BILLED),
     f"""CREATE TRIGGER billing_invoice_frozen_delete BEFORE DELETE ON {INVOICE} WHEN OLD.status IN {FROZEN}
         BEGIN SELECT RAISE(ABORT, 'the invoice is approved: it cannot be deleted'); END;""",
     f"""CREATE TRIGGER billing_invoice_line_frozen_insert BEFORE INSERT ON {LINE}

@@ -162,6 +162,11 @@ def test_approval_numbers_dates_and_freezes_the_invoice(organisation: Organisati
         )
     with pytest.raises(DatabaseError), transaction.atomic():
         Invoice.objects.filter(id=first.id).update(status="draft", number=None)
+    with pytest.raises(DatabaseError), transaction.atomic():
+        Invoice.objects.filter(id=first.id).update(parties={"seller": {"name": "Someone else"}})
+    assert Invoice.objects.get(id=first.id).parties == approved.parties
+    assert approved.parties is not None
+    assert approved.parties["customer"]["customer_name"] == contract.customer.customer_name
     # The reconcile command reports the approved invoices' drift without failing on it (no draft differs).
     call_command("reconcile_invoices")
 

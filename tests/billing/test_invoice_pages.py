@@ -9,6 +9,7 @@ through tests/test_openapi_conformance.py, and the frozen-invoice triggers have 
 from __future__ import annotations
 
 import re
+import time
 from decimal import Decimal
 from html import unescape
 from typing import Any
@@ -18,6 +19,7 @@ from django.contrib.auth.models import User
 from django.test import Client
 from django.utils import timezone
 
+from billing.customers import customer_update
 from billing.invoicing.document import invoice_pdf, money_format
 from billing.invoicing.models import CreditNote, Invoice, InvoiceStatus
 from billing.invoicing.services import credit_note_create, invoice_approve, invoice_generate
@@ -35,6 +37,12 @@ pytestmark = pytest.mark.sqlite_only
 
 def text_of(html: str) -> str:
     return unescape(re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html)))
+
+
+def document_of(html: str) -> str:
+    """The text of the invoice document on a page (not the dashboard around it, which names the organisation)."""
+    start = html.index('id="invoice-document"')
+    return text_of(html[start : html.index("</article>", start)])
 
 
 def messages_of(html: str) -> list[str]:
@@ -281,8 +289,9 @@ def test_a_viewer_sees_invoices_but_cannot_act(organisation: Organisation, invoi
 
 
 def test_the_pdf_shows_the_number_customer_every_line_and_total_and_is_reproducible(
-    admin: Client, invoice: Invoice
+    admin: Client, invoice: Invoice, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)  # as in a fresh process
     draft = admin.get(f"/billing/invoices/{invoice.id}/pdf/")
     assert draft["Content-Type"] == "application/pdf"
     assert "DRAFT" in pdf_text(draft.content)
@@ -306,6 +315,52 @@ def test_the_pdf_shows_the_number_customer_every_line_and_total_and_is_reproduci
     # Byte for byte: rendered again from the frozen invoice (another object, another moment).
     assert invoice_pdf(invoice=Invoice.objects.get(id=invoice.id)) == response.content
     assert admin.get(f"/billing/invoices/{invoice.id}/pdf/").content == response.content
+    # And an hour later: no clock reading goes into it (fontTools stamped each embedded font with one).
+    clock = time.time
+    monkeypatch.setattr(time, "time", lambda: clock() + 3600)
+    assert invoice_pdf(invoice=Invoice.objects.get(id=invoice.id)) == response.content
+
+
+def test_an_approved_invoice_and_its_credit_note_keep_the_parties_they_were_issued_to(
+    admin: Client, organisation: Organisation, invoice: Invoice
+) -> None:
+    """Approval freezes the seller's and the customer's details with the lines: renaming or moving them
+    afterwards changes live invoices only, not an issued document (its page, its PDF, its credit notes)."""
+    actor = system_actor(organisation=organisation)
+    approved = invoice_approve(actor=actor, invoice_id=invoice.id)
+    note = credit_note_create(actor=actor, invoice_id=invoice.id, data={"credit_note_amount": "1", "reason": "x"})
+    pdf = admin.get(f"/billing/invoices/{invoice.id}/pdf/").content
+    note_pdf = admin.get(f"/billing/credit-notes/{note.id}/pdf/").content
+    assert approved.parties == {
+        "seller": {"name": "Acme"},
+        "customer": {
+            "customer_name": "Initech Ltd",
+            "email": approved.customer.email,
+            "address": ["1 Loop Road", "78701 Austin", "United States"],
+        },
+    }
+
+    customer_update(
+        actor=actor,
+        customer_id=invoice.customer_id,
+        changes={"customer_name": "Initrode GmbH", "address_line1": "9 Elm Street", "email": "ap@initrode.example"},
+    )
+    Organisation.objects.filter(id=organisation.id).update(name="Acme Renamed")
+
+    page = document_of(admin.get(f"/billing/invoices/{invoice.id}/").content.decode())
+    for issued in ("Initech Ltd", "1 Loop Road", "Acme"):
+        assert issued in page, issued
+    for later in ("Initrode GmbH", "9 Elm Street", "ap@initrode.example", "Acme Renamed"):
+        assert later not in page, later
+    assert admin.get(f"/billing/invoices/{invoice.id}/pdf/").content == pdf
+    assert admin.get(f"/billing/credit-notes/{note.id}/pdf/").content == note_pdf
+    assert "Initech Ltd" in pdf_text(note_pdf)
+    # A live invoice of the same customer shows them as they are now.
+    later_draft = draft_of(invoice.contract, start="2024-02-01", end="2024-03-01")
+    draft_page = document_of(admin.get(f"/billing/invoices/{later_draft.id}/").content.decode())
+    for now in ("Initrode GmbH", "9 Elm Street", "ap@initrode.example", "Acme Renamed"):
+        assert now in draft_page, now
+    assert Invoice.objects.get(id=later_draft.id).parties is None
 
 
 def test_the_pdf_is_served_by_the_api_and_the_zenskar_path(
