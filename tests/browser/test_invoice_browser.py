@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Page, expect
 
+from billing.customers import customer_update
 from billing.invoicing.models import Invoice, InvoiceStatus
 from billing.invoicing.services import invoice_approve, invoice_generate
 from metrics.models import MetricValue
@@ -125,6 +126,18 @@ def test_an_invoice_is_approved_downloaded_and_credited_in_the_browser(
     expect(page.locator("#doc-number")).to_have_text("CN-000001")
     expect(page.locator("#doc-reason")).to_have_text("Two hours of downtime on 14 January")
     shot("credit_note")
+
+    # Renamed and moved after approval: the issued invoice keeps the parties it was issued to.
+    customer_update(
+        actor=actor,
+        customer_id=customer.id,
+        changes={"customer_name": "Initrode GmbH", "address_line1": "9 Elm Street"},
+    )
+    page.goto(live_server.url + f"/billing/invoices/{draft.id}/")
+    expect(page.locator("#doc-customer")).to_have_text("Initech Ltd")
+    expect(page.locator("#invoice-document")).to_contain_text("1 Loop Road")
+    expect(page.locator("#invoice-document")).not_to_contain_text("Initrode")
+    shot("invoice_approved_customer_renamed_since")
 
     page.goto(live_server.url + "/billing/")
     chart = page.locator("#revenue-chart-USD")
