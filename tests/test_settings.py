@@ -88,6 +88,8 @@ def test_a_well_formed_value_is_read() -> None:
     assert setting_read("INGEST_MAX_BATCH", INGEST_MAX_BATCH="7") == "7"
     assert setting_read("CELERY_TASK_ALWAYS_EAGER", CELERY_EAGER=" Yes ") == "True"
     assert setting_read("CELERY_BEAT_SCHEDULE['metrics-sweep']['schedule']", METRICS_SWEEP_SECONDS="0.5") == "0.5"
+    assert setting_read("CELERY_BEAT_SCHEDULE['drafts-reconcile']['schedule']") == "3600.0"
+    assert setting_read("CELERY_BEAT_SCHEDULE['drafts-reconcile']['schedule']", DRAFTS_RECONCILE_SECONDS="60") == "60.0"
     assert setting_read("METRICS_RECOMPUTE_THROTTLE_SECONDS", METRICS_RECOMPUTE_THROTTLE_SECONDS="0") == "0.0"
     assert (
         setting_read("METRICS_RECOMPUTE_STALL_SECONDS", METRICS_RECOMPUTE_STALL_SECONDS="0") == "0.0"

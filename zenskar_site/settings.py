@@ -349,6 +349,11 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
         "task": "billing.tasks.invoices_generate_due_task",
         "schedule": env_seconds("INVOICES_GENERATE_SECONDS", default=300.0, allow_zero=False),
     },
+    # Recomputes the drafts that a lost or too early refresh left behind their usage (every draft is read).
+    "drafts-reconcile": {
+        "task": "billing.tasks.drafts_reconcile_task",
+        "schedule": env_seconds("DRAFTS_RECONCILE_SECONDS", default=3600.0, allow_zero=False),
+    },
 }
 # `manage.py health` and `/health` fail when beat's metrics sweep last finished longer ago than this
 # (beat or every worker is missing, or the broker is unreachable).

@@ -12,8 +12,9 @@ from zenskar_site.lib.enqueue import enqueue_on_commit
 def metric_values_changed_receiver(sender: Any, metric_id: int, customer_ids: list[str], **kwargs: Any) -> None:
     """metrics.signals.metric_values_changed (sent after commit): refresh the affected drafts in a task.
 
-    If the broker is down the drafts stay behind until the next change or `reconcile_invoices --fix`;
-    approval recomputes a draft before freezing it, so nothing stale is ever approved.
+    If the broker is down the drafts stay behind until the next change, beat's drafts sweep
+    (`drafts_reconcile`) or `reconcile_invoices --fix`; approval recomputes a draft before freezing it, so
+    nothing stale is ever approved.
     """
     from billing.models import PhasePricing
     from billing.tasks import invoice_drafts_refresh_task
@@ -27,7 +28,7 @@ def metric_values_changed_receiver(sender: Any, metric_id: int, customer_ids: li
 
 def contract_drafts_refresh_on_commit(*, contract_id: Any) -> None:
     """Once the current transaction commits, recompute the contract's live invoices in a task (the same
-    guarantees as above: a lost enqueue leaves them for the next change, reconcile, or approval)."""
+    guarantees as above: a lost enqueue leaves them for the next change, the drafts sweep, or approval)."""
     from billing.tasks import contract_drafts_refresh_task
 
     enqueue_on_commit(contract_drafts_refresh_task, (str(contract_id),))

@@ -13,9 +13,11 @@ from django.core.management import call_command
 from django.db import DatabaseError, IntegrityError, transaction
 from django.test import Client
 
+from billing.invoicing import services
 from billing.invoicing.models import Invoice, InvoiceLine
 from billing.invoicing.services import (
     credit_note_create,
+    drafts_reconcile,
     invoice_approve,
     invoice_discard,
     invoice_generate,
@@ -28,6 +30,7 @@ from billing.models import Contract
 from billing.tasks import invoices_generate_due_task
 from metrics.models import MetricValue
 from tests.billing.invoice_helpers import all_models_contract
+from tests.billing.test_invoice_api import flat_fee_contract
 from tests.factories import ApiKeyBundle
 from zenskar_site.accounts.actors import system_actor
 from zenskar_site.accounts.models import AuditEntry, Organisation
@@ -300,3 +303,46 @@ def test_reconcile_exits_1_when_a_draft_differs(organisation: Organisation) -> N
     call_command("reconcile_invoices")
     draft.refresh_from_db()
     assert draft.subtotal < Decimal("137.71")
+
+
+@pytest.mark.django_db
+def test_the_drafts_sweep_recomputes_what_a_refresh_missed_and_one_failure_holds_back_no_other(
+    organisation: Organisation, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    metered = january(all_models_contract(organisation))
+    actor = system_actor(organisation=organisation)
+    flat = invoice_generate(
+        actor=actor,
+        contract_id=flat_fee_contract(organisation, external_id="cus_flat").id,
+        from_date="2024-01-01",
+        to_date="2024-02-01",
+    )
+    assert drafts_reconcile() == (0, 0)
+    subtotal = metered.subtotal
+    # Changes no refresh reached (a queryset update sends no signal): a value of the metered draft's
+    # usage, and the flat draft's stored line (as a lost refresh would leave a line of an edited contract).
+    MetricValue.objects.filter(customer_id="cus_1", period_start=dt.datetime(2024, 1, 20, tzinfo=UTC)).update(
+        computed_value="0.5"
+    )
+    InvoiceLine.objects.filter(invoice=flat).update(amount=Decimal("1.00"))
+    refresh = services.invoice_refresh
+
+    def failing_for_metered(*, invoice_id: Any) -> bool:
+        if invoice_id == metered.id:
+            raise RuntimeError("this draft cannot be computed now")
+        return refresh(invoice_id=invoice_id)
+
+    monkeypatch.setattr(services, "invoice_refresh", failing_for_metered)
+    with caplog.at_level("WARNING", logger="billing.invoicing.services"):
+        assert drafts_reconcile() == (2, 1)
+    assert f"Draft {metered.id}" in caplog.text
+    assert "could not be recomputed" in caplog.text
+    # The flat draft was recomputed although the other failed; the failed one is left for the next run.
+    assert InvoiceLine.objects.get(invoice=flat).amount == Decimal("49.00")
+    assert [invoice.id for invoice in services.invoices_reconcile(live_only=True)[0]] == [metered.id]
+
+    monkeypatch.undo()
+    assert drafts_reconcile() == (1, 0)
+    assert drafts_reconcile() == (0, 0)
+    metered.refresh_from_db()
+    assert metered.subtotal < subtotal
