@@ -877,15 +877,7 @@ def drafts_reconcile() -> tuple[int, int]:
     holds back the others.
     """
     differing, _ = invoices_reconcile(live_only=True)
-    failed = 0
-    for invoice in differing:
-        try:
-            invoice_refresh(invoice_id=invoice.id)
-        except Exception:
-            failed += 1
-            logger.exception(
-                "Draft %s (contract %s) differs and could not be recomputed.", invoice.id, invoice.contract_id
-            )
+    failed = drafts_recompute(differing)
     if differing:
         logger.warning(
             "%d draft(s) differed from a fresh computation and were recomputed (%d failed): a refresh was missed.",
@@ -893,6 +885,21 @@ def drafts_reconcile() -> tuple[int, int]:
             failed,
         )
     return len(differing), failed
+
+
+def drafts_recompute(drafts: Sequence[Invoice]) -> int:
+    """Recompute each of `drafts` (`invoice_refresh`), one failing never holding back the others (it is
+    logged); returns how many failed."""
+    failed = 0
+    for invoice in drafts:
+        try:
+            invoice_refresh(invoice_id=invoice.id)
+        except Exception:
+            failed += 1
+            logger.exception(
+                "Draft %s (contract %s) differs and could not be recomputed.", invoice.id, invoice.contract_id
+            )
+    return failed
 
 
 def _reconcile_chunk(chunk: Sequence[Invoice], drafts: list[Invoice], drifted: list[Invoice]) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from billing.invoicing.services import invoice_refresh, invoices_reconcile
+from billing.invoicing.services import drafts_recompute, invoices_reconcile
 
 
 class Command(BaseCommand):
@@ -25,8 +25,8 @@ class Command(BaseCommand):
         drafts, drifted = invoices_reconcile()
         for invoice in drafts:
             self.stdout.write(f"DRAFT DIFFERS {invoice.id} contract {invoice.contract_id} {invoice.period_start}")
-            if options["fix"]:
-                invoice_refresh(invoice_id=invoice.id)
+        if options["fix"] and (failed := drafts_recompute(drafts)):
+            self.stdout.write(f"{failed} draft(s) could not be recomputed (logged).")
         for invoice in drifted:
             self.stdout.write(
                 f"APPROVED DRIFT {invoice.number} ({invoice.id}): usage changed since approval; the invoice stays"
