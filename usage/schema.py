@@ -311,6 +311,9 @@ class TimestampBounds:
     earliest: dt.datetime | None
     latest: dt.datetime
 
+    def admits(self, timestamp: dt.datetime) -> bool:
+        return (self.earliest is None or self.earliest <= timestamp) and timestamp <= self.latest
+
     def problems(self, timestamp: dt.datetime) -> dict[str, list[str]]:
         if timestamp > self.latest:
             return {"timestamp": [f"More than {settings.INGEST_MAX_FUTURE_SECONDS} seconds in the future."]}

@@ -12,7 +12,10 @@ from django.test import Client, override_settings
 from django.utils import timezone
 
 from tests.factories import ApiKeyBundle
+from usage.ingestion import http as ingest_http
+from usage.ingestion import wsgi as ingest_wsgi
 from usage.models import UsageEvent, UsageRecord
+from zenskar_site.accounts.models import ApiKey
 from zenskar_site.wsgi import application
 
 MOMENT = (timezone.now() - dt.timedelta(minutes=3)).isoformat()
@@ -138,3 +141,109 @@ def test_the_fast_route_and_djangos_full_stack_agree_on_status_and_security_head
     if status == 202:
         assert fast_headers["Strict-Transport-Security"] == "max-age=31536000; includeSubDomains; preload"
     assert UsageRecord.objects.count() == (2 if status == 202 else 0)
+
+
+@pytest.fixture
+def general_path(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The API slugs of the requests the fast route handed to the general path (`ingest_answer`)."""
+    seen: list[str] = []
+    original = ingest_wsgi.ingest_answer
+
+    def spy(request: Any, *, api_slug: str) -> Any:
+        seen.append(api_slug)
+        return original(request, api_slug=api_slug)
+
+    monkeypatch.setattr(ingest_wsgi, "ingest_answer", spy)
+    return seen
+
+
+@pytest.fixture
+def counted(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """The organisations of the requests counted against the rate limit, which admits them all."""
+    seen: list[object] = []
+
+    def count(*, organisation_id: object, now: float) -> int | None:
+        seen.append(organisation_id)
+        return None
+
+    monkeypatch.setattr(ingest_http, "rate_limit_retry_after", count)
+    return seen
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_the_plain_case_is_answered_without_the_general_path_and_alike(
+    ingest_key: ApiKeyBundle, compute_hours: UsageEvent, general_path: list[str], counted: list[object]
+) -> None:
+    first = fast("/usage/compute_hours", record("first"), HTTP_X_API_KEY=ingest_key.secret)  # caches the key
+    assert general_path == ["compute_hours"]
+
+    plain = fast("/usage/compute_hours", record("second"), HTTP_X_API_KEY=ingest_key.secret)
+    repeated = fast("/usage/compute_hours", record("second"), HTTP_X_API_KEY=ingest_key.secret)
+    reused = fast(
+        "/usage/compute_hours",
+        record("second").replace(b'"customer_id": "a"', b'"customer_id": "b"'),
+        HTTP_X_API_KEY=ingest_key.secret,
+    )
+
+    assert general_path == ["compute_hours"]  # none of these three took the general path
+    stored = dict(UsageRecord.objects.values_list("idempotency_key", "id"))
+    assert plain[0] == first[0] == "202 Accepted"
+    assert plain[1] == first[1]  # the same headers, Content-Length included (ids of one length here)
+    assert plain[2] == {
+        "accepted": 1,
+        "duplicates": 0,
+        "rejected": 0,
+        "results": [{"index": 0, "status": "accepted", "id": stored["second"]}],
+    }
+    # A key already taken: the plain write stores nothing, and the answer comes from the stored record.
+    assert repeated[0] == "202 Accepted"
+    assert repeated[2]["results"] == [{"index": 0, "status": "duplicate", "id": stored["second"]}]
+    assert reused[0] == "422 Unprocessable Entity"
+    assert "already used for record" in reused[2]["results"][0]["errors"]["idempotency_key"][0]
+    assert len(stored) == 2
+    assert len(counted) == 4  # each request counted once against the rate limit
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_what_is_not_the_plain_case_goes_to_the_general_path_counted_once(
+    ingest_key: ApiKeyBundle, compute_hours: UsageEvent, general_path: list[str], counted: list[object]
+) -> None:
+    fast("/usage/compute_hours", record("first"), HTTP_X_API_KEY=ingest_key.secret)  # caches the key
+    invalid = fast("/usage/compute_hours", b'{"customer_id": "a"}', HTTP_X_API_KEY=ingest_key.secret)
+    batch = fast("/usage/compute_hours", b"[" + record("in-a-batch") + b"]", HTTP_X_API_KEY=ingest_key.secret)
+    wrong_key = fast("/usage/compute_hours", record("wrong"), HTTP_X_API_KEY=ingest_key.secret[:-2] + "xx")
+    backfill = fast("/usage/compute_hours", record("q"), HTTP_X_API_KEY=ingest_key.secret, QUERY_STRING="backfill=1")
+
+    assert general_path == ["compute_hours"] * 5
+    assert invalid[0].startswith("422")
+    assert invalid[2]["rejected"] == 1
+    assert batch[0].startswith("202")
+    assert batch[2]["accepted"] == 1
+    assert wrong_key[0].startswith("401")
+    assert backfill[0].startswith("403")  # an ingest-scope key may not backfill
+    # Once each, as the general path counts them: all but the refused key (refused before the count).
+    assert len(counted) == 4
+    assert set(UsageRecord.objects.values_list("idempotency_key", flat=True)) == {"first", "in-a-batch"}
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_the_plain_case_answers_the_rate_limit_and_a_revoked_key_as_the_general_path_does(
+    ingest_key: ApiKeyBundle, compute_hours: UsageEvent, general_path: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fast("/usage/compute_hours", record("first"), HTTP_X_API_KEY=ingest_key.secret)  # caches the key
+    monkeypatch.setattr(ingest_http, "rate_limit_retry_after", lambda **kwargs: 1)
+    limited = fast("/usage/compute_hours", record("limited"), HTTP_X_API_KEY=ingest_key.secret)
+    monkeypatch.undo()
+    ApiKey.objects.filter(prefix=ingest_key.api_key.prefix).update(revoked_at=timezone.now())
+    revoked = fast("/usage/compute_hours", record("revoked"), HTTP_X_API_KEY=ingest_key.secret)
+
+    assert limited[0] == "429 Too Many Requests"
+    assert limited[1]["Retry-After"] == "1"
+    assert limited[2] == {"detail": "Over the organisation's rate limit; retry later."}
+    # The cached key passes the plain case's check; the write's guard finds it revoked and writes nothing.
+    assert revoked[0] == "401 Unauthorized"
+    assert revoked[2] == {"detail": "This API key has been revoked."}
+    assert set(UsageRecord.objects.values_list("idempotency_key", flat=True)) == {"first"}

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, connections, transaction
 from django.db.models import Q
 
 from usage.dirty import dirty_hours, hours_mark_dirty
@@ -138,7 +138,7 @@ def _records_insert(write: PostgresWrite, sql_of: Callable[[bool], str], params:
     usage event whose requests met a taken key lately (records without a key can never conflict).
     """
     usage_event_id = write.records.usage_event_id
-    plain = not connection.in_atomic_block and (
+    plain = not connections[DEFAULT_DB_ALIAS].in_atomic_block and (
         time.monotonic() - _key_taken_at.get(usage_event_id, -1e9) > KEY_TAKEN_MEMORY_SECONDS
         or all(row.idempotency_key is None for row in write.records.rows)
     )
@@ -320,15 +320,15 @@ def _batch_sort(items: list[Any], *, validate: RecordValidator, bounds: Timestam
     """
     batch = _Batch()
     rows, indexes = batch.rows, batch.indexes
-    earliest, latest = bounds.earliest or dt.datetime.min.replace(tzinfo=dt.UTC), bounds.latest
+    admits = bounds.admits
     row_of_key: dict[str, int] = {}
     for index, item in enumerate(items):
         record, errors = validate(item)
         if record is None:
             batch.rejected[index] = errors
             continue
-        customer_id, timestamp, data, key = record
-        if not earliest <= timestamp <= latest:
+        timestamp, key = record.timestamp, record.idempotency_key
+        if not admits(timestamp):
             batch.rejected[index] = bounds.problems(timestamp)
             continue
         content_hash = content_hash_of(record)
@@ -337,10 +337,46 @@ def _batch_sort(items: list[Any], *, validate: RecordValidator, bounds: Timestam
             if position != len(rows):
                 batch.repeats.append((index, position, content_hash))
                 continue
-        period_start = None if period is None else period_floor(timestamp, period)
-        rows.append(RecordRow(customer_id, timestamp, period_start, orjson.dumps(data).decode(), key, content_hash))
+        rows.append(_row(record, content_hash=content_hash, period=period))
         indexes.append(index)
     return batch
+
+
+def _row(record: ValidRecord, *, content_hash: str, period: str | None) -> RecordRow:
+    customer_id, timestamp, data, key = record
+    period_start = None if period is None else period_floor(timestamp, period)
+    return RecordRow(customer_id, timestamp, period_start, orjson.dumps(data).decode(), key, content_hash)
+
+
+def record_row_plain(*, context: IngestContext, item: Any, now: dt.datetime) -> RecordRow | None:
+    """The row of `item` when it is the plain case of a single event record: valid, within the bounds of a
+    request that is no backfill, and a context from the cache (so PostgreSQL, where record_store_plain's
+    one statement in autocommit writes it all). None for anything else, which records_ingest answers."""
+    if not context.cached or context.usage_event.kind != UsageEventKind.EVENT:
+        return None
+    record, _ = record_validator(context.usage_event.dataschema)(item)
+    if record is None or not timestamp_bounds(now=now, backfill=False).admits(record.timestamp):
+        return None
+    return _row(record, content_hash=content_hash_of(record), period=None)
+
+
+def record_store_plain(*, context: IngestContext, row: RecordRow, now: dt.datetime) -> IngestResult:
+    """Store record_row_plain's row as records_store would, accepted; StaleContext when the statement wrote
+    nothing (the cached context is stale, or the idempotency key is taken): records_ingest then answers."""
+    usage_event, api_key = context.usage_event, context.api_key
+    inserted = _write(
+        usage_event_id=usage_event.id,
+        rows=[row],
+        received_at=now,
+        aggregate=False,
+        rejected=[],
+        api_key_prefix=api_key.prefix,
+        guard=(api_key.id, usage_event.updated_at) if context.cached else None,
+    )
+    if not inserted:
+        raise StaleContext()
+    results = [{"index": 0, "status": "accepted", "id": inserted[0][0]}]
+    return IngestResult(results=results, accepted=1, duplicates=0, rejected=0, usage_event_id=usage_event.id)
 
 
 def _lock_order(rows: list[RecordRow]) -> list[int]:

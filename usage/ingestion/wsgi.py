@@ -12,11 +12,14 @@ the same requests.
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import DisallowedHost
 from django.core.handlers.wsgi import WSGIRequest
 from django.core.signals import setting_changed
@@ -26,7 +29,7 @@ from django.http import HttpRequest, HttpResponse
 from django.middleware.clickjacking import XFrameOptionsMiddleware
 from django.middleware.security import SecurityMiddleware
 
-from usage.ingestion.http import ingest_response
+from usage.ingestion.http import Answer, answer_response, ingest_answer, ingest_plain_answer
 from zenskar_site.lib.middleware import nul_refusal, url_nul_problem
 from zenskar_site.lib.sql import connection_retire_if_dropped
 
@@ -82,9 +85,10 @@ def _rules_forget(**kwargs: Any) -> None:
     _rules = None
 
 
-def _respond(request: WSGIRequest, rules: _Rules) -> tuple[HttpResponse, bool]:
+def _respond(request: WSGIRequest, rules: _Rules) -> tuple[HttpResponse | Answer, bool]:
     """What settings.MIDDLEWARE's request side does for this path, in its order, then the handler; and
-    whether the response passed XFrameOptionsMiddleware (the refusals before it, as on the full stack, do not)."""
+    whether the response passed XFrameOptionsMiddleware (the refusals before it, as on the full stack, do
+    not): True exactly when the request passed those checks and reached the handler."""
     problem = url_nul_problem(request)
     if problem is not None:
         return nul_refusal(problem), False
@@ -95,7 +99,49 @@ def _respond(request: WSGIRequest, rules: _Rules) -> tuple[HttpResponse, bool]:
     redirect = rules.security.process_request(request)  # SECURE_SSL_REDIRECT (ingestion is exempt)
     if redirect is not None:
         return redirect, False
-    return ingest_response(request, api_slug=request.path_info[7:].rstrip("/")), True
+    api_slug = request.path_info[7:].rstrip("/")
+    plain = _plain_answer(request.META, api_slug=api_slug, secure=request.is_secure())
+    if plain is not None:
+        return plain, True
+    return answer_response(ingest_answer(request, api_slug=api_slug)), True
+
+
+def _plain_answer(environ: dict[str, Any], *, api_slug: str, secure: bool) -> Answer | None:
+    """ingest_plain_answer's answer, for a request that passed the middleware's checks; None to answer it
+    with ingest_answer."""
+    if settings.SECURE_SSL_REDIRECT and not secure:  # ingest_answer's 403
+        return None
+    stream, length = environ["wsgi.input"], environ.get("CONTENT_LENGTH") or ""
+    # The body in memory (zenskar_site/wsgi.py reads it so under gunicorn) and whole; it stays readable.
+    if not isinstance(stream, io.BytesIO) or not length.isdigit() or int(length) > settings.INGEST_MAX_BODY_BYTES:
+        return None
+    body = stream.getvalue()
+    return ingest_plain_answer(environ, api_slug=api_slug, body=body) if len(body) == int(length) else None
+
+
+# What _respond's checks found for the request-line and header values they read (below), when the request
+# passed them: whether it came over HTTPS, and its API slug. A request with the same values passes the
+# same way (the checks read nothing else, and the settings they read clear this on change), so its plain
+# case is answered without building Django's request.
+_passed: dict[tuple[Any, ...], tuple[bool, str]] = {}
+PASSED_SIZE = 1024
+
+
+def _passed_key(environ: dict[str, Any]) -> tuple[Any, ...] | None:
+    if environ.get("QUERY_STRING") or "HTTP_HOST" not in environ:
+        return None
+    return (
+        environ.get("PATH_INFO"),
+        environ.get("HTTP_HOST"),
+        environ.get("HTTP_X_FORWARDED_HOST"),
+        environ.get(settings.SECURE_PROXY_SSL_HEADER[0]) if settings.SECURE_PROXY_SSL_HEADER else None,
+        environ.get("wsgi.url_scheme"),
+    )
+
+
+@receiver(setting_changed)
+def _passed_forget(**kwargs: Any) -> None:
+    _passed.clear()
 
 
 def ingest_application(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
@@ -108,17 +154,36 @@ def ingest_application(environ: dict[str, Any], start_response: Callable[..., An
     connection_retire_if_dropped()
     if _rules is None:
         _rules = _rules_build()
-    request = WSGIRequest(environ)
+    key = _passed_key(environ)
+    passed = _passed.get(key) if key is not None else None
+    response: HttpResponse | Answer | None = None
     try:
-        response, framed = _respond(request, _rules)
+        if passed is not None:
+            secure, api_slug = passed
+            response, framed = _plain_answer(environ, api_slug=api_slug, secure=secure), True
+        if response is None:
+            request = WSGIRequest(environ)
+            secure = request.is_secure()
+            response, framed = _respond(request, _rules)
+            if framed and key is not None:
+                if len(_passed) >= PASSED_SIZE:
+                    _passed.clear()
+                _passed[key] = (secure, request.path_info[7:].rstrip("/"))
     except Exception:
         logger.exception("ingestion failed")
-        response = HttpResponse(b'{"detail":"Internal error; retry later."}', status=500, content_type=JSON)
-        framed = True
+        response, framed = Answer(500, b'{"detail":"Internal error; retry later."}', {}), True
+        secure = passed[0] if passed is not None else WSGIRequest(environ).is_secure()
     finally:
         database.close_if_unusable_or_obsolete()
-    added = _rules.secured[request.is_secure()] + (_rules.framed if framed else ())
-    headers = list(response.items()) + [(name, value) for name, value in added if name not in response]
-    headers.append(("Content-Length", str(len(response.content))))  # as CommonMiddleware sets it on the full stack
-    start_response(f"{response.status_code} {response.reason_phrase}", headers)
-    return [response.content]
+    if isinstance(response, Answer):
+        status = f"{response.status} {HTTPStatus(response.status).phrase}"
+        headers, content = [("Content-Type", JSON), *response.headers.items()], response.content
+    else:
+        status = f"{response.status_code} {response.reason_phrase}"
+        headers, content = list(response.items()), response.content
+    added = _rules.secured[secure] + (_rules.framed if framed else ())
+    present = {name.lower() for name, _ in headers}
+    headers += [(name, value) for name, value in added if name.lower() not in present]
+    headers.append(("Content-Length", str(len(content))))  # as CommonMiddleware sets it on the full stack
+    start_response(status, headers)
+    return [content]

@@ -225,9 +225,14 @@ def api_key_revoke(*, actor: Actor, prefix: str) -> ApiKey:
 
 def api_key_touch(*, api_key: ApiKey, now: Any, min_interval_seconds: int) -> None:
     """Record use at most once per interval, so authentication does not write on every request."""
-    if api_key.last_used_at is None or (now - api_key.last_used_at).total_seconds() >= min_interval_seconds:
+    if api_key_touch_due(api_key=api_key, now=now, min_interval_seconds=min_interval_seconds):
         ApiKey.objects.filter(pk=api_key.pk).update(last_used_at=now)
         api_key.last_used_at = now
+
+
+def api_key_touch_due(*, api_key: ApiKey, now: Any, min_interval_seconds: int) -> bool:
+    """Whether api_key_touch would record this use."""
+    return api_key.last_used_at is None or (now - api_key.last_used_at).total_seconds() >= min_interval_seconds
 
 
 @transaction.atomic

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from django.conf import settings
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connection, connections
 from django.db.backends.utils import CursorDebugWrapper, CursorWrapper
 from django.db.models import JSONField, Model
 
@@ -53,11 +53,14 @@ def connection_retire_if_dropped() -> None:
     would cost a `SELECT 1` on every request, and it is skipped by `hot_rows`, which runs on the raw
     connection. A connection lost without a word (a network cut) still fails its next statement.
     """
-    if not on_postgres() or connection.connection is None or connection.in_atomic_block:
+    if not on_postgres():
+        return
+    database = connections[DEFAULT_DB_ALIAS]  # the proxy `connection` costs a lookup per attribute
+    if database.connection is None or database.in_atomic_block:
         return
     from psycopg import Error, pq
 
-    pgconn = connection.connection.pgconn
+    pgconn = database.connection.pgconn
     try:
         poller = select.poll()
         poller.register(pgconn.socket, select.POLLIN)
@@ -71,7 +74,7 @@ def connection_retire_if_dropped() -> None:
             pgconn.consume_input()  # raises once the server has hung up
     except (Error, OSError):
         pass
-    connection.close()
+    database.close()
 
 
 def hot_rows(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
@@ -87,10 +90,11 @@ def hot_rows(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
     from psycopg import pq
     from psycopg.adapt import Transformer
 
-    connection.ensure_connection()
-    raw = connection.connection
+    database = connections[DEFAULT_DB_ALIAS]  # the proxy `connection` costs a lookup per attribute
+    database.ensure_connection()
+    raw = database.connection
     text, formats = _converted(sql)
-    with connection.wrap_database_errors:
+    with database.wrap_database_errors:
         transformer = Transformer(raw)
         values = transformer.dump_sequence(params, formats)
         types, value_formats = transformer.types, transformer.formats
