@@ -247,3 +247,37 @@ def test_the_plain_case_answers_the_rate_limit_and_a_revoked_key_as_the_general_
     assert revoked[0] == "401 Unauthorized"
     assert revoked[2] == {"detail": "This API key has been revoked."}
     assert set(UsageRecord.objects.values_list("idempotency_key", flat=True)) == {"first"}
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_the_plain_case_keeps_the_host_and_https_rules_of_the_request_it_answers(
+    ingest_key: ApiKeyBundle, compute_hours: UsageEvent, general_path: list[str]
+) -> None:
+    https = {"HTTP_HOST": "metering.example.com", "HTTP_X_FORWARDED_PROTO": "https"}
+    with override_settings(**PRODUCTION_SECURITY):
+        fast("/usage/compute_hours", record("first"), HTTP_X_API_KEY=ingest_key.secret, **https)
+        secure = fast("/usage/compute_hours", record("secure"), HTTP_X_API_KEY=ingest_key.secret, **https)
+        plain_http = fast(
+            "/usage/compute_hours",
+            record("plain-http"),
+            HTTP_X_API_KEY=ingest_key.secret,
+            HTTP_HOST="metering.example.com",
+            HTTP_X_FORWARDED_PROTO="http",
+        )
+        other_host = fast(
+            "/usage/compute_hours",
+            record("other-host"),
+            HTTP_X_API_KEY=ingest_key.secret,
+            HTTP_HOST="evil.example.com",
+            HTTP_X_FORWARDED_PROTO="https",
+        )
+
+    # The first, and the one over plain HTTP (ingest_answer's 403); the second over HTTPS was the plain case.
+    assert general_path == ["compute_hours", "compute_hours"]
+    assert secure[0] == "202 Accepted"
+    assert secure[1]["Strict-Transport-Security"] == "max-age=31536000; includeSubDomains; preload"
+    assert secure[1]["X-Frame-Options"] == "DENY"
+    assert plain_http[0] == "403 Forbidden"
+    assert other_host[0] == "400 Bad Request"
+    assert set(UsageRecord.objects.values_list("idempotency_key", flat=True)) == {"first", "secure"}

@@ -132,6 +132,7 @@ def _passed_key(environ: dict[str, Any]) -> tuple[Any, ...] | None:
         return None
     return (
         environ.get("PATH_INFO"),
+        environ.get("SCRIPT_NAME"),  # with PATH_INFO, the path SECURE_REDIRECT_EXEMPT is matched against
         environ.get("HTTP_HOST"),
         environ.get("HTTP_X_FORWARDED_HOST"),
         environ.get(settings.SECURE_PROXY_SSL_HEADER[0]) if settings.SECURE_PROXY_SSL_HEADER else None,
