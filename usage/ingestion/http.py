@@ -101,9 +101,10 @@ def ingest_plain_answer(meta: dict[str, Any], *, api_slug: str, body: bytes) -> 
     and its answers. None when the request is not the plain case: then nothing was counted or written, and
     ingest_answer answers it. The caller has applied ingest_answer's method and HTTPS rules.
     """
-    if meta.get("QUERY_STRING") or not _is_json(meta.get("CONTENT_TYPE", "")):
+    if meta.get("QUERY_STRING") or not _is_json(_media_type(meta.get("CONTENT_TYPE", ""))):
         return None
-    if len(body) > settings.INGEST_MAX_BODY_BYTES:
+    # One record is a JSON object; a batch (an array) is not parsed here, only by the general path.
+    if body[:1] != b"{" or len(body) > settings.INGEST_MAX_BODY_BYTES:
         return None
     secret, organisation_header = presented_key(meta), meta.get("HTTP_ORGANISATION")
     try:
@@ -158,8 +159,11 @@ def _answered(ingest: Callable[[], IngestResult]) -> Answer:
     return _answer(result.status_code, result.body())
 
 
-def _is_json(content_type: str) -> bool:
-    media_type = content_type.split(";", 1)[0].strip().lower()
+def _media_type(content_type: str) -> str:
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+def _is_json(media_type: str) -> bool:
     return media_type == JSON or media_type.endswith("+json")
 
 
@@ -185,8 +189,8 @@ def _ingest(
         secret=secret, api_slug=api_slug, organisation_header=organisation_header
     ) or ingest_context_load(secret=secret, api_slug=api_slug, organisation_header=organisation_header)
     _admit(context, now=now)
-    if not _is_json(content_type):
-        media_type = content_type.split(";", 1)[0].strip().lower()
+    media_type = _media_type(content_type)
+    if not _is_json(media_type):
         raise IngestError(415, f"Send JSON with Content-Type: application/json (got {media_type or 'none'!r}).")
     body = _read_body(request, content_length=content_length)
     api_key_touch(api_key=context.api_key, now=now, min_interval_seconds=settings.API_KEY_TOUCH_SECONDS)

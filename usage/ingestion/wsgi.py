@@ -85,7 +85,7 @@ def _rules_forget(**kwargs: Any) -> None:
     _rules = None
 
 
-def _respond(request: WSGIRequest, rules: _Rules) -> tuple[HttpResponse | Answer, bool]:
+def _respond(request: WSGIRequest, rules: _Rules, *, plain_tried: bool) -> tuple[HttpResponse | Answer, bool]:
     """What settings.MIDDLEWARE's request side does for this path, in its order, then the handler; and
     whether the response passed XFrameOptionsMiddleware (the refusals before it, as on the full stack, do
     not): True exactly when the request passed those checks and reached the handler."""
@@ -100,7 +100,7 @@ def _respond(request: WSGIRequest, rules: _Rules) -> tuple[HttpResponse | Answer
     if redirect is not None:
         return redirect, False
     api_slug = request.path_info[7:].rstrip("/")
-    plain = _plain_answer(request.META, api_slug=api_slug, secure=request.is_secure())
+    plain = None if plain_tried else _plain_answer(request.META, api_slug=api_slug, secure=request.is_secure())
     if plain is not None:
         return plain, True
     return answer_response(ingest_answer(request, api_slug=api_slug)), True
@@ -165,7 +165,7 @@ def ingest_application(environ: dict[str, Any], start_response: Callable[..., An
         if response is None:
             request = WSGIRequest(environ)
             secure = request.is_secure()
-            response, framed = _respond(request, _rules)
+            response, framed = _respond(request, _rules, plain_tried=passed is not None)
             if framed and key is not None:
                 if len(_passed) >= PASSED_SIZE:
                     _passed.clear()
