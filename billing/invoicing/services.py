@@ -880,7 +880,8 @@ def drafts_reconcile() -> tuple[int, int]:
     failed = drafts_recompute(differing)
     if differing:
         logger.warning(
-            "%d draft(s) differed from a fresh computation and were recomputed (%d failed): a refresh was missed.",
+            "%d draft(s) differed from a fresh computation (a refresh was missed): %d recomputed, %d failed.",
+            len(differing),
             len(differing) - failed,
             failed,
         )

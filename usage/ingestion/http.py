@@ -53,6 +53,14 @@ class Answer(NamedTuple):
     headers: dict[str, str]
 
 
+class _Presented(NamedTuple):
+    """What the request presents to find its context: the API slug, the key and the organisation header."""
+
+    api_slug: str
+    secret: str | None
+    organisation_header: str | None
+
+
 def _answer(status: int, body: Any, headers: dict[str, str] | None = None) -> Answer:
     return Answer(status, orjson.dumps(body), headers or {})
 
@@ -106,9 +114,11 @@ def ingest_plain_answer(meta: dict[str, Any], *, api_slug: str, body: bytes) -> 
     # One record is a JSON object; a batch (an array) is not parsed here, only by the general path.
     if body[:1] != b"{" or len(body) > settings.INGEST_MAX_BODY_BYTES:
         return None
-    secret, organisation_header = presented_key(meta), meta.get("HTTP_ORGANISATION")
+    presented = _Presented(api_slug, presented_key(meta), meta.get("HTTP_ORGANISATION"))
     try:
-        context = ingest_context_cached(secret=secret, api_slug=api_slug, organisation_header=organisation_header)
+        context = ingest_context_cached(
+            secret=presented.secret, api_slug=api_slug, organisation_header=presented.organisation_header
+        )
     except DomainError:  # refused: the general path says why
         return None
     now = timezone.now()
@@ -130,14 +140,7 @@ def ingest_plain_answer(meta: dict[str, Any], *, api_slug: str, body: bytes) -> 
         try:
             return record_store_plain(context=context, row=row, now=now)
         except StaleContext:  # nothing was written: as the general path goes on after its first write
-            return _ingest_reloaded(
-                stale=context,
-                api_slug=api_slug,
-                secret=secret,
-                organisation_header=organisation_header,
-                body=body,
-                now=now,
-            )
+            return _ingest_reloaded(stale=context, presented=presented, body=body, now=now)
 
     return _answered(ingest)
 
@@ -197,31 +200,19 @@ def _ingest(
     try:
         return records_ingest(context=context, body=body, backfill=backfill, now=now)
     except StaleContext:  # revoked, archived or redefined since cached: answer from the database's state
-        return _ingest_reloaded(
-            stale=context,
-            api_slug=api_slug,
-            secret=secret,
-            organisation_header=organisation_header,
-            body=body,
-            now=now,
-            backfill=backfill,
-        )
+        presented = _Presented(api_slug, secret, organisation_header)
+        return _ingest_reloaded(stale=context, presented=presented, body=body, now=now, backfill=backfill)
 
 
 def _ingest_reloaded(
-    *,
-    stale: IngestContext,
-    api_slug: str,
-    secret: str | None,
-    organisation_header: str | None,
-    body: bytes,
-    now: Any,
-    backfill: bool = False,
+    *, stale: IngestContext, presented: _Presented, body: bytes, now: Any, backfill: bool = False
 ) -> IngestResult:
     """The write again after the write with the cached context `stale` wrote nothing: with the context as the
     database has it now."""
-    ingest_context_forget(api_key_prefix=stale.api_key.prefix, api_slug=api_slug)
-    context = ingest_context_load(secret=secret, api_slug=api_slug, organisation_header=organisation_header)
+    ingest_context_forget(api_key_prefix=stale.api_key.prefix, api_slug=presented.api_slug)
+    context = ingest_context_load(
+        secret=presented.secret, api_slug=presented.api_slug, organisation_header=presented.organisation_header
+    )
     try:
         return records_ingest(context=context, body=body, backfill=backfill, now=now)
     except StaleContext:  # changed again between the reload and the write: nothing was written

@@ -371,7 +371,7 @@ def record_store_plain(*, context: IngestContext, row: RecordRow, now: dt.dateti
         aggregate=False,
         rejected=[],
         api_key_prefix=api_key.prefix,
-        guard=(api_key.id, usage_event.updated_at) if context.cached else None,
+        guard=(api_key.id, usage_event.updated_at),  # a cached context: the database checks it is current
     )
     if not inserted:
         raise StaleContext()

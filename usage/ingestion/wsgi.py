@@ -112,8 +112,9 @@ def _plain_answer(environ: dict[str, Any], *, api_slug: str, secure: bool) -> An
     if settings.SECURE_SSL_REDIRECT and not secure:  # ingest_answer's 403
         return None
     stream, length = environ["wsgi.input"], environ.get("CONTENT_LENGTH") or ""
-    # The body in memory (zenskar_site/wsgi.py reads it so under gunicorn) and whole; it stays readable.
-    if not isinstance(stream, io.BytesIO) or not length.isdigit() or int(length) > settings.INGEST_MAX_BODY_BYTES:
+    # The body in memory (zenskar_site/wsgi.py reads it so under gunicorn, within the ingestion limit) and
+    # whole; it stays readable for the general path.
+    if not isinstance(stream, io.BytesIO) or not length.isdigit():
         return None
     body = stream.getvalue()
     return ingest_plain_answer(environ, api_slug=api_slug, body=body) if len(body) == int(length) else None
@@ -158,6 +159,7 @@ def ingest_application(environ: dict[str, Any], start_response: Callable[..., An
     key = _passed_key(environ)
     passed = _passed.get(key) if key is not None else None
     response: HttpResponse | Answer | None = None
+    secure: bool | None = None
     try:
         if passed is not None:
             secure, api_slug = passed
@@ -173,9 +175,10 @@ def ingest_application(environ: dict[str, Any], start_response: Callable[..., An
     except Exception:
         logger.exception("ingestion failed")
         response, framed = Answer(500, b'{"detail":"Internal error; retry later."}', {}), True
-        secure = passed[0] if passed is not None else WSGIRequest(environ).is_secure()
     finally:
         database.close_if_unusable_or_obsolete()
+    if secure is None:  # the failure came before the request was read
+        secure = WSGIRequest(environ).is_secure()
     if isinstance(response, Answer):
         status = f"{response.status} {HTTPStatus(response.status).phrase}"
         headers, content = [("Content-Type", JSON), *response.headers.items()], response.content
