@@ -29,7 +29,7 @@ from billing.contracts import (
 from billing.customers import CUSTOMER_FIELDS, customer_create, customer_update
 from billing.models import Contract, ContractPhase, Customer, PhasePricing, Plan, PlanPricing, Pricing, Product
 from zenskar_site.accounts.actors import Actor
-from zenskar_site.accounts.admin_scoping import OrganisationScopedAdmin, admin_actor, organisation_ids
+from zenskar_site.accounts.admin_scoping import OrganisationScopedAdmin, ShownInline, admin_actor, organisation_ids
 from zenskar_site.accounts.models import Organisation
 from zenskar_site.lib.errors import DomainError, ValidationFailed
 
@@ -155,25 +155,6 @@ class ServiceAdmin(OrganisationScopedAdmin):
         if obj is not None:
             readonly.append("organisation")
         return readonly
-
-
-class ShownInline(admin.TabularInline):
-    """Rows shown under their parent, whose admin already checked the organisation; changed through services."""
-
-    extra = 0
-    can_delete = False
-
-    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return bool(request.user.is_staff)
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 @admin.register(Customer)

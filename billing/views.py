@@ -75,12 +75,9 @@ from metrics.selectors import metrics_list
 from zenskar_site.accounts.actors import Actor
 from zenskar_site.accounts.dashboard import member_view
 from zenskar_site.lib.errors import Conflict, DomainError, NotFound, ValidationFailed
+from zenskar_site.lib.pages import not_found_page, refusal_messages
 
 LIST_LIMIT = 200
-
-
-def _not_found(request: HttpRequest, exc: NotFound) -> HttpResponse:
-    return render(request, "404.html", {"detail": exc.detail}, status=404)
 
 
 # --- customers ---
@@ -177,7 +174,7 @@ def customer_detail(request: HttpRequest, actor: Actor, customer_id: str) -> Htt
     try:
         customer = customer_get(organisation=actor.organisation, customer_id=customer_id)
     except NotFound as exc:
-        return _not_found(request, exc)
+        return not_found_page(request, exc)
     now = timezone.now()
     contracts = list(contracts_list(organisation=actor.organisation).filter(customer=customer))
     billed = sorted(
@@ -261,7 +258,7 @@ def product_detail(request: HttpRequest, actor: Actor, product_id: str) -> HttpR
     try:
         product = product_get(organisation=actor.organisation, product_id=product_id)
     except NotFound as exc:
-        return _not_found(request, exc)
+        return not_found_page(request, exc)
     pricings = list(pricings_list(organisation=actor.organisation, product=product))
     return render(request, "billing/product_detail.html", {"product": product, "rows": pricing_rows(pricings)})
 
@@ -276,7 +273,7 @@ def pricing_new(request: HttpRequest, actor: Actor, product_id: str) -> HttpResp
     try:
         product = product_get(organisation=actor.organisation, product_id=product_id)
     except NotFound as exc:
-        return _not_found(request, exc)
+        return not_found_page(request, exc)
     form = _pricing_form(request, actor, product)
     if request.method == "POST" and form.is_valid():
         try:
@@ -371,7 +368,7 @@ def plan_detail(request: HttpRequest, actor: Actor, plan_id: str) -> HttpRespons
     try:
         plan = plan_get(organisation=actor.organisation, plan_id=plan_id)
     except NotFound as exc:
-        return _not_found(request, exc)
+        return not_found_page(request, exc)
     in_plan = [link.pricing for link in plan.plan_pricings.all()]
     taken = {p.id for p in in_plan}
     form = PlanPricingsForm(request.POST or None, pricings=[p for p in _org_pricings(actor) if p.id not in taken])
@@ -567,21 +564,12 @@ def contract_detail(request: HttpRequest, actor: Actor, contract_id: str) -> Htt
     try:
         contract = contract_get(organisation=actor.organisation, contract_id=contract_id)
     except NotFound as exc:
-        return _not_found(request, exc)
+        return not_found_page(request, exc)
     context = _contract_context(request, actor, contract)
     now = timezone.now()
     context["upcoming"] = upcoming_views([contract], now)
     context["today"] = now.astimezone(dt.UTC).date()
     return render(request, "billing/contract_detail.html", context)
-
-
-def _action_errors(request: HttpRequest, exc: DomainError, what: str) -> None:
-    if isinstance(exc, ValidationFailed) and exc.errors:
-        for path, found in exc.errors.items():
-            for message in found:
-                messages.error(request, f"{what}: {path}: {message}" if path else f"{what}: {message}")
-    else:
-        messages.error(request, f"{what}: {exc.detail}")
 
 
 @require_POST
@@ -591,7 +579,7 @@ def contract_action(request: HttpRequest, actor: Actor, contract_id: str, action
     try:
         contract = contract_get(organisation=actor.organisation, contract_id=contract_id)
     except NotFound as exc:
-        return _not_found(request, exc)
+        return not_found_page(request, exc)
     pause = PauseForm(request.POST, prefix="pause")
     dated = DateActionForm(request.POST, prefix="act")
     reason = dated.data.get("act-reason", "") or ""
@@ -622,9 +610,9 @@ def contract_action(request: HttpRequest, actor: Actor, contract_id: str, action
             contract_expire(actor=actor, contract_id=contract.id, expiry_date=on, reason=reason)
             done = "Contract expired."
         else:
-            return _not_found(request, NotFound(f"No contract action {action[:40]!r}."))
+            return not_found_page(request, NotFound(f"No contract action {action[:40]!r}."))
     except (ValidationFailed, Conflict) as exc:
-        _action_errors(request, exc, f"Not {action}d" if action != "pause" else "Not paused")
+        refusal_messages(request, exc, what=f"Not {action}d" if action != "pause" else "Not paused")
     else:
         messages.success(request, done)
     return redirect("billing:contract-detail", contract_id=contract.id)
@@ -636,7 +624,7 @@ def contract_phase_new(request: HttpRequest, actor: Actor, contract_id: str) -> 
     try:
         contract = contract_get(organisation=actor.organisation, contract_id=contract_id)
     except NotFound as exc:
-        return _not_found(request, exc)
+        return not_found_page(request, exc)
     form = PhaseForm(request.POST, prefix="phase")
     if form.is_valid():
         try:
@@ -662,14 +650,14 @@ def contract_phase_pricing_new(request: HttpRequest, actor: Actor, contract_id: 
         if phase is None:
             raise NotFound(f"No phase with id {phase_id[:100]!r} in this contract.")
     except NotFound as exc:
-        return _not_found(request, exc)
+        return not_found_page(request, exc)
     pricing_id = request.POST.get(f"{_phase_prefix(phase)}-pricing_id", "")
     try:
         contract_phase_pricing_add(
             actor=actor, contract_id=contract.id, phase_id=phase.id, data={"pricing_id": pricing_id}
         )
     except (ValidationFailed, Conflict, NotFound) as exc:
-        _action_errors(request, exc, "Pricing not added")
+        refusal_messages(request, exc, what="Pricing not added")
     else:
         messages.success(request, f"Pricing added to the phase “{phase.name}”.")
     return redirect("billing:contract-detail", contract_id=contract.id)

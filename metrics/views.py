@@ -45,6 +45,7 @@ from zenskar_site.accounts.actors import Actor
 from zenskar_site.accounts.dashboard import member_view
 from zenskar_site.lib.charts import BarChart, ChartPoint, bar_chart
 from zenskar_site.lib.errors import NotFound, ValidationFailed
+from zenskar_site.lib.pages import not_found_page
 from zenskar_site.lib.periods import period_next
 
 # Where each error path of the metric services lands on the form; filter rows are handled apart.
@@ -296,7 +297,7 @@ def metric_detail(request: HttpRequest, actor: Actor, slug: str) -> HttpResponse
     try:
         metric = metric_get(organisation=actor.organisation, slug=slug)
     except NotFound as exc:
-        return render(request, "404.html", {"detail": exc.detail}, status=404)
+        return not_found_page(request, exc)
     filters = ValueFilterForm(request.GET)
     valid = filters.is_valid()
     window: Window | None = None
@@ -362,7 +363,7 @@ def metric_value_override_view(request: HttpRequest, actor: Actor, slug: str, va
             reason=form.cleaned_data["reason"],
         )
     except NotFound as exc:
-        return render(request, "404.html", {"detail": exc.detail}, status=404)
+        return not_found_page(request, exc)
     except ValidationFailed as exc:
         for found in exc.errors.values():
             for message in found:

@@ -19,6 +19,7 @@ from zenskar_site.accounts.actors import Actor
 from zenskar_site.accounts.dashboard import member_view
 from zenskar_site.accounts.selectors import audit_entries_list
 from zenskar_site.lib.errors import DomainError, NotFound, ValidationFailed
+from zenskar_site.lib.pages import not_found_page
 
 
 class RecordEditForm(forms.Form):
@@ -43,7 +44,7 @@ def record_edit(request: HttpRequest, actor: Actor, api_slug: str, record_id: in
         usage_event = usage_event_get(organisation=actor.organisation, api_slug=api_slug)
         record = record_get(usage_event=usage_event, record_id=record_id)
     except NotFound as exc:
-        return render(request, "404.html", {"detail": exc.detail}, status=404)
+        return not_found_page(request, exc)
     initial = {
         "customer_id": record.customer_id,
         "timestamp": datetime_format(record.timestamp),

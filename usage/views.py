@@ -34,6 +34,7 @@ from zenskar_site.lib.charts import BarChart, ChartPoint, bar_chart
 from zenskar_site.lib.errors import NotFound, ValidationFailed
 from zenskar_site.lib.forms import UtcDateTimeField
 from zenskar_site.lib.keyset import KeysetCursorField
+from zenskar_site.lib.pages import not_found_page
 
 FORM_FIELDS = {
     "name": "name",
@@ -199,7 +200,7 @@ def usage_event_detail(request: HttpRequest, actor: Actor, api_slug: str) -> Htt
     try:
         usage_event = usage_event_get(organisation=actor.organisation, api_slug=api_slug)
     except NotFound as exc:
-        return render(request, "404.html", {"detail": exc.detail}, status=404)
+        return not_found_page(request, exc)
     endpoint = request.build_absolute_uri(f"/usage/{usage_event.api_slug}")
     body = {
         "customer_id": "cus_123",

@@ -18,44 +18,25 @@ from django.http import HttpRequest
 
 from billing.invoicing.models import LIVE_STATUSES, CreditNote, Invoice, InvoiceLine, Payment, PaymentPart
 from billing.invoicing.services import invoice_approve, invoice_discard
-from zenskar_site.accounts.admin_scoping import OrganisationScopedAdmin, admin_actor, organisation_ids
+from zenskar_site.accounts.admin_scoping import OrganisationScopedAdmin, ShownInline, admin_actor, organisation_ids
 from zenskar_site.lib.errors import DomainError
 
 ACTION_LIMIT = 500
 
 
-class ReadOnlyInline(admin.TabularInline):
-    """Rows shown under their parent, whose admin already checked the organisation."""
-
-    extra = 0
-    can_delete = False
-
-    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return bool(request.user.is_staff)
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-
-class InvoiceLineInline(ReadOnlyInline):
+class InvoiceLineInline(ShownInline):
     model = InvoiceLine
     fields = ("position", "description", "period_start", "period_end", "quantity", "unit", "unit_amount", "amount")
     readonly_fields = fields
 
 
-class CreditNoteInline(ReadOnlyInline):
+class CreditNoteInline(ShownInline):
     model = CreditNote
     fields = ("number", "amount", "reason", "created_at")
     readonly_fields = fields
 
 
-class PaymentPartInline(ReadOnlyInline):
+class PaymentPartInline(ShownInline):
     model = PaymentPart
     fields = ("invoice", "amount")
     readonly_fields = fields

@@ -59,16 +59,13 @@ from billing.selectors import customers_list
 from zenskar_site.accounts.actors import Actor
 from zenskar_site.accounts.dashboard import member_view
 from zenskar_site.lib.charts import BarChart, ChartPoint, bar_chart
-from zenskar_site.lib.errors import Conflict, DomainError, NotFound, ValidationFailed
+from zenskar_site.lib.errors import Conflict, NotFound, ValidationFailed
+from zenskar_site.lib.pages import not_found_page, refusal_messages
 
 LIST_LIMIT = 200
 REVENUE_MONTHS = 12
 REVENUE_CURRENCIES = 3
 PAST = {"approve": "approved", "void": "voided", "discard": "discarded"}
-
-
-def _not_found(request: HttpRequest, exc: NotFound) -> HttpResponse:
-    return render(request, "404.html", {"detail": exc.detail}, status=404)
 
 
 # --- the list ---
@@ -179,17 +176,8 @@ def invoice_detail(request: HttpRequest, actor: Actor, invoice_id: str) -> HttpR
     try:
         invoice = invoice_get(organisation=actor.organisation, invoice_id=invoice_id)
     except NotFound as exc:
-        return _not_found(request, exc)
+        return not_found_page(request, exc)
     return render(request, "billing/invoice_detail.html", _invoice_context(request, actor, invoice))
-
-
-def _refused(request: HttpRequest, exc: DomainError, what: str) -> None:
-    if isinstance(exc, ValidationFailed) and exc.errors:
-        for path, found in exc.errors.items():
-            for message in found:
-                messages.error(request, f"{what}: {path}: {message}" if path else f"{what}: {message}")
-    else:
-        messages.error(request, f"{what}: {exc.detail}")
 
 
 @require_POST
@@ -199,7 +187,7 @@ def invoice_action(request: HttpRequest, actor: Actor, invoice_id: str, action: 
     try:
         invoice = invoice_get(organisation=actor.organisation, invoice_id=invoice_id)
     except NotFound as exc:
-        return _not_found(request, exc)
+        return not_found_page(request, exc)
     try:
         if action == "approve":
             if invoice.status == InvoiceStatus.VOID:
@@ -219,9 +207,9 @@ def invoice_action(request: HttpRequest, actor: Actor, invoice_id: str, action: 
             invoice_discard(actor=actor, invoice_id=invoice.id, reason=reason)
             messages.success(request, "Draft discarded: it will not be approved.")
         else:
-            return _not_found(request, NotFound(f"No invoice action {action[:40]!r}."))
+            return not_found_page(request, NotFound(f"No invoice action {action[:40]!r}."))
     except (ValidationFailed, Conflict) as exc:
-        _refused(request, exc, f"Not {PAST[action]}")
+        refusal_messages(request, exc, what=f"Not {PAST[action]}")
     return redirect("billing:invoice-detail", invoice_id=invoice.id)
 
 
@@ -231,7 +219,7 @@ def invoice_credit_note_new(request: HttpRequest, actor: Actor, invoice_id: str)
     try:
         invoice = invoice_get(organisation=actor.organisation, invoice_id=invoice_id)
     except NotFound as exc:
-        return _not_found(request, exc)
+        return not_found_page(request, exc)
     form = CreditNoteForm(request.POST, prefix="credit")
     if form.is_valid():
         try:
@@ -242,7 +230,7 @@ def invoice_credit_note_new(request: HttpRequest, actor: Actor, invoice_id: str)
                 for message in found:
                     form.add_error(field if path in ("credit_note_amount", "amount", "reason") else None, message)
         except Conflict as exc:
-            _refused(request, exc, "No credit note")
+            refusal_messages(request, exc, what="No credit note")
             return redirect("billing:invoice-detail", invoice_id=invoice.id)
         else:
             shown = money_format(note.amount, note.currency)
@@ -258,7 +246,7 @@ def invoice_payment_new(request: HttpRequest, actor: Actor, invoice_id: str) -> 
     try:
         invoice = invoice_get(organisation=actor.organisation, invoice_id=invoice_id)
     except NotFound as exc:
-        return _not_found(request, exc)
+        return not_found_page(request, exc)
     form = PaymentForm(request.POST, prefix="pay")
     if form.is_valid():
         try:
@@ -269,7 +257,7 @@ def invoice_payment_new(request: HttpRequest, actor: Actor, invoice_id: str) -> 
                 for message in found:
                     form.add_error(field, message)
         except Conflict as exc:
-            _refused(request, exc, "Payment not recorded")
+            refusal_messages(request, exc, what="Payment not recorded")
             return redirect("billing:invoice-detail", invoice_id=invoice.id)
         else:
             shown = money_format(payment.amount, payment.currency_code)
@@ -297,7 +285,7 @@ def invoice_pdf_download(request: HttpRequest, actor: Actor, invoice_id: str) ->
     try:
         invoice = invoice_get(organisation=actor.organisation, invoice_id=invoice_id)
     except NotFound as exc:
-        return _not_found(request, exc)
+        return not_found_page(request, exc)
     return pdf_response(invoice_pdf(invoice=invoice), invoice_pdf_name(invoice))
 
 
@@ -328,7 +316,7 @@ def credit_note_detail(request: HttpRequest, actor: Actor, credit_note_id: str) 
     try:
         note = _note(actor, credit_note_id)
     except NotFound as exc:
-        return _not_found(request, exc)
+        return not_found_page(request, exc)
     return render(request, "billing/credit_note_detail.html", credit_note_document(note=note))
 
 
@@ -337,7 +325,7 @@ def credit_note_pdf_download(request: HttpRequest, actor: Actor, credit_note_id:
     try:
         note = _note(actor, credit_note_id)
     except NotFound as exc:
-        return _not_found(request, exc)
+        return not_found_page(request, exc)
     return pdf_response(credit_note_pdf(note=note), pdf_filename(note.number))
 
 

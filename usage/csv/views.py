@@ -24,6 +24,7 @@ from zenskar_site.accounts.actors import Actor
 from zenskar_site.accounts.dashboard import View, member_view
 from zenskar_site.lib.csvstream import csv_download
 from zenskar_site.lib.errors import Conflict, DomainError, NotFound, ValidationFailed
+from zenskar_site.lib.pages import not_found_page
 
 RECENT_IMPORTS = 20
 
@@ -32,10 +33,6 @@ def _admin_only(actor: Actor) -> None:
     # member_view(write=True) guards POSTs; the import pages are refused to viewers outright.
     if not actor.can_write:
         raise PermissionDenied("Only admins of the organisation can import usage.")
-
-
-def _not_found(request: HttpRequest, exc: NotFound) -> HttpResponse:
-    return render(request, "404.html", {"detail": exc.detail}, status=404)
 
 
 @member_view(write=True)
@@ -100,7 +97,7 @@ def _import_page(*statuses: CsvImportStatus) -> Callable[[ImportPage], View]:
             try:
                 csv_import = csv_import_get(organisation=actor.organisation, import_id=import_id)
             except NotFound as exc:
-                return _not_found(request, exc)
+                return not_found_page(request, exc)
             if csv_import.status not in statuses:
                 return redirect(_page_for(csv_import), import_id=csv_import.id)
             return page(request, actor, csv_import)
@@ -171,7 +168,7 @@ def csv_import_confirm_view(request: HttpRequest, actor: Actor, import_id: int) 
     try:
         csv_import_confirm(actor=actor, import_id=import_id)
     except NotFound as exc:
-        return _not_found(request, exc)
+        return not_found_page(request, exc)
     except DomainError as exc:
         messages.error(request, f"Not imported: {exc.detail}")
         return redirect("usage:csv:preview", import_id=import_id)

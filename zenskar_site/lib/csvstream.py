@@ -17,10 +17,10 @@ from typing import Any, TypeVar, cast
 import orjson
 from django import forms
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, StreamingHttpResponse
-from django.shortcuts import render
 
 from zenskar_site.lib.errors import NotFound, ValidationFailed
 from zenskar_site.lib.forms import UtcDateTimeField
+from zenskar_site.lib.pages import not_found_page
 from zenskar_site.lib.text import unstorable_message
 
 ITERATOR_CHUNK_ROWS = 2000
@@ -138,7 +138,7 @@ def csv_download(
         found = find()
         filters = csv_filters_parse(query=request.GET)
     except NotFound as exc:
-        return render(request, "404.html", {"detail": exc.detail}, status=404)
+        return not_found_page(request, exc)
     except ValidationFailed as exc:
         return HttpResponseBadRequest(exc.detail, content_type="text/plain; charset=utf-8")
     return csv_response(rows=rows(found, filters), filename=filename(found))
