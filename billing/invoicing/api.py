@@ -26,7 +26,7 @@ from rest_framework.views import APIView
 from billing.api.common import FilteredListApi, body_object
 from billing.inputs import uuid_value
 from billing.invoicing.compute import LINE_FIELDS, decimal_text
-from billing.invoicing.document import credit_note_pdf, invoice_pdf, pdf_filename
+from billing.invoicing.document import credit_note_pdf, invoice_parties, invoice_pdf, pdf_filename
 from billing.invoicing.drift import DriftLine, InvoiceDrift, invoice_drift
 from billing.invoicing.models import CreditNote, Invoice, InvoiceLine, InvoiceStatus, Payment, PaymentPart
 from billing.invoicing.selectors import (
@@ -212,8 +212,30 @@ def drift_json(drift: InvoiceDrift, *, number: str | None) -> dict[str, Any]:
     }
 
 
+class SellerOutput(serializers.Serializer[Any]):
+    name = serializers.CharField()
+
+
+class BilledCustomerOutput(serializers.Serializer[Any]):
+    customer_name = serializers.CharField()
+    email = serializers.CharField(help_text="Empty when the customer has none.")
+    address = serializers.ListField(child=serializers.CharField(), help_text="The address lines the document shows.")
+
+
+class PartiesOutput(serializers.Serializer[Any]):
+    """Documentation of billing.invoicing.document.parties_of's value."""
+
+    seller = SellerOutput()
+    customer = BilledCustomerOutput()
+
+
 class InvoiceDetailOutput(InvoiceOutput):
     line_items = InvoiceLineOutput(many=True, source="lines", read_only=True)
+    parties = serializers.SerializerMethodField(
+        help_text="The seller and the customer as the invoice document shows them: frozen at approval (a later "
+        "change to the customer or the organisation's name does not reach an issued invoice); a draft shows "
+        "them as they are now."
+    )
     drift = serializers.SerializerMethodField(
         help_text="An approved invoice whose usage changed since approval (it never changes): increases billed "
         "as adjustment lines on the contract's next draft, decreases and the credit note they suggest. Null for "
@@ -221,7 +243,11 @@ class InvoiceDetailOutput(InvoiceOutput):
     )
 
     class Meta(InvoiceOutput.Meta):
-        fields = [*InvoiceOutput.Meta.fields, "line_items", "drift"]
+        fields = [*InvoiceOutput.Meta.fields, "parties", "line_items", "drift"]
+
+    @extend_schema_field(PartiesOutput())
+    def get_parties(self, obj: Invoice) -> dict[str, Any]:
+        return invoice_parties(obj)
 
     @extend_schema_field(DriftOutput(allow_null=True))
     def get_drift(self, obj: Invoice) -> dict[str, Any] | None:

@@ -10,7 +10,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from billing.invoicing.models import Invoice, Payment
-from billing.models import Contract
+from billing.models import Contract, Customer
 from tests.billing.conftest import customer_make
 from tests.billing.invoice_helpers import contract_make, pricing_make
 from zenskar_site.accounts.models import Organisation
@@ -252,3 +252,27 @@ def test_another_organisations_invoices_are_404_and_absent_from_lists(
     assert [row["id"] for row in api.get(f"{V1}/invoices/").json()["results"]] == [invoice_id]
     shown = api.get(f"{V1}/invoices/{invoice_id}/").json()
     assert (shown["status"], shown["amount_due"]) == ("partially_paid", "50.90")  # untouched by the other org
+
+
+@pytest.mark.django_db
+def test_an_invoice_shows_its_parties_frozen_at_approval(api: APIClient, organisation: Organisation) -> None:
+    contract = flat_fee_contract(organisation)
+    Customer.objects.filter(id=contract.customer_id).update(
+        email="ap@initech.example", address_line1="1 Main St", address_country="Portugal"
+    )
+    first = generate(api, contract)
+    issued = {
+        "seller": {"name": organisation.name},
+        "customer": {"customer_name": "Initech", "email": "ap@initech.example", "address": ["1 Main St", "Portugal"]},
+    }
+    assert first["parties"] == issued  # a draft: the details as they are now
+    assert api.post(f"{V1}/invoices/{first['id']}/approve/").status_code == 200
+
+    Customer.objects.filter(id=contract.customer_id).update(customer_name="Initrode", email="", address_line1="")
+    Organisation.objects.filter(id=organisation.id).update(name="Renamed Seller")
+    assert api.get(f"{V1}/invoices/{first['id']}/").json()["parties"] == issued
+    later = generate(api, contract, start="2024-02-01", end="2024-03-01")
+    assert later["parties"] == {
+        "seller": {"name": "Renamed Seller"},
+        "customer": {"customer_name": "Initrode", "email": "", "address": ["Portugal"]},
+    }
