@@ -46,7 +46,7 @@ def contract_upcoming_invoice(*, contract: Contract, now: dt.datetime | None = N
     )
     invoice = Invoice(
         id=None,
-        organisation_id=contract.organisation_id,
+        organisation=contract.organisation,  # the document's seller (its `parties`)
         customer=contract.customer,
         contract=contract,
         kind=InvoiceKind.PERIOD,
@@ -81,7 +81,7 @@ def customer_upcoming_invoices(
             Contract.objects.filter(
                 organisation_id=customer.organisation_id, customer=customer, status__in=UPCOMING_CONTRACT_STATUSES
             )
-            .select_related("customer")
+            .select_related("customer", "organisation")
             .order_by("start_date", "created_at", "id")
         )
     found = [contract_upcoming_invoice(contract=contract, now=moment) for contract in contracts]
