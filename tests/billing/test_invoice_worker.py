@@ -322,10 +322,12 @@ def test_the_generation_task_killed_mid_run_completes_on_the_next_run_without_a_
     flat = pricing_make(organisation, "Platform", {"pricing_type": "flat_fee", "unit_amount": "10"})
     this_month = dt.datetime.now(UTC).date().replace(day=1)
     periods = (this_month.year - 2025) * 12 + this_month.month - 1  # monthly periods closed since 2025-01-01
-    # More drafts than two steps make: when the first step's commit is seen, two more remain to run.
+    # More drafts than five steps make: when the first step's commit is seen, five more remain to run. The
+    # solo worker runs them one after another, a few tenths of a second each, and the kill lands within a
+    # poll (0.2 s) of that commit. With two steps' worth, the rest sometimes finished before the kill.
     contracts = [
         contract_make(organisation, customer_make(organisation, external_id=f"cus_{n}"), [flat], start="2025-01-01")
-        for n in range(2 * GENERATE_BATCH // periods + 1)
+        for n in range(5 * GENERATE_BATCH // periods + 1)
     ]
     expected = len(contracts) * periods
 
