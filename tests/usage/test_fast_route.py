@@ -254,24 +254,22 @@ def test_the_plain_case_answers_the_rate_limit_and_a_revoked_key_as_the_general_
 def test_the_plain_case_keeps_the_host_and_https_rules_of_the_request_it_answers(
     ingest_key: ApiKeyBundle, compute_hours: UsageEvent, general_path: list[str]
 ) -> None:
-    https = {"HTTP_HOST": "metering.example.com", "HTTP_X_FORWARDED_PROTO": "https"}
+    def send(
+        key: str, *, host: str = "metering.example.com", proto: str = "https"
+    ) -> tuple[str, dict[str, str], dict[str, Any]]:
+        return fast(
+            "/usage/compute_hours",
+            record(key),
+            HTTP_X_API_KEY=ingest_key.secret,
+            HTTP_HOST=host,
+            HTTP_X_FORWARDED_PROTO=proto,
+        )
+
     with override_settings(**PRODUCTION_SECURITY):
-        fast("/usage/compute_hours", record("first"), HTTP_X_API_KEY=ingest_key.secret, **https)
-        secure = fast("/usage/compute_hours", record("secure"), HTTP_X_API_KEY=ingest_key.secret, **https)
-        plain_http = fast(
-            "/usage/compute_hours",
-            record("plain-http"),
-            HTTP_X_API_KEY=ingest_key.secret,
-            HTTP_HOST="metering.example.com",
-            HTTP_X_FORWARDED_PROTO="http",
-        )
-        other_host = fast(
-            "/usage/compute_hours",
-            record("other-host"),
-            HTTP_X_API_KEY=ingest_key.secret,
-            HTTP_HOST="evil.example.com",
-            HTTP_X_FORWARDED_PROTO="https",
-        )
+        send("first")
+        secure = send("secure")
+        plain_http = send("plain-http", proto="http")
+        other_host = send("other-host", host="evil.example.com")
 
     # The first, and the one over plain HTTP (ingest_answer's 403); the second over HTTPS was the plain case.
     assert general_path == ["compute_hours", "compute_hours"]
